@@ -1,0 +1,117 @@
+"""config.pbtxt from a task spec, built with Triton's own protobuf schema.
+
+The config is assembled as a ``tritonclient.grpc.model_config_pb2.ModelConfig`` message, so a
+field or enum that Triton does not know cannot be written, and it is read back with the same
+strict parser in the contract tests.
+
+One config serves both servers:
+
+- ``platform: "onnxruntime_onnx"`` and ``backend: "onnxruntime"``: the NGC container's native
+  ONNX Runtime backend, and the local Python-based backend of the same name
+  (``serving/backends/onnxruntime``).
+- ``instance_group { kind: KIND_AUTO }``: Triton places the instances on the GPU when the server
+  has one and on the CPU otherwise (``KIND_GPU`` fails to load on a CPU-only host).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from taskspec import TaskSpec
+
+from taskspec import CONFIG_FILE as CONFIG_FILENAME
+from taskspec import LABELS_FILE as LABELS_FILENAME
+from taskspec import MODEL_FILE as MODEL_FILENAME
+
+HEADER = """\
+# Generated from taskspec by export/triton_config.py - edit the task spec, not this file.
+# Served unchanged by the NGC container's native ONNX Runtime backend and by the local
+# Python-based `onnxruntime` backend (serving/backends/onnxruntime). instance_group has no
+# `kind`, i.e. KIND_AUTO: on the GPU when the server has one, on the CPU otherwise.
+"""
+
+
+def _tensor_dtype(name: str) -> int:
+    return int(mc.DataType.Value(name))
+
+
+def build_model_config(spec: TaskSpec, *, tensorrt_fp16: bool = False) -> mc.ModelConfig:
+    """The Triton model configuration of ``spec``'s ONNX model."""
+    config = mc.ModelConfig(
+        name=spec.model_name,
+        platform="onnxruntime_onnx",
+        backend="onnxruntime",
+        max_batch_size=spec.batching.max_batch_size,
+        default_model_filename=MODEL_FILENAME,
+    )
+    for tensor in spec.inputs:
+        config.input.add(name=tensor.name, data_type=_tensor_dtype(tensor.dtype), dims=list(tensor.dims))
+    config.output.add(
+        name=spec.output.name,
+        data_type=_tensor_dtype(spec.output.dtype),
+        dims=list(spec.output.dims),
+        label_filename=LABELS_FILENAME,
+    )
+    config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.KIND_AUTO, count=spec.instance_count)
+    config.dynamic_batching.preferred_batch_size.extend(spec.batching.preferred_batch_sizes)
+    config.dynamic_batching.max_queue_delay_microseconds = spec.batching.max_queue_delay_us
+    if spec.intra_op_threads:
+        config.parameters["intra_op_thread_count"].string_value = str(spec.intra_op_threads)
+    if tensorrt_fp16:
+        # Used by the NGC container's native backend on a GPU; the local CPU backend ignores it.
+        accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        accel.parameters["precision_mode"] = "FP16"
+        accel.parameters["max_workspace_size_bytes"] = str(1 << 30)
+    return config
+
+
+def render_model_config(config: mc.ModelConfig) -> str:
+    return str(text_format.MessageToString(config))
+
+
+def parse_model_config(text: str) -> mc.ModelConfig:
+    """Strict parse: unknown fields or enum values raise ``text_format.ParseError``."""
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+def read_model_config(model_dir: Path) -> mc.ModelConfig:
+    return parse_model_config((model_dir / CONFIG_FILENAME).read_text())
+
+
+def write_model_config(spec: TaskSpec, model_dir: Path, *, tensorrt_fp16: bool = False) -> Path:
+    """Write ``config.pbtxt`` and ``labels.txt`` into ``model_dir`` (the model's folder)."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / LABELS_FILENAME).write_text("\n".join(spec.labels) + "\n")
+    path = model_dir / CONFIG_FILENAME
+    path.write_text(HEADER + render_model_config(build_model_config(spec, tensorrt_fp16=tensorrt_fp16)))
+    return path
+
+
+def check_model_config(spec: TaskSpec, model_dir: Path) -> list[str]:
+    """Differences between a published model folder and the task spec (empty when they agree)."""
+    problems: list[str] = []
+    config = read_model_config(model_dir)
+    if config.name and config.name != spec.model_name:
+        problems.append(f"name {config.name!r} != {spec.model_name!r}")
+    if config.max_batch_size != spec.batching.max_batch_size:
+        problems.append(f"max_batch_size {config.max_batch_size} != {spec.batching.max_batch_size}")
+    want_inputs = [(t.name, t.dtype, list(t.dims)) for t in spec.inputs]
+    got_inputs = [(i.name, mc.DataType.Name(i.data_type), list(i.dims)) for i in config.input]
+    if got_inputs != want_inputs:
+        problems.append(f"inputs {got_inputs} != {want_inputs}")
+    out = spec.output
+    got_outputs = [(o.name, mc.DataType.Name(o.data_type), list(o.dims)) for o in config.output]
+    if got_outputs != [(out.name, out.dtype, list(out.dims))]:
+        problems.append(f"outputs {got_outputs} != {[(out.name, out.dtype, list(out.dims))]}")
+    if not config.HasField("dynamic_batching"):
+        problems.append("dynamic_batching is missing")
+    label_file = config.output[0].label_filename if config.output else ""
+    labels_path = model_dir / label_file if label_file else None
+    if labels_path is None or not labels_path.is_file():
+        problems.append("labels file is missing")
+    elif tuple(labels_path.read_text().split()) != spec.labels:
+        problems.append(f"labels in {labels_path} differ from the spec")
+    return problems

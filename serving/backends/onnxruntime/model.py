@@ -1,0 +1,124 @@
+"""A Python-based Triton backend named ``onnxruntime``, for CPU hosts without the native one.
+
+The NGC Triton container serves ``platform: "onnxruntime_onnx"`` / ``backend: "onnxruntime"``
+models with its native ONNX Runtime backend. The ``tritonserver`` binary shipped in the
+``nvidia-pytriton`` wheel has only the Python backend, so the local launcher puts this file at
+``<backend-directory>/onnxruntime/model.py``; Triton then runs every model whose config names the
+``onnxruntime`` backend through the Python backend with this code, and the same model repository
+loads unchanged on both servers.
+
+Supported from the native backend's config surface: ``default_model_filename``, the
+``intra_op_thread_count`` / ``inter_op_thread_count`` parameters, dynamic batching (the requests
+Triton hands over in one call are concatenated per input shape and run as one ONNX Runtime call),
+and declared inputs/outputs (required: this backend does not auto-complete them).
+``optimization { execution_accelerators { ... } }`` is ignored here (CPU only).
+
+This file runs inside the Triton Python stub's interpreter: it may import only what the stub
+environment has (numpy < 2, onnxruntime).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
+
+
+def _param(config: dict[str, Any], key: str) -> str | None:
+    value = config.get("parameters", {}).get(key)
+    if value is None:
+        return None
+    return str(value.get("string_value", "")) or None
+
+
+class TritonPythonModel:
+    """Runs ``<version>/<default_model_filename>`` with the onnxruntime pip package."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        self.config: dict[str, Any] = json.loads(args["model_config"])
+        filename = self.config.get("default_model_filename") or "model.onnx"
+        path = os.path.join(args["model_repository"], args["model_version"], filename)
+        if not os.path.isfile(path):
+            raise pb_utils.TritonModelException(f"model file not found: {path}")
+
+        options = ort.SessionOptions()
+        intra = _param(self.config, "intra_op_thread_count")
+        inter = _param(self.config, "inter_op_thread_count")
+        if intra:
+            options.intra_op_num_threads = int(intra)
+        if inter:
+            options.inter_op_num_threads = int(inter)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+
+        self.batching = int(self.config.get("max_batch_size", 0)) > 0
+        self.input_names = [i["name"] for i in self.config.get("input", [])]
+        self.outputs = [
+            (o["name"], pb_utils.triton_string_to_numpy(o["data_type"])) for o in self.config.get("output", [])
+        ]
+        if not self.input_names or not self.outputs:
+            raise pb_utils.TritonModelException(
+                "config.pbtxt must declare every input and output for the local onnxruntime backend"
+            )
+        onnx_inputs = {i.name for i in self.session.get_inputs()}
+        missing = [n for n in self.input_names if n not in onnx_inputs]
+        if missing:
+            raise pb_utils.TritonModelException(f"inputs {missing} are not in {path} (it has {sorted(onnx_inputs)})")
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        names = [name for name, _ in self.outputs]
+        results = self.session.run(names, feeds)
+        return [np.ascontiguousarray(r, dtype=dtype) for r, (_, dtype) in zip(results, self.outputs, strict=True)]
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        feeds_per_request: list[dict[str, np.ndarray] | None] = []
+        responses: list[Any] = [None] * len(requests)
+        for i, request in enumerate(requests):
+            feeds: dict[str, np.ndarray] = {}
+            for name in self.input_names:
+                tensor = pb_utils.get_input_tensor_by_name(request, name)
+                if tensor is None:
+                    responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"missing input {name}"))
+                    break
+                feeds[name] = tensor.as_numpy()
+            feeds_per_request.append(feeds if responses[i] is None else None)
+
+        # Triton's dynamic batcher hands over several requests at once. Requests whose inputs
+        # have the same non-batch shape are concatenated and run as one ONNX Runtime call.
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, feeds in enumerate(feeds_per_request):
+            if feeds is None:
+                continue
+            key = tuple((n, feeds[n].shape[1:], feeds[n].dtype.str) for n in self.input_names) if self.batching else (i,)
+            groups.setdefault(key, []).append(i)
+
+        for indices in groups.values():
+            try:
+                group = [feeds_per_request[i] for i in indices]
+                assert all(g is not None for g in group)
+                merged = {n: np.concatenate([g[n] for g in group if g is not None]) for n in self.input_names}
+                outputs = self._run(merged)
+            except Exception as exc:  # one bad group must not fail the others
+                for i in indices:
+                    responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"onnxruntime: {exc}"))
+                continue
+            start = 0
+            for i in indices:
+                feeds = feeds_per_request[i]
+                assert feeds is not None
+                rows = feeds[self.input_names[0]].shape[0] if self.batching else None
+                stop = start + rows if rows is not None else None
+                tensors = [
+                    pb_utils.Tensor(name, out[start:stop] if rows is not None else out)
+                    for (name, _), out in zip(self.outputs, outputs, strict=True)
+                ]
+                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+                start = stop or 0
+        return responses
+
+    def finalize(self) -> None:
+        self.session = None

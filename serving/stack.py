@@ -1,0 +1,213 @@
+"""``make run``: the whole platform on one machine, stopped cleanly with Ctrl-C.
+
+1. builds the demo models (``export build --profile quick``) for tasks that have none;
+2. starts a local S3 server (moto) and pushes ``model_repository/`` into it;
+3. starts Triton on ``s3://...`` (poll mode: a pushed version is picked up without a restart);
+4. starts the facade (uvicorn) and the dashboard (panel serve), prints their URLs;
+5. on Ctrl-C, or when any of them dies, stops all of them in reverse order.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from types import FrameType
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from serving.processes import ManagedProcess, ProcessStartError, python_module, s3_server
+from serving.triton import PROJECT_ROOT, TritonServer, TritonStartError
+from taskspec import MODEL_FILE, TASKS
+
+
+class StackSettings(BaseSettings):
+    """Ports and locations of the local stack (environment variables with the ``MTC_`` prefix)."""
+
+    model_config = SettingsConfigDict(env_prefix="MTC_", env_file=".env", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address every local service binds to")
+    triton_http_port: int = Field(8000, description="Triton HTTP/REST port")
+    triton_grpc_port: int = Field(8001, description="Triton gRPC port")
+    triton_metrics_port: int = Field(8002, description="Triton Prometheus metrics port")
+    api_port: int = Field(8080, description="Facade (FastAPI) port")
+    dashboard_port: int = Field(5006, description="Dashboard (Panel) port")
+    s3_port: int = Field(9000, description="Local S3 server (moto) port")
+    model_repository: Path = Field(PROJECT_ROOT / "model_repository", description="Local model repository")
+    serve_from_s3: bool = Field(True, description="Push the repository to the local S3 server and serve it from there")
+    models_bucket: str = Field("mtc-models", description="Bucket holding the model repository")
+    models_prefix: str = Field("model_repository", description="Key prefix of the model repository")
+    uploads_bucket: str = Field("mtc-uploads", description="Bucket for images uploaded through presigned URLs")
+    log_dir: Path = Field(PROJECT_ROOT / ".cache" / "logs", description="Where each service writes its log")
+    build_missing_models: bool = Field(True, description="Run `export build --profile quick` when models are missing")
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://{self.host}:{self.s3_port}"
+
+
+def published_versions(model_dir: Path) -> list[int]:
+    """Version folders of a model that hold weights (``<n>/model.onnx``) or code (``<n>/model.py``)."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(
+        int(p.name)
+        for p in model_dir.iterdir()
+        if p.is_dir() and p.name.isdigit() and ((p / MODEL_FILE).exists() or (p / "model.py").exists())
+    )
+
+
+def missing_models(repository: Path) -> list[str]:
+    return [name for name in TASKS if not published_versions(repository / name)]
+
+
+def build_models(repository: Path, tasks: list[str]) -> None:
+    print(f"==> No trained model for {', '.join(tasks)}: building the quick demo models (about 10 minutes)")
+    command = python_module(
+        "export", "build", "--profile", "quick", "--repository", str(repository), "--tasks", ",".join(tasks)
+    )
+    if subprocess.run(command, check=False).returncode != 0:
+        raise SystemExit("error: building the demo models failed (see above); `make models` retries")
+
+
+def s3_env(settings: StackSettings) -> dict[str, str]:
+    """Credentials for the local moto server (it accepts any) and no metadata-address lookups."""
+    return {
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+def main() -> int:
+    settings = StackSettings()
+    repository = settings.model_repository.resolve()
+    missing = missing_models(repository)
+    if missing and settings.build_missing_models:
+        build_models(repository, missing)
+        missing = missing_models(repository)
+    if missing:
+        print(f"warning: no model for {', '.join(missing)}; those endpoints will report not ready", file=sys.stderr)
+
+    host, logs = settings.host, settings.log_dir
+    env = s3_env(settings)
+    stop_requested = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    with ExitStack() as stack:
+        try:
+            print(f"==> S3 server on {settings.s3_endpoint}")
+            stack.enter_context(s3_server(host, settings.s3_port, logs / "s3.log"))
+            model_repository = str(repository)
+            if settings.serve_from_s3:
+                from export.s3sync import S3Location, S3Settings, ensure_bucket, make_client, push
+
+                s3 = S3Settings(
+                    url=f"s3://{settings.models_bucket}/{settings.models_prefix}",
+                    endpoint_url=settings.s3_endpoint,
+                    access_key_id=env["AWS_ACCESS_KEY_ID"],
+                    secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                )
+                client = make_client(s3)
+                for bucket in (settings.models_bucket, settings.uploads_bucket):
+                    ensure_bucket(client, bucket)
+                print(f"==> Pushing {repository} to {s3.url}: {push(repository, s3.url, client)}")
+                model_repository = S3Location.parse(s3.url).triton_url(settings.s3_endpoint)
+
+            print(f"==> Triton on {model_repository}")
+            triton = TritonServer(
+                model_repository=model_repository,
+                host=host,
+                http_port=settings.triton_http_port,
+                grpc_port=settings.triton_grpc_port,
+                metrics_port=settings.triton_metrics_port,
+                model_control_mode="poll",
+                repository_poll_secs=10,
+                log_file=logs / "triton.log",
+                extra_env=env,
+                startup_timeout=180,
+            )
+            stack.enter_context(triton)
+
+            api_env = {
+                **env,
+                "MTC_API_TRITON_URL": f"{host}:{settings.triton_http_port}",
+                "MTC_API_TRITON_METRICS_URL": triton.metrics_url,
+                "MTC_API_MODEL_REPOSITORY": str(repository),
+                "MTC_API_S3_ENDPOINT_URL": settings.s3_endpoint,
+                "MTC_API_UPLOAD_BUCKET": settings.uploads_bucket,
+                "MTC_API_ALLOWED_HTTP_HOSTS": f'["{host}:{settings.s3_port}"]',
+            }
+            print(f"==> Facade on http://{host}:{settings.api_port}")
+            api = ManagedProcess(
+                name="facade",
+                command=python_module(
+                    "uvicorn", "frontend_api.app:app", "--host", host, "--port", str(settings.api_port)
+                ),
+                ready_url=f"http://{host}:{settings.api_port}/healthz",
+                log_file=logs / "api.log",
+                env=api_env,
+                cwd=PROJECT_ROOT,
+            )
+            stack.enter_context(api)
+
+            dashboard_origin = f"{host}:{settings.dashboard_port}"
+            print(f"==> Dashboard on http://{dashboard_origin}")
+            dashboard = ManagedProcess(
+                name="dashboard",
+                command=python_module(
+                    "panel",
+                    "serve",
+                    str(PROJECT_ROOT / "dashboard" / "app.py"),
+                    "--address",
+                    host,
+                    "--port",
+                    str(settings.dashboard_port),
+                    "--allow-websocket-origin",
+                    dashboard_origin,
+                    "--allow-websocket-origin",
+                    f"localhost:{settings.dashboard_port}",
+                ),
+                ready_url=f"http://{dashboard_origin}/app",
+                log_file=logs / "dashboard.log",
+                env={"MTC_DASHBOARD_API_URL": f"http://{host}:{settings.api_port}"},
+                cwd=PROJECT_ROOT,
+            )
+            stack.enter_context(dashboard)
+        except (TritonStartError, ProcessStartError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+
+        print(
+            f"\nThe platform is up (logs in {logs}):\n"
+            f"  Dashboard     http://{dashboard_origin}/app\n"
+            f"  REST API      http://{host}:{settings.api_port}/docs\n"
+            f"  Triton        {triton.url} (gRPC {triton.grpc_url}, metrics {triton.metrics_url})\n"
+            f"  S3            {settings.s3_endpoint}\n"
+            "Press Ctrl-C to stop everything.",
+            flush=True,
+        )
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        services: dict[str, ManagedProcess | TritonServer] = {"Triton": triton, "facade": api, "dashboard": dashboard}
+        while not stop_requested:
+            dead = [name for name, service in services.items() if not service.running]
+            if dead:
+                print(f"error: {', '.join(dead)} stopped unexpectedly; see {logs}", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        print("\n==> Stopping...", flush=True)
+    print("==> Stopped.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

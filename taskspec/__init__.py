@@ -1,0 +1,245 @@
+"""The task specs: every classifier the platform serves, declared once.
+
+The exporter (ONNX names and dynamic axes, config.pbtxt), the facade (tokenization,
+image preprocessing, label mapping), the dashboard and the tests all read these
+objects. Renaming a tensor or a label here changes every one of them together, and
+the contract tests fail if a published model repository disagrees.
+
+This module is deliberately dependency-free (standard library only) so that every
+environment - the facade, the Triton stub, the exporter - can import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+# Files of one published model, in model_repository/<task>/ (model level) and
+# model_repository/<task>/<version>/ (weights and the artifacts that travel with them).
+CONFIG_FILE = "config.pbtxt"
+LABELS_FILE = "labels.txt"
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+PREPROCESSING_FILE = "preprocessing.json"
+METRICS_FILE = "metrics.json"
+MODEL_CARD_FILE = "model_card.md"
+
+TritonDType = Literal["TYPE_INT64", "TYPE_INT32", "TYPE_FP32", "TYPE_FP16", "TYPE_STRING"]
+Modality = Literal["text", "image"]
+
+# numpy dtype names for each Triton dtype the platform uses (KServe v2 wire names differ:
+# see TRITON_TO_WIRE).
+TRITON_TO_NUMPY: dict[str, str] = {
+    "TYPE_INT64": "int64",
+    "TYPE_INT32": "int32",
+    "TYPE_FP32": "float32",
+    "TYPE_FP16": "float16",
+    "TYPE_STRING": "object",
+}
+TRITON_TO_WIRE: dict[str, str] = {
+    "TYPE_INT64": "INT64",
+    "TYPE_INT32": "INT32",
+    "TYPE_FP32": "FP32",
+    "TYPE_FP16": "FP16",
+    "TYPE_STRING": "BYTES",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named input or output tensor. ``dims`` excludes the batch dimension; -1 is dynamic."""
+
+    name: str
+    dtype: TritonDType
+    dims: tuple[int, ...]
+
+    @property
+    def numpy_dtype(self) -> str:
+        return TRITON_TO_NUMPY[self.dtype]
+
+    @property
+    def wire_dtype(self) -> str:
+        return TRITON_TO_WIRE[self.dtype]
+
+
+@dataclass(frozen=True)
+class TextPreprocessing:
+    """How raw text becomes ``input_ids`` / ``attention_mask``.
+
+    ``buckets`` are the padded lengths the facade uses: Triton only batches requests whose
+    shapes match, so padding to a few fixed lengths lets concurrent requests share a batch.
+    The last bucket is the model's maximum length; longer texts are truncated to it.
+    """
+
+    buckets: tuple[int, ...]
+    lowercase: bool = True
+
+    @property
+    def max_length(self) -> int:
+        return self.buckets[-1]
+
+    def bucket_for(self, n_tokens: int) -> int:
+        """Smallest bucket that holds ``n_tokens`` (the largest one if none does)."""
+        for bucket in self.buckets:
+            if n_tokens <= bucket:
+                return bucket
+        return self.buckets[-1]
+
+
+@dataclass(frozen=True)
+class ImagePreprocessing:
+    """How a decoded RGB image becomes ``pixel_values`` (NCHW float32).
+
+    The image is converted to RGB, resized to ``size`` x ``size`` (bilinear), and each
+    channel is mapped with ``(x - mean) / std`` on the 0-255 scale.
+    """
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class BatchingSpec:
+    """Triton dynamic batching for one model."""
+
+    max_batch_size: int
+    preferred_batch_sizes: tuple[int, ...]
+    max_queue_delay_us: int
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything the platform knows about one classification task."""
+
+    name: str
+    """Task name: the REST route (``/v1/<name>``) and the Triton model name."""
+    title: str
+    modality: Modality
+    labels: tuple[str, ...]
+    inputs: tuple[TensorSpec, ...]
+    output: TensorSpec
+    batching: BatchingSpec
+    text: TextPreprocessing | None = None
+    image: ImagePreprocessing | None = None
+    export_atol: float = 1e-3
+    """Max abs difference of logits allowed between PyTorch and the exported model."""
+    instance_count: int = 1
+    intra_op_threads: int = 0
+    """ONNX Runtime intra-op threads per instance (0 lets ONNX Runtime pick)."""
+    examples: tuple[str, ...] = field(default=())
+
+    @property
+    def model_name(self) -> str:
+        return self.name
+
+    @property
+    def raw_text_model_name(self) -> str:
+        """Name of the model that takes raw UTF-8 text (text tasks only)."""
+        return f"{self.name}_text"
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    def preprocessing_document(self) -> dict[str, object]:
+        """The content of ``preprocessing.json``, published next to the weights of each version."""
+        doc: dict[str, object] = {"task": self.name, "labels": list(self.labels), "inputs": list(self.input_names)}
+        if self.text is not None:
+            doc["text"] = {
+                "buckets": list(self.text.buckets),
+                "max_length": self.text.max_length,
+                "lowercase": self.text.lowercase,
+                "tokenizer_file": TOKENIZER_FILE,
+            }
+        if self.image is not None:
+            doc["image"] = {"size": self.image.size, "mean": list(self.image.mean), "std": list(self.image.std)}
+        return doc
+
+
+def _text_task(
+    name: str, title: str, labels: tuple[str, ...], buckets: tuple[int, ...], examples: tuple[str, ...]
+) -> TaskSpec:
+    return TaskSpec(
+        name=name,
+        title=title,
+        modality="text",
+        labels=labels,
+        inputs=(
+            TensorSpec("input_ids", "TYPE_INT64", (-1,)),
+            TensorSpec("attention_mask", "TYPE_INT64", (-1,)),
+        ),
+        output=TensorSpec("logits", "TYPE_FP32", (len(labels),)),
+        batching=BatchingSpec(max_batch_size=64, preferred_batch_sizes=(8, 16, 32), max_queue_delay_us=2000),
+        text=TextPreprocessing(buckets=buckets),
+        examples=examples,
+    )
+
+
+POSE_LABELS: tuple[str, ...] = (
+    "calling",
+    "clapping",
+    "cycling",
+    "dancing",
+    "drinking",
+    "eating",
+    "fighting",
+    "hugging",
+    "laughing",
+    "listening_to_music",
+    "running",
+    "sitting",
+    "sleeping",
+    "texting",
+    "using_laptop",
+)
+
+SENTIMENT = _text_task(
+    "sentiment",
+    "Movie-review sentiment",
+    ("negative", "positive"),
+    buckets=(32, 64, 128, 256),
+    examples=(
+        "A beautiful, moving film with a career-best performance from the lead.",
+        "Two hours of my life I will never get back. The plot makes no sense.",
+    ),
+)
+
+DISASTER = _text_task(
+    "disaster",
+    "Disaster tweets",
+    ("not_disaster", "disaster"),
+    buckets=(16, 32, 64),
+    examples=(
+        "Forest fire near La Ronge Sask. Canada, residents asked to evacuate",
+        "I love this new album, it's fire!!",
+    ),
+)
+
+POSE = TaskSpec(
+    name="pose",
+    title="Human pose / action",
+    modality="image",
+    labels=POSE_LABELS,
+    inputs=(TensorSpec("pixel_values", "TYPE_FP32", (3, 224, 224)),),
+    output=TensorSpec("logits", "TYPE_FP32", (len(POSE_LABELS),)),
+    batching=BatchingSpec(max_batch_size=16, preferred_batch_sizes=(4, 8, 16), max_queue_delay_us=2000),
+    image=ImagePreprocessing(size=224, mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0)),
+    export_atol=1e-3,
+)
+
+TASKS: dict[str, TaskSpec] = {t.name: t for t in (SENTIMENT, DISASTER, POSE)}
+TEXT_TASKS: tuple[TaskSpec, ...] = tuple(t for t in TASKS.values() if t.modality == "text")
+
+
+def get_task(name: str) -> TaskSpec:
+    """Look a task up by name, with an error that lists the known ones."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        known = ", ".join(sorted(TASKS))
+        raise KeyError(f"unknown task {name!r}; known tasks: {known}") from None
