@@ -172,6 +172,12 @@ class TritonServer:
         self._shm_prefix = f"mtc_{uuid.uuid4().hex[:10]}_"
         self._log_path: Path | None = None
 
+    @classmethod
+    def on_free_ports(cls, model_repository: str | Path, **kwargs: object) -> TritonServer:
+        """A server on three free local ports (tests, benchmarks, parallel runs)."""
+        ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+        return cls(model_repository=str(model_repository), **{**ports, **kwargs})  # type: ignore[arg-type]
+
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.http_port}"

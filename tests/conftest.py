@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny ONNX classifier published like a real task, and a local S3 server."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from export.triton_config import write_model_config
+from serving.processes import ManagedProcess, s3_server
+from serving.triton import free_port
+from taskspec import BatchingSpec, TaskSpec, TensorSpec
+
+# Local S3 servers accept any credentials; the SDK must never look for cloud ones.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test-secret")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
+TINY = TaskSpec(
+    name="tiny",
+    title="Tiny test classifier",
+    modality="text",
+    labels=("red", "green", "blue"),
+    inputs=(TensorSpec("features", "TYPE_FP32", (4,)),),
+    output=TensorSpec("logits", "TYPE_FP32", (3,)),
+    # A long queue delay makes the batching test deterministic on a loaded 2-core machine.
+    batching=BatchingSpec(max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=50_000),
+)
+
+
+def tiny_weights(scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return (rng.normal(size=(4, 3)) * scale).astype(np.float32), np.array([0.1, -0.2, 0.3], np.float32)
+
+
+def write_tiny_onnx(path: Path, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """logits = features @ W + b, with a dynamic batch axis and named tensors."""
+    weight, bias = tiny_weights(scale)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["features", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["logits"])],
+        "tiny",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return weight, bias
+
+
+def make_tiny_repository(root: Path) -> Path:
+    """``root/tiny/{config.pbtxt,labels.txt,1/model.onnx}``."""
+    write_tiny_onnx(root / TINY.name / "1" / "model.onnx")
+    write_model_config(TINY, root / TINY.name)
+    return root
+
+
+@pytest.fixture
+def tiny_repository(tmp_path: Path) -> Path:
+    return make_tiny_repository(tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3-protocol server (moto) over HTTP on a free local port."""
+    port = free_port()
+    server: ManagedProcess = s3_server("127.0.0.1", port, tmp_path_factory.mktemp("s3") / "s3.log")
+    with server:
+        yield f"http://127.0.0.1:{port}"

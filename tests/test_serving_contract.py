@@ -1,0 +1,85 @@
+"""The model-repository contract: every config.pbtxt parses strictly and matches the task spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+
+from export.triton_config import (
+    build_model_config,
+    check_model_config,
+    parse_model_config,
+    read_model_config,
+    render_model_config,
+    write_model_config,
+)
+from serving.triton import PROJECT_ROOT
+from taskspec import TASKS, TaskSpec, get_task
+
+REPOSITORY = PROJECT_ROOT / "model_repository"
+ALL_CONFIGS = sorted(REPOSITORY.glob("*/config.pbtxt"))
+
+
+def test_every_task_has_a_committed_config() -> None:
+    assert {p.parent.name for p in ALL_CONFIGS} >= set(TASKS)
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: p.parent.name)
+def test_config_parses_strictly_with_tritons_schema(path: Path) -> None:
+    config = parse_model_config(path.read_text())
+    assert config.name == path.parent.name
+    assert config.max_batch_size > 0, "max_batch_size must be explicit"
+    assert config.HasField("dynamic_batching")
+    assert config.dynamic_batching.max_queue_delay_microseconds > 0
+    assert list(config.dynamic_batching.preferred_batch_size)
+    for output in config.output:
+        if output.label_filename:
+            assert (path.parent / output.label_filename).is_file()
+
+
+@pytest.mark.parametrize("spec", TASKS.values(), ids=lambda s: s.name)
+def test_committed_config_matches_the_task_spec(spec: TaskSpec) -> None:
+    assert check_model_config(spec, REPOSITORY / spec.name) == []
+    committed = read_model_config(REPOSITORY / spec.name)
+    assert committed == build_model_config(spec), "regenerate with export.triton_config.write_model_config"
+
+
+@pytest.mark.parametrize("spec", TASKS.values(), ids=lambda s: s.name)
+def test_generated_config_targets_both_servers(spec: TaskSpec) -> None:
+    config = build_model_config(spec)
+    assert config.platform == "onnxruntime_onnx" and config.backend == "onnxruntime"
+    assert [g.kind for g in config.instance_group] == [0]  # KIND_AUTO: GPU when present, CPU otherwise
+    assert config.instance_group[0].count >= 1  # explicit: the onnxruntime backend would default to 2 on CPU
+    assert [i.name for i in config.input] == list(spec.input_names)
+    assert config.output[0].dims == [spec.num_labels]
+
+
+def test_strict_parse_rejects_unknown_fields_and_enum_values() -> None:
+    text = render_model_config(build_model_config(get_task("sentiment")))
+    with pytest.raises(text_format.ParseError):
+        parse_model_config(text + "\nmax_batch_sise: 4\n")
+    with pytest.raises(text_format.ParseError):
+        parse_model_config(text.replace("TYPE_INT64", "TYPE_INT65", 1))
+
+
+def test_check_reports_a_renamed_tensor(tmp_path: Path) -> None:
+    spec = get_task("disaster")
+    write_model_config(spec, tmp_path / spec.name)
+    config_path = tmp_path / spec.name / "config.pbtxt"
+    config_path.write_text(config_path.read_text().replace('"input_ids"', '"ids"'))
+    problems = check_model_config(spec, tmp_path / spec.name)
+    assert problems and "inputs" in problems[0]
+
+
+def test_tensorrt_accelerator_is_optional_and_valid() -> None:
+    config = build_model_config(get_task("pose"), tensorrt_fp16=True)
+    accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
+    assert parse_model_config(render_model_config(config)) == config
+
+
+def test_unknown_task_error_lists_known_tasks() -> None:
+    with pytest.raises(KeyError, match="known tasks: disaster, pose, sentiment"):
+        get_task("sentimnet")
