@@ -20,11 +20,10 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from taskspec import TaskSpec
-
 from taskspec import CONFIG_FILE as CONFIG_FILENAME
 from taskspec import LABELS_FILE as LABELS_FILENAME
 from taskspec import MODEL_FILE as MODEL_FILENAME
+from taskspec import TaskSpec
 
 HEADER = """\
 # Generated from taskspec by export/triton_config.py - edit the task spec, not this file.

@@ -6,6 +6,7 @@ the facade and the dashboard the same way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -101,10 +102,8 @@ class ManagedProcess:
                 pass
             except ProcessLookupError:
                 pass
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         process.wait()
 
     def __enter__(self) -> ManagedProcess:

@@ -19,6 +19,7 @@ group, and removes the shared-memory regions of this launch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -84,7 +85,9 @@ class TritonInstall:
         if not install.binary.exists():
             raise TritonStartError(f"{install.binary} is missing: install nvidia-pytriton==0.7.0 into {env_dir}")
         if not install.stub.exists():
-            raise TritonStartError(f"no Python backend stub for Python {install.python_version} in {install.server_dir}")
+            raise TritonStartError(
+                f"no Python backend stub for Python {install.python_version} in {install.server_dir}"
+            )
         return install
 
     @property
@@ -296,14 +299,10 @@ class TritonServer:
         if process is not None:
             if process.poll() is None:
                 process.send_signal(signal.SIGINT)
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(timeout=self.exit_timeout + 5)
-                except subprocess.TimeoutExpired:
-                    pass
-            try:  # stubs left behind by a hung server die with the group
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # stubs left behind by a hung server die with the group
             process.wait()
         for region in SHM_DIR.glob(f"{self._shm_prefix}*"):
             region.unlink(missing_ok=True)

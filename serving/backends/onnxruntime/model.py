@@ -93,7 +93,9 @@ class TritonPythonModel:
         for i, feeds in enumerate(feeds_per_request):
             if feeds is None:
                 continue
-            key = tuple((n, feeds[n].shape[1:], feeds[n].dtype.str) for n in self.input_names) if self.batching else (i,)
+            key = (
+                tuple((n, feeds[n].shape[1:], feeds[n].dtype.str) for n in self.input_names) if self.batching else (i,)
+            )
             groups.setdefault(key, []).append(i)
 
         for indices in groups.values():
