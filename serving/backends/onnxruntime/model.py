@@ -11,7 +11,8 @@ Supported from the native backend's config surface: ``default_model_filename``, 
 ``intra_op_thread_count`` / ``inter_op_thread_count`` parameters, dynamic batching (the requests
 Triton hands over in one call are concatenated per input shape and run as one ONNX Runtime call),
 and declared inputs/outputs (required: this backend does not auto-complete them).
-``optimization { execution_accelerators { ... } }`` is ignored here (CPU only).
+``optimization { execution_accelerators { ... } }`` is ignored here; on a GPU instance the CUDA
+execution provider is used when the installed onnxruntime has it, else the CPU.
 
 This file runs inside the Triton Python stub's interpreter: it may import only what the stub
 environment has (numpy < 2, onnxruntime).
@@ -53,7 +54,11 @@ class TritonPythonModel:
         if inter:
             options.inter_op_num_threads = int(inter)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+        # KIND_AUTO resolves to a GPU instance on a GPU host: use CUDA there when this onnxruntime has it.
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(args.get("model_instance_device_id", 0))}))
+        self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
 
         self.batching = int(self.config.get("max_batch_size", 0)) > 0
         self.input_names = [i["name"] for i in self.config.get("input", [])]
