@@ -6,6 +6,8 @@ no kind, i.e. KIND_AUTO), starts the local Triton launcher with the GPU visible
 On a CPU-only host it prints ``KIND_CPU``; on a GPU host ``KIND_GPU``.
 
     python -m serving.gpu_selfcheck --env-dir /path/to/venv-with-nvidia-pytriton
+    python -m serving.gpu_selfcheck --build DIR          # only write the probe repository
+    python -m serving.gpu_selfcheck --repository DIR     # use one built elsewhere (no tritonclient needed)
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def build_repository(root: Path) -> Path:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    (root / SPEC.name / "1").mkdir(parents=True)
+    (root / SPEC.name / "1").mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(root / SPEC.name / "1" / "model.onnx"))
     write_model_config(SPEC, root / SPEC.name)
     return root
@@ -57,14 +59,19 @@ def build_repository(root: Path) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--env-dir", type=Path, default=DEFAULT_ENV_DIR)
+    parser.add_argument("--build", type=Path, help="write the probe repository here and exit")
+    parser.add_argument("--repository", type=Path, help="a probe repository written by --build")
     args = parser.parse_args()
+    if args.build:
+        print(f"probe repository: {build_repository(args.build)}")
+        return 0
     try:
         gpus = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False).stdout.strip()
     except FileNotFoundError:
         gpus = ""
     print(f"GPUs: {gpus or 'none'}")
     with tempfile.TemporaryDirectory() as tmp:
-        repo = build_repository(Path(tmp) / "repo")
+        repo = args.repository or build_repository(Path(tmp) / "repo")
         with TritonServer.on_free_ports(repo, cpu_only=False, env_dir=args.env_dir, startup_timeout=120) as server:
             with urllib.request.urlopen(f"{server.url}/v2/models/{SPEC.name}/config") as response:
                 groups = json.load(response)["instance_group"]
