@@ -1,0 +1,28 @@
+"""The exporter's named errors.
+
+Every problem a user can fix (a missing dataset, a wrong checkpoint, an export that does not match
+its PyTorch reference) is an :class:`ExportError`; the command line prints its message on one line
+and exits with status 2.
+"""
+
+from __future__ import annotations
+
+
+class ExportError(Exception):
+    """A problem the user can fix; the message says what and how."""
+
+
+class DatasetError(ExportError):
+    """A dataset is missing, unreadable or has the wrong layout."""
+
+
+class CheckpointError(ExportError):
+    """A pretrained checkpoint (local path or hub id) cannot be loaded."""
+
+
+class ExportValidationError(ExportError):
+    """The exported ONNX model disagrees with its PyTorch reference; it is not published."""
+
+
+class PublishError(ExportError):
+    """A model cannot be written into the model repository."""

@@ -1,0 +1,104 @@
+"""The PyTorch modules that are exported: each is called as ``module(**inputs) -> logits``.
+
+The call signature matches the task spec's tensor names, so ONNX export names the graph's inputs
+and output after the spec and the facade feeds them by name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class TextClassifier(nn.Module):
+    """A Hugging Face sequence-classification model reduced to ``(input_ids, attention_mask) -> logits``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return logits
+
+
+def load_text_classifier(checkpoint: str | Path, num_labels: int, *, eager_attention: bool = True) -> TextClassifier:
+    """A BERT-family encoder from a local folder or hub id with a fresh ``num_labels`` head.
+
+    Eager attention keeps the attention mask an explicit part of the traced graph (the SDPA path
+    may skip the mask for unpadded batches, which a tracer would bake in).
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs: dict[str, object] = {"num_labels": num_labels}
+    if eager_attention:
+        kwargs["attn_implementation"] = "eager"
+    model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint), **kwargs)
+    return TextClassifier(model)
+
+
+def tiny_bert(num_labels: int, vocab_size: int = 30522, *, seed: int = 0) -> TextClassifier:
+    """A 2-layer, 32-wide random BERT (tests: the real export path in well under a second)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    config.num_labels = num_labels
+    config._attn_implementation = "eager"
+    model: nn.Module = BertForSequenceClassification(config)
+    return TextClassifier(model).eval()
+
+
+class TinyCNN(nn.Module):
+    """A small random CNN on ``pixel_values`` (N, 3, H, W) for tests."""
+
+    def __init__(self, num_labels: int, *, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, kernel_size=3, stride=4, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, kernel_size=3, stride=4, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(16, num_labels)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.head(self.features(pixel_values))
+        return logits
+
+
+class ImageClassifier(nn.Module):
+    """A pretrained backbone (pooled features) followed by a trained linear head, exported as one graph."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.head(self.backbone(pixel_values))
+        return logits
+
+
+class EfficientNetFeatures(nn.Module):
+    """EfficientNet-Lite: ``pixel_values`` ((x - 127) / 128, 224x224) -> pooled 1280-d features."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        features: torch.Tensor = self.net.extract_features(pixel_values)  # type: ignore[operator]
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1)

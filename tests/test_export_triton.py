@@ -1,0 +1,89 @@
+"""The tiny models, published through the real export path, are served by a real Triton and match PyTorch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.http as httpclient
+
+from export.models import TinyCNN, tiny_bert
+from export.pipeline import text_batch
+from export.testing import build_tiny_repository, default_tokenizer_dir
+from export.triton_config import check_model_config
+from serving.triton import TritonServer
+from taskspec import DISASTER, POSE, SENTIMENT
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_repository(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def client(repository: Path) -> Iterator[httpclient.InferenceServerClient]:
+    with TritonServer.on_free_ports(repository) as server:
+        yield httpclient.InferenceServerClient(f"{server.host}:{server.http_port}")
+
+
+def _infer(client: httpclient.InferenceServerClient, model: str, feeds: dict[str, np.ndarray], outputs: list[str]):
+    inputs = []
+    for name, value in feeds.items():
+        wire = "BYTES" if value.dtype == object else {"int64": "INT64", "float32": "FP32"}[str(value.dtype)]
+        tensor = httpclient.InferInput(name, list(value.shape), wire)
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    result = client.infer(model, inputs, outputs=[httpclient.InferRequestedOutput(n) for n in outputs])
+    return [result.as_numpy(n) for n in outputs]
+
+
+def test_every_published_model_is_ready_and_its_config_matches_the_spec(repository: Path, client) -> None:
+    index = {m["name"]: m.get("state") for m in client.get_model_repository_index()}
+    assert index == {name: "READY" for name in ("sentiment", "disaster", "pose", "sentiment_text", "disaster_text")}
+    for spec in (SENTIMENT, DISASTER, POSE):
+        assert check_model_config(spec, repository / spec.name) == []
+
+
+def test_triton_text_logits_match_pytorch(client) -> None:
+    batch = text_batch(default_tokenizer_dir(), ["a wonderful film", "dull and far too long", "meh"], 64)
+    (logits,) = _infer(client, "sentiment", batch, ["logits"])
+    with torch.no_grad():
+        expected = tiny_bert(2, seed=0)(**{k: torch.from_numpy(v) for k, v in batch.items()}).numpy()
+    np.testing.assert_allclose(logits, expected, atol=SENTIMENT.export_atol)
+
+
+def test_triton_image_logits_match_pytorch(client) -> None:
+    pixels = np.random.default_rng(1).uniform(-1, 1, (2, 3, 224, 224)).astype(np.float32)
+    (logits,) = _infer(client, "pose", {"pixel_values": pixels}, ["logits"])
+    with torch.no_grad():
+        expected = TinyCNN(POSE.num_labels, seed=0)(torch.from_numpy(pixels)).numpy()
+    assert logits.shape == (2, 15)
+    np.testing.assert_allclose(logits, expected, atol=POSE.export_atol)
+
+
+def test_raw_text_model_classifies_utf8_strings_like_the_token_model(client) -> None:
+    texts = ["Forest fire near La Ronge Sask. Canada", "I love this new album, it's fire!!", "Zürich — naïve café ☕"]
+    raw = np.array([[t.encode("utf-8")] for t in texts], dtype=object)
+    labels, probabilities = _infer(client, "disaster_text", {"text": raw}, ["label", "probabilities"])
+    # The raw-text model pads the batch to the bucket of its longest row; padding does not change logits.
+    batch = text_batch(default_tokenizer_dir(), texts, 32)
+    with torch.no_grad():
+        logits = tiny_bert(2, seed=0)(**{k: torch.from_numpy(v) for k, v in batch.items()}).numpy()
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert probabilities.shape == (3, 2)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-4)
+    names = np.array(DISASTER.labels)[expected.argmax(axis=1)]
+    assert [label.decode() for label in labels.reshape(-1)] == list(names)
+
+
+def test_raw_text_model_truncates_very_long_text(client) -> None:
+    raw = np.array([[("word " * 2000).encode()]], dtype=object)
+    labels, probabilities = _infer(client, "sentiment_text", {"text": raw}, ["label", "probabilities"])
+    assert labels.reshape(-1)[0].decode() in SENTIMENT.labels
+    assert probabilities.shape == (1, 2)
