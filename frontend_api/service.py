@@ -1,0 +1,270 @@
+"""What the routes call: one function per use case, between validated input and response models.
+
+The service knows the task specs, the served model version and its artifacts; it talks to Triton
+only through a :class:`~frontend_api.triton_client.TritonBackend` and to image hosts only through
+an :class:`~frontend_api.images.ImageFetcher`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from frontend_api.artifacts import ArtifactStore, ImageArtifacts, TextArtifacts
+from frontend_api.errors import ApiError, InferenceFailed, ModelNotReady
+from frontend_api.images import ImageFetcher, decode_batch
+from frontend_api.metrics import ApiMetrics
+from frontend_api.schemas import (
+    MAX_IMAGES,
+    MAX_TEXTS,
+    ImagePrediction,
+    ImageTimings,
+    LabelProbability,
+    ModelInfo,
+    ModelRef,
+    ModelsResponse,
+    ModelStats,
+    PoseResponse,
+    Readiness,
+    StatsResponse,
+    TextPrediction,
+    TextResponse,
+    TextTimings,
+    UploadResponse,
+)
+from frontend_api.settings import ApiSettings
+from frontend_api.text import encode, softmax
+from frontend_api.triton_client import InferOutput, TritonBackend
+from frontend_api.uploads import presign_upload
+from taskspec import TaskSpec, get_task
+
+logger = logging.getLogger("frontend_api")
+
+
+def _ms(start: float, end: float | None = None) -> float:
+    return round(((end if end is not None else time.perf_counter()) - start) * 1000, 3)
+
+
+@dataclass
+class _Served:
+    version: str
+    expires: float
+
+
+class PlatformService:
+    """Classification, model listing, readiness, statistics and presigned uploads."""
+
+    def __init__(
+        self,
+        settings: ApiSettings,
+        triton: TritonBackend,
+        artifacts: ArtifactStore,
+        fetcher: ImageFetcher,
+        s3: Any,
+        metrics: ApiMetrics,
+    ) -> None:
+        self.settings = settings
+        self.triton = triton
+        self.artifacts = artifacts
+        self.fetcher = fetcher
+        self.s3 = s3
+        self.metrics = metrics
+        self.tasks: tuple[TaskSpec, ...] = tuple(get_task(name) for name in settings.tasks)
+        self._served: dict[str, _Served] = {}
+        self._version_locks: dict[str, asyncio.Lock] = {}
+
+    # --- the served version and its artifacts ---
+
+    async def served_version(self, spec: TaskSpec) -> str:
+        """The highest ready version of ``spec``'s model, re-asked every ``model_refresh_s``."""
+        cached = self._served.get(spec.name)
+        now = time.monotonic()
+        if cached is not None and cached.expires > now:
+            return cached.version
+        lock = self._version_locks.setdefault(spec.name, asyncio.Lock())
+        async with lock:
+            cached = self._served.get(spec.name)
+            if cached is not None and cached.expires > time.monotonic():
+                return cached.version
+            versions = await self.triton.model_versions(spec.model_name)
+            version = max(versions, key=lambda v: (int(v) if v.isdigit() else -1, v))
+            self._served[spec.name] = _Served(version, time.monotonic() + self.settings.model_refresh_s)
+            return version
+
+    def forget_version(self, spec: TaskSpec) -> None:
+        """Re-ask Triton on the next request (after the served version failed)."""
+        self._served.pop(spec.name, None)
+
+    async def _infer(self, spec: TaskSpec, version: str, inputs: dict[str, np.ndarray]) -> InferOutput:
+        try:
+            output = await self.triton.infer(spec.model_name, version, inputs, spec.output.name)
+        except ModelNotReady:
+            self.forget_version(spec)  # e.g. that version was unloaded: pick the current one next time
+            raise
+        rows = next(iter(inputs.values())).shape[0]
+        if output.logits.shape != (rows, spec.num_labels):
+            raise InferenceFailed(
+                f"{spec.model_name} returned logits of shape {output.logits.shape}, "
+                f"expected ({rows}, {spec.num_labels})"
+            )
+        return output
+
+    # --- classification ---
+
+    async def classify_texts(self, spec: TaskSpec, texts: Sequence[str]) -> TextResponse:
+        """Label every text: tokenize into length buckets, one Triton request per bucket, concurrently."""
+        start = time.perf_counter()
+        version = await self.served_version(spec)
+        artifacts = await self.artifacts.get(spec, version)
+        if not isinstance(artifacts, TextArtifacts):
+            raise ModelNotReady(f"{spec.name}/{version} has no text preprocessing")
+        t_tokenize = time.perf_counter()
+        run = functools.partial(
+            encode,
+            artifacts.tokenizer,
+            texts,
+            artifacts.preprocessing,
+            pad_id=artifacts.pad_id,
+            padding=self.settings.text_padding,
+        )
+        # Short requests tokenize faster than a thread hop costs; long ones must not block the loop.
+        big = sum(len(t) for t in texts) > self.settings.tokenize_in_thread_chars
+        groups = await asyncio.to_thread(run) if big else run()
+        t_infer = time.perf_counter()
+        ids_name, mask_name = spec.input_names
+        outputs = await asyncio.gather(
+            *(self._infer(spec, version, {ids_name: g.input_ids, mask_name: g.attention_mask}) for g in groups)
+        )
+        t_done = time.perf_counter()
+        predictions: list[TextPrediction | None] = [None] * len(texts)
+        labels = artifacts.labels
+        for group, output in zip(groups, outputs, strict=True):
+            for index, row in zip(group.indices, softmax(output.logits), strict=True):
+                predictions[index] = TextPrediction(
+                    text_index=index,
+                    label=labels[int(np.argmax(row))],
+                    probabilities={label: float(p) for label, p in zip(labels, row, strict=True)},
+                )
+        timings = TextTimings(tokenize=_ms(t_tokenize, t_infer), inference=_ms(t_infer, t_done), total=_ms(start))
+        self.metrics.observe_stages(spec.name, timings.model_dump())
+        self.metrics.items.labels(task=spec.name).inc(len(texts))
+        return TextResponse(
+            task=spec.name,
+            model=ModelRef(name=spec.model_name, version=outputs[0].model_version or version),
+            predictions=[p for p in predictions if p is not None],
+            timings_ms=timings,
+        )
+
+    async def classify_images(self, spec: TaskSpec, urls: Sequence[str], top_k: int) -> PoseResponse:
+        """Fetch every image (SSRF-checked), decode and normalise off the loop, one batched Triton call."""
+        start = time.perf_counter()
+        version = await self.served_version(spec)
+        artifacts = await self.artifacts.get(spec, version)
+        if not isinstance(artifacts, ImageArtifacts):
+            raise ModelNotReady(f"{spec.name}/{version} has no image preprocessing")
+        bodies, fetch_ms = await self.fetcher.fetch_all(urls)
+        t_pre = time.perf_counter()
+        pixels = await asyncio.to_thread(decode_batch, bodies, artifacts.preprocessing, self.settings.image_max_pixels)
+        t_infer = time.perf_counter()
+        output = await self._infer(spec, version, {spec.input_names[0]: pixels})
+        t_done = time.perf_counter()
+        labels = artifacts.labels
+        predictions = []
+        for index, row in enumerate(softmax(output.logits)):
+            order = np.argsort(-row, kind="stable")
+            predictions.append(
+                ImagePrediction(
+                    image_index=index,
+                    label=labels[int(order[0])],
+                    probabilities={label: float(p) for label, p in zip(labels, row, strict=True)},
+                    top_k=[LabelProbability(label=labels[int(i)], probability=float(row[i])) for i in order[:top_k]],
+                )
+            )
+        timings = ImageTimings(
+            fetch=round(fetch_ms, 3), preprocess=_ms(t_pre, t_infer), inference=_ms(t_infer, t_done), total=_ms(start)
+        )
+        self.metrics.observe_stages(spec.name, timings.model_dump())
+        self.metrics.items.labels(task=spec.name).inc(len(urls))
+        return PoseResponse(
+            model=ModelRef(name=spec.model_name, version=output.model_version or version),
+            predictions=predictions,
+            timings_ms=timings,
+        )
+
+    # --- state ---
+
+    async def _model_state(self, spec: TaskSpec) -> tuple[bool, str | None]:
+        if not await self.triton.model_ready(spec.model_name):
+            return False, None
+        try:
+            versions = await self.triton.model_versions(spec.model_name)
+        except ApiError:
+            return False, None
+        return True, max(versions, key=lambda v: (int(v) if v.isdigit() else -1, v))
+
+    async def models(self) -> ModelsResponse:
+        """Every task with its served version and ready state (Triton down: all not ready)."""
+        states = await asyncio.gather(*(self._model_state(spec) for spec in self.tasks))
+        return ModelsResponse(
+            models=[
+                ModelInfo(
+                    task=spec.name,
+                    title=spec.title,
+                    modality=spec.modality,
+                    model=spec.model_name,
+                    version=version,
+                    labels=list(spec.labels),
+                    ready=ready,
+                    max_items=MAX_TEXTS if spec.modality == "text" else MAX_IMAGES,
+                )
+                for spec, (ready, version) in zip(self.tasks, states, strict=True)
+            ]
+        )
+
+    async def readiness(self) -> Readiness:
+        """Triton ready and every served task's model ready."""
+        triton_ready = await self.triton.server_ready()
+        ready = await asyncio.gather(*(self.triton.model_ready(spec.model_name) for spec in self.tasks))
+        models = {spec.name: bool(r) for spec, r in zip(self.tasks, ready, strict=True)}
+        return Readiness(ready=triton_ready and all(models.values()), triton=triton_ready, models=models)
+
+    async def stats(self) -> StatsResponse:
+        """Triton's counters for the served tasks' models (every loaded version)."""
+        rows = await self.triton.statistics()
+        by_model = {spec.model_name: spec for spec in self.tasks}
+        ready = dict(
+            zip(
+                by_model,
+                await asyncio.gather(*(self.triton.model_ready(name) for name in by_model)),
+                strict=True,
+            )
+        )
+        return StatsResponse(
+            models=[
+                ModelStats(
+                    task=by_model[row.name].name,
+                    model=row.name,
+                    version=row.version,
+                    ready=ready[row.name],
+                    request_success=row.success_count,
+                    request_failure=row.failure_count,
+                    inference_count=row.inference_count,
+                    execution_count=row.execution_count,
+                    avg_queue_ms=round(row.avg_queue_ms, 3),
+                    avg_compute_ms=round(row.avg_compute_ms, 3),
+                    batch_sizes={str(size): count for size, count in sorted(row.batch_sizes.items())},
+                )
+                for row in rows
+                if row.name in by_model
+            ]
+        )
+
+    def presign(self, content_type: str) -> UploadResponse:
+        return presign_upload(self.s3, self.settings, content_type)

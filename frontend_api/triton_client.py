@@ -1,0 +1,195 @@
+"""The only module that talks to Triton: an asyncio HTTP client and the interface the facade needs.
+
+:class:`TritonBackend` is what the service layer depends on; :class:`TritonHttpClient` implements
+it with ``tritonclient.http.aio`` (one long-lived aiohttp connection pool, created in the app's
+lifespan), and :class:`frontend_api.testing.FakeTriton` implements it for unit tests. Every failure
+is translated here into the facade's error taxonomy: unreachable -> :class:`BackendUnavailable`,
+unknown or unloaded model -> :class:`ModelNotReady`, past the deadline -> :class:`BackendTimeout`,
+any other rejection -> :class:`InferenceFailed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import aiohttp
+import numpy as np
+import tritonclient.http.aio as triton_aio
+from tritonclient.http import InferInput, InferRequestedOutput
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from frontend_api.errors import BackendTimeout, BackendUnavailable, InferenceFailed, ModelNotReady
+
+T = TypeVar("T")
+
+# Phrases in Triton's error messages that mean "this model (version) cannot serve right now".
+_NOT_READY_MARKERS = ("unknown model", "is not ready", "no available versions", "is not found", "unavailable")
+
+
+@dataclass(frozen=True)
+class InferOutput:
+    """Logits of one inference call and the model version that produced them."""
+
+    logits: np.ndarray
+    model_version: str
+
+
+@dataclass(frozen=True)
+class TritonModelStats:
+    """Triton's statistics of one model version (``/v2/models/stats``), times in nanoseconds."""
+
+    name: str
+    version: str
+    success_count: int
+    failure_count: int
+    inference_count: int
+    execution_count: int
+    queue_ns: int
+    compute_ns: int
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def avg_queue_ms(self) -> float:
+        return self.queue_ns / self.success_count / 1e6 if self.success_count else 0.0
+
+    @property
+    def avg_compute_ms(self) -> float:
+        return self.compute_ns / self.success_count / 1e6 if self.success_count else 0.0
+
+
+class TritonBackend(Protocol):
+    """What the facade needs from an inference server."""
+
+    async def server_ready(self) -> bool:
+        """Whether the server answers and reports ready (never raises)."""
+        ...
+
+    async def model_ready(self, model: str) -> bool:
+        """Whether ``model`` has a ready version (never raises)."""
+        ...
+
+    async def model_versions(self, model: str) -> list[str]:
+        """Ready versions of ``model``; raises :class:`ModelNotReady` / :class:`BackendUnavailable`."""
+        ...
+
+    async def infer(self, model: str, version: str, inputs: Mapping[str, np.ndarray], output: str) -> InferOutput:
+        """Run one (batched) request; ``version`` may be "" for the server's choice."""
+        ...
+
+    async def statistics(self) -> list[TritonModelStats]:
+        """Statistics of every loaded model version."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def parse_statistics(document: Mapping[str, Any]) -> list[TritonModelStats]:
+    """Turn Triton's ``/v2/models/stats`` JSON into :class:`TritonModelStats` rows."""
+    rows: list[TritonModelStats] = []
+    for model in document.get("model_stats", []):
+        stats = model.get("inference_stats", {})
+
+        def ns(key: str, stats: Mapping[str, Any] = stats) -> int:
+            return int(stats.get(key, {}).get("ns", 0))
+
+        batch_sizes = {
+            int(b["batch_size"]): int(b.get("compute_infer", {}).get("count", 0)) for b in model.get("batch_stats", [])
+        }
+        rows.append(
+            TritonModelStats(
+                name=str(model.get("name", "")),
+                version=str(model.get("version", "")),
+                success_count=int(stats.get("success", {}).get("count", 0)),
+                failure_count=int(stats.get("fail", {}).get("count", 0)),
+                inference_count=int(model.get("inference_count", 0)),
+                execution_count=int(model.get("execution_count", 0)),
+                queue_ns=ns("queue"),
+                compute_ns=ns("compute_input") + ns("compute_infer") + ns("compute_output"),
+                batch_sizes=batch_sizes,
+            )
+        )
+    return rows
+
+
+class TritonHttpClient:
+    """:class:`TritonBackend` over Triton's HTTP/REST protocol (binary tensor data), asyncio.
+
+    Create it inside a running event loop (the app's lifespan): aiohttp binds its pool to the loop.
+    A connection that Triton closed (e.g. after a restart) is retried once, so the facade recovers
+    from a Triton restart without being restarted itself.
+    """
+
+    def __init__(self, url: str, *, timeout_s: float = 10.0, connections: int = 64) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        # conn_timeout is aiohttp's total per-request limit; the deadline that counts is ours (asyncio.timeout).
+        self._client = triton_aio.InferenceServerClient(url, conn_limit=connections, conn_timeout=timeout_s + 5)
+
+    async def _call(self, what: str, make: Callable[[], Awaitable[T]], *, model: str = "") -> T:
+        for attempt in (1, 2):
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    return await make()
+            except TimeoutError:
+                raise BackendTimeout(f"Triton did not answer {what} within {self.timeout_s:g} s") from None
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                # A pooled keep-alive connection to a Triton that has since restarted: retry once on a new one.
+                if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
+                    raise BackendUnavailable(f"Triton at {self.url} is unreachable ({type(exc).__name__})") from exc
+            except (aiohttp.ClientError, OSError) as exc:
+                raise BackendUnavailable(f"Triton at {self.url} is unreachable ({type(exc).__name__})") from exc
+            except InferenceServerException as exc:
+                message = str(exc.message() or exc)
+                if model and any(marker in message.lower() for marker in _NOT_READY_MARKERS):
+                    raise ModelNotReady(f"model {model!r} is not ready in Triton: {message}") from exc
+                raise InferenceFailed(f"Triton rejected {what}: {message}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def server_ready(self) -> bool:
+        try:
+            return bool(await self._call("the readiness probe", self._client.is_server_ready))
+        except (BackendUnavailable, BackendTimeout, InferenceFailed):
+            return False
+
+    async def model_ready(self, model: str) -> bool:
+        try:
+            return bool(await self._call("a model probe", lambda: self._client.is_model_ready(model), model=model))
+        except (BackendUnavailable, BackendTimeout, InferenceFailed, ModelNotReady):
+            return False
+
+    async def model_versions(self, model: str) -> list[str]:
+        metadata = await self._call("a metadata request", lambda: self._client.get_model_metadata(model), model=model)
+        versions = [str(v) for v in metadata.get("versions", [])]
+        if not versions:
+            raise ModelNotReady(f"model {model!r} has no ready version in Triton")
+        return versions
+
+    async def infer(self, model: str, version: str, inputs: Mapping[str, np.ndarray], output: str) -> InferOutput:
+        tensors = []
+        for name, array in inputs.items():
+            tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array, binary_data=True)
+            tensors.append(tensor)
+        outputs = [InferRequestedOutput(output, binary_data=True)]
+        result = await self._call(
+            f"an inference request to {model!r}",
+            lambda: self._client.infer(model, tensors, model_version=version, outputs=outputs),
+            model=model,
+        )
+        logits = result.as_numpy(output)
+        if logits is None:
+            raise InferenceFailed(f"Triton's answer from {model!r} has no output {output!r}")
+        served = str(result.get_response().get("model_version", version))
+        return InferOutput(logits=np.asarray(logits, dtype=np.float32), model_version=served)
+
+    async def statistics(self) -> list[TritonModelStats]:
+        document = await self._call("a statistics request", self._client.get_inference_statistics)
+        return parse_statistics(document)
+
+    async def close(self) -> None:
+        await self._client.close()
