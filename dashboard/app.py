@@ -1,0 +1,92 @@
+"""The dashboard page: ``panel serve dashboard/app.py`` serves it at ``/app``.
+
+Each browser session gets its own facade client and states; a periodic callback checks that the
+facade is up (the banner) and refreshes the Monitoring tab. The facade's URL comes from
+``MTC_DASHBOARD_API_URL`` (see :class:`dashboard.settings.DashboardSettings`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import panel as pn
+
+from dashboard.client import FacadeAPI, FacadeClient
+from dashboard.settings import DashboardSettings
+from dashboard.state import DashboardState
+from dashboard.views import ConnectionBanner, MonitoringView, PoseView, TextTaskView
+from taskspec import TASKS
+
+TITLE = "Multi-task classifier"
+
+
+class DashboardPage:
+    """Every view of one session, assembled into a page with a tab per task and a Monitoring tab."""
+
+    def __init__(self, state: DashboardState) -> None:
+        settings = state.settings
+        self.state = state
+        self.banner = ConnectionBanner(state.connection, state.client.base_url, settings.health_interval_s)
+        self.text_views = {name: TextTaskView(task_state) for name, task_state in state.text_tasks.items()}
+        self.pose_view = PoseView(state.pose)
+        self.monitoring_view = MonitoringView(state.monitoring, settings.stats_interval_s)
+        tabs: list[Any] = [view.panel for view in self.text_views.values()]
+        tabs += [self.pose_view.panel, self.monitoring_view.panel]
+        self.tabs = pn.Tabs(*tabs, dynamic=False, sizing_mode="stretch_width", css_classes=["mtc-tabs"])
+        # Bootstrap, not Fast: the Fast design pulls a web font from the internet, this one is all local.
+        self.template = pn.template.BootstrapTemplate(
+            title=TITLE,
+            main=[pn.Column(self.banner.panel, self.tabs, sizing_mode="stretch_width")],
+            sidebar=[
+                pn.pane.Markdown(
+                    f"Classify movie reviews, tweets and photos with the models served by Triton.\n\n"
+                    f"API: `{state.client.base_url}`\n\n"
+                    "Text tabs take one text per line; the Pose tab takes a photo file or an image URL."
+                )
+            ],
+            sidebar_width=260,
+            header_background="#2b6cb0",
+        )
+
+    async def refresh(self) -> None:
+        """One tick: check the facade, and refresh the statistics while it is up."""
+        await self.state.connection.check()
+        if self.state.connection.status != "down":
+            await self.state.monitoring.refresh()
+
+
+def build_page(client: FacadeAPI | None = None, settings: DashboardSettings | None = None) -> DashboardPage:
+    """The page for one session (tests pass a fake client; the server builds the real one)."""
+    settings = settings or DashboardSettings()
+    if client is None:
+        key = settings.api_key.get_secret_value() if settings.api_key else None
+        client = FacadeClient(settings.api_url, timeout_s=settings.request_timeout_s, api_key=key)
+    return DashboardPage(DashboardState(client, settings, list(TASKS.values())))
+
+
+def serve_session() -> None:
+    """What ``panel serve`` runs for each browser session."""
+    pn.extension(notifications=False)
+    page = build_page()
+    settings = page.state.settings
+    pn.state.onload(page.refresh)
+    interval_ms = int(min(settings.health_interval_s, settings.stats_interval_s) * 1000)
+    # Panel's annotation says coroutine object, but it takes (and awaits) a coroutine function.
+    pn.state.add_periodic_callback(cast(Any, page.refresh), period=interval_ms)
+
+    closing: set[asyncio.Task[None]] = set()
+
+    def close_client(session_context: Any) -> None:
+        # The server's loop is still running here: close the session's connection pool on it,
+        # holding a reference so the task is not garbage-collected before it runs.
+        task = asyncio.get_running_loop().create_task(page.state.client.aclose())
+        closing.add(task)
+        task.add_done_callback(closing.discard)
+
+    pn.state.on_session_destroyed(close_client)
+    page.template.servable(title=TITLE)
+
+
+if __name__.startswith("bokeh"):
+    serve_session()

@@ -1,0 +1,290 @@
+"""The dashboard's only network code: an async client of the facade's REST API.
+
+Every failure leaves this module as a :class:`DashboardClientError` whose ``message`` is a sentence a
+user can read (the facade's RFC 9457 ``title`` and ``detail``, or what went wrong on the wire), so the
+page never has to show a stack trace. The image upload goes straight to storage through the presigned
+URL the facade hands out: the dashboard never holds storage credentials.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Protocol, TypeVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class DashboardClientError(Exception):
+    """A request failed; ``message`` says why in words a user understands."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ApiUnavailable(DashboardClientError):
+    """The facade could not be reached at all (refused, DNS, connect timeout)."""
+
+
+class ApiError(DashboardClientError):
+    """The facade answered with an error (problem+json) or with a body this client cannot read."""
+
+    def __init__(self, message: str, *, status: int | None = None, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+class UploadError(DashboardClientError):
+    """Storage refused or did not answer the presigned upload."""
+
+
+class _Response(BaseModel):
+    # Extra fields are ignored so that the facade can add information without breaking the page;
+    # versions may arrive as numbers or strings.
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+
+
+class ModelRef(_Response):
+    name: str
+    version: str | None = None
+
+
+class TextPrediction(_Response):
+    text_index: int
+    label: str
+    probabilities: dict[str, float]
+
+
+class TextResult(_Response):
+    """Response of ``POST /v1/{sentiment,disaster}``."""
+
+    task: str
+    model: ModelRef
+    predictions: list[TextPrediction]
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+class LabelProbability(_Response):
+    label: str
+    probability: float
+
+
+class ImagePrediction(_Response):
+    image_index: int
+    label: str
+    probabilities: dict[str, float]
+    top_k: list[LabelProbability]
+
+
+class PoseResult(_Response):
+    """Response of ``POST /v1/pose``."""
+
+    task: str
+    model: ModelRef
+    predictions: list[ImagePrediction]
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+class UploadTicket(_Response):
+    """Response of ``POST /v1/uploads``: where to PUT the bytes and the URL to classify afterwards."""
+
+    upload_url: str
+    method: str = "PUT"
+    headers: dict[str, str] = Field(default_factory=dict)
+    get_url: str
+    expires_in: int | None = None
+
+
+class ModelInfo(_Response):
+    task: str
+    title: str = ""
+    modality: str = ""
+    model: str = ""
+    version: str | None = None
+    labels: list[str] = Field(default_factory=list)
+    ready: bool = False
+
+
+class ModelStats(_Response):
+    """Serving statistics of one model, from Triton through the facade's ``GET /v1/stats``."""
+
+    task: str
+    version: str | None = None
+    ready: bool = False
+    request_success: int = 0
+    request_failure: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    avg_queue_ms: float = 0.0
+    avg_compute_ms: float = 0.0
+    batch_sizes: dict[str, int] = Field(default_factory=dict)
+
+
+class _ModelList(_Response):
+    models: list[ModelInfo]
+
+
+class _StatsList(_Response):
+    models: list[ModelStats]
+
+
+class Health(_Response):
+    """What ``GET /readyz`` says: the facade is up, and whether it can serve."""
+
+    ready: bool
+    detail: str = ""
+
+
+class FacadeAPI(Protocol):
+    """What the page needs from the facade; :class:`FacadeClient` is the real one, tests use fakes."""
+
+    @property
+    def base_url(self) -> str: ...
+
+    async def classify_texts(self, task: str, texts: list[str]) -> TextResult: ...
+
+    async def upload_image(self, filename: str, content_type: str, data: bytes) -> str: ...
+
+    async def classify_images(self, image_urls: list[str], top_k: int) -> PoseResult: ...
+
+    async def stats(self) -> list[ModelStats]: ...
+
+    async def health(self) -> Health: ...
+
+    async def aclose(self) -> None: ...
+
+
+def problem_message(response: httpx.Response) -> ApiError:
+    """Turn an error response (RFC 9457 problem+json, or anything else) into a readable :class:`ApiError`."""
+    title, detail, kind = "", "", None
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict):
+        title = str(body.get("title") or "")
+        kind = str(body["type"]) if body.get("type") else None
+        raw_detail = body.get("detail")
+        if isinstance(raw_detail, list):
+            # FastAPI's default validation body: a list of {"loc": [...], "msg": "..."}.
+            detail = "; ".join(_validation_item(item) for item in raw_detail)
+        elif raw_detail:
+            detail = str(raw_detail)
+    if not title:
+        title = response.reason_phrase or "Error"
+    message = f"{title} (HTTP {response.status_code})"
+    if detail and detail != title:
+        message += f": {detail}"
+    return ApiError(message, status=response.status_code, kind=kind)
+
+
+def _validation_item(item: object) -> str:
+    if isinstance(item, dict):
+        where = ".".join(str(part) for part in item.get("loc", []) if part != "body")
+        return f"{where}: {item.get('msg', '')}" if where else str(item.get("msg", ""))
+    return str(item)
+
+
+class FacadeClient:
+    """Async client of the facade (one per browser session: it owns a connection pool)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 30.0,
+        api_key: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        self._base_url = base_url.rstrip("/")
+        # Only the facade gets the key; the presigned storage URL is sent without it (see upload_image).
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # Idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them on the server
+        # side, so that a periodic request never lands on a connection that is being closed.
+        limits = httpx.Limits(keepalive_expiry=2.0)
+        self._http = httpx.AsyncClient(base_url=self._base_url, timeout=timeout_s, transport=transport, limits=limits)
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, body: object | None = None) -> httpx.Response:
+        try:
+            try:
+                response = await self._http.request(method, path, json=body, headers=self._auth)
+            except httpx.RemoteProtocolError:
+                # The server closed a pooled connection just as it was reused; every call here is
+                # safe to repeat (classification has no side effects), so try once on a fresh one.
+                response = await self._http.request(method, path, json=body, headers=self._auth)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ApiUnavailable(f"The API at {self._base_url} is unreachable ({_reason(exc)}).") from exc
+        except httpx.TimeoutException as exc:
+            raise ApiError(f"The API at {self._base_url} did not answer in time.") from exc
+        except httpx.HTTPError as exc:
+            raise ApiUnavailable(f"The API at {self._base_url} failed: {_reason(exc)}.") from exc
+        if response.status_code >= 400:
+            raise problem_message(response)
+        return response
+
+    @staticmethod
+    def _parse(model: type[M], response: httpx.Response) -> M:
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise ApiError(
+                f"The API sent a response the dashboard cannot read ({exc.error_count()} problem(s) "
+                f"in {response.request.url.path})."
+            ) from exc
+
+    async def classify_texts(self, task: str, texts: list[str]) -> TextResult:
+        """``POST /v1/<task>`` with ``texts``; one prediction per text."""
+        response = await self._request("POST", f"/v1/{task}", {"texts": texts})
+        return self._parse(TextResult, response)
+
+    async def upload_image(self, filename: str, content_type: str, data: bytes) -> str:
+        """Ask for a presigned upload URL, PUT the bytes to storage, return the URL to classify."""
+        response = await self._request("POST", "/v1/uploads", {"filename": filename, "content_type": content_type})
+        ticket = self._parse(UploadTicket, response)
+        headers = ticket.headers or {"Content-Type": content_type}
+        try:
+            stored = await self._http.request(ticket.method, ticket.upload_url, content=data, headers=headers)
+        except httpx.HTTPError as exc:
+            raise UploadError(f"Uploading the image to storage failed ({_reason(exc)}).") from exc
+        if stored.status_code >= 300:
+            raise UploadError(f"Storage refused the image upload (HTTP {stored.status_code}).")
+        return ticket.get_url
+
+    async def classify_images(self, image_urls: list[str], top_k: int) -> PoseResult:
+        """``POST /v1/pose`` with image URLs the facade can fetch."""
+        response = await self._request("POST", "/v1/pose", {"image_urls": image_urls, "top_k": top_k})
+        return self._parse(PoseResult, response)
+
+    async def models(self) -> list[ModelInfo]:
+        """``GET /v1/models``: each task's model, version, labels and readiness."""
+        return self._parse(_ModelList, await self._request("GET", "/v1/models")).models
+
+    async def stats(self) -> list[ModelStats]:
+        """``GET /v1/stats``: Triton's per-model counters, averages and executed batch sizes."""
+        return self._parse(_StatsList, await self._request("GET", "/v1/stats")).models
+
+    async def health(self) -> Health:
+        """``GET /readyz``: 200 means ready; 503 means up but not ready (for example Triton is down)."""
+        try:
+            await self._request("GET", "/readyz")
+        except ApiError as exc:
+            if exc.status == 503:
+                return Health(ready=False, detail=exc.message)
+            raise
+        return Health(ready=True)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().rstrip(".")
+    return text or type(exc).__name__

@@ -1,0 +1,211 @@
+"""The dashboard's facade client against an in-process fake server (httpx.MockTransport): requests
+sent, responses parsed, and every failure turned into a readable message."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from dashboard.client import ApiError, ApiUnavailable, FacadeClient, UploadError
+
+pytestmark = pytest.mark.anyio
+
+API = "http://facade.test"
+
+TEXT_RESPONSE = {
+    "task": "sentiment",
+    "model": {"name": "sentiment", "version": 1},
+    "predictions": [
+        {"text_index": 0, "label": "positive", "probabilities": {"negative": 0.1, "positive": 0.9}},
+        {"text_index": 1, "label": "negative", "probabilities": {"negative": 0.8, "positive": 0.2}},
+    ],
+    "timings_ms": {"tokenize": 1.2, "inference": 5.0, "total": 7.1},
+    "future_field": "ignored",
+}
+
+
+def client_for(handler: Callable[[httpx.Request], httpx.Response]) -> FacadeClient:
+    return FacadeClient(API, transport=httpx.MockTransport(handler))
+
+
+def problem(status: int, title: str, detail: str) -> httpx.Response:
+    body = {"type": f"https://errors.test/{status}", "title": title, "status": status, "detail": detail}
+    return httpx.Response(status, json=body, headers={"content-type": "application/problem+json"})
+
+
+async def test_classify_texts_posts_the_texts_and_parses_predictions() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=TEXT_RESPONSE)
+
+    result = await client_for(handler).classify_texts("sentiment", ["great", "awful"])
+
+    assert seen[0].method == "POST"
+    assert seen[0].url == f"{API}/v1/sentiment"
+    assert json.loads(seen[0].content) == {"texts": ["great", "awful"]}
+    assert [p.label for p in result.predictions] == ["positive", "negative"]
+    assert result.predictions[0].probabilities["positive"] == pytest.approx(0.9)
+    assert result.model.version == "1"  # a numeric version is accepted and shown as text
+    assert result.timings_ms["total"] == pytest.approx(7.1)
+
+
+async def test_problem_details_become_a_readable_message() -> None:
+    client = client_for(lambda request: problem(503, "Model not ready", "Triton reports sentiment not ready"))
+
+    with pytest.raises(ApiError) as caught:
+        await client.classify_texts("sentiment", ["x"])
+
+    assert caught.value.status == 503
+    assert caught.value.kind == "https://errors.test/503"
+    assert caught.value.message == "Model not ready (HTTP 503): Triton reports sentiment not ready"
+
+
+async def test_fastapi_validation_list_is_flattened_into_the_message() -> None:
+    body = {"detail": [{"loc": ["body", "texts"], "msg": "List should have at least 1 item", "type": "too_short"}]}
+    client = client_for(lambda request: httpx.Response(422, json=body))
+
+    with pytest.raises(ApiError) as caught:
+        await client.classify_texts("sentiment", [])
+
+    assert caught.value.message == "Unprocessable Entity (HTTP 422): texts: List should have at least 1 item"
+
+
+async def test_non_json_error_body_still_gives_a_message() -> None:
+    client = client_for(lambda request: httpx.Response(502, text="<html>Bad gateway</html>"))
+
+    with pytest.raises(ApiError, match=r"Bad Gateway \(HTTP 502\)"):
+        await client.stats()
+
+
+async def test_unreachable_facade_is_reported_as_unavailable() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    with pytest.raises(ApiUnavailable, match=r"http://facade.test is unreachable \(\[Errno 111\] Connection refused\)"):
+        await client_for(handler).classify_texts("disaster", ["fire"])
+
+
+async def test_a_connection_closed_by_the_server_is_retried_once() -> None:
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+        return httpx.Response(200, json={"models": []})
+
+    assert await client_for(handler).stats() == []
+    assert len(calls) == 2
+
+
+async def test_malformed_response_is_an_error_not_a_crash() -> None:
+    client = client_for(lambda request: httpx.Response(200, json={"task": "sentiment", "predictions": "nope"}))
+
+    with pytest.raises(ApiError, match="cannot read"):
+        await client.classify_texts("sentiment", ["x"])
+
+
+async def test_upload_asks_for_a_presigned_url_then_puts_the_bytes_there() -> None:
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        if request.url.path == "/v1/uploads":
+            return httpx.Response(
+                200,
+                json={
+                    "upload_url": "http://storage.test/uploads/abc.jpg?signature=put",
+                    "method": "PUT",
+                    "headers": {"Content-Type": "image/jpeg"},
+                    "get_url": "http://storage.test/uploads/abc.jpg?signature=get",
+                    "expires_in": 300,
+                },
+            )
+        return httpx.Response(200)
+
+    get_url = await client_for(handler).upload_image("photo.jpg", "image/jpeg", b"\xff\xd8jpeg-bytes")
+
+    assert get_url == "http://storage.test/uploads/abc.jpg?signature=get"
+    ticket_request, put = requests
+    assert json.loads(ticket_request.content) == {"filename": "photo.jpg", "content_type": "image/jpeg"}
+    assert put.method == "PUT"
+    assert str(put.url) == "http://storage.test/uploads/abc.jpg?signature=put"
+    assert put.headers["content-type"] == "image/jpeg"
+    assert put.content == b"\xff\xd8jpeg-bytes"
+
+
+async def test_storage_refusing_the_upload_is_an_upload_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/uploads":
+            return httpx.Response(200, json={"upload_url": "http://storage.test/u", "get_url": "http://storage.test/g"})
+        return httpx.Response(403, text="<Error><Code>SignatureDoesNotMatch</Code></Error>")
+
+    with pytest.raises(UploadError, match=r"HTTP 403"):
+        await client_for(handler).upload_image("photo.png", "image/png", b"png")
+
+
+async def test_classify_images_sends_urls_and_top_k() -> None:
+    seen: list[dict[str, object]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        return httpx.Response(
+            200,
+            json={
+                "task": "pose",
+                "model": {"name": "pose", "version": "2"},
+                "predictions": [
+                    {
+                        "image_index": 0,
+                        "label": "running",
+                        "probabilities": {"running": 0.7, "cycling": 0.2, "eating": 0.1},
+                        "top_k": [{"label": "running", "probability": 0.7}, {"label": "cycling", "probability": 0.2}],
+                    }
+                ],
+                "timings_ms": {"fetch": 2.0, "preprocess": 3.0, "inference": 10.0, "total": 16.0},
+            },
+        )
+
+    result = await client_for(handler).classify_images(["http://storage.test/g"], top_k=2)
+
+    assert seen == [{"image_urls": ["http://storage.test/g"], "top_k": 2}]
+    assert [item.label for item in result.predictions[0].top_k] == ["running", "cycling"]
+
+
+async def test_stats_and_health() -> None:
+    stats_body = {
+        "models": [
+            {
+                "task": "sentiment",
+                "version": "1",
+                "ready": True,
+                "request_success": 10,
+                "request_failure": 1,
+                "inference_count": 12,
+                "execution_count": 4,
+                "avg_queue_ms": 0.8,
+                "avg_compute_ms": 3.1,
+                "batch_sizes": {"1": 2, "4": 2},
+            }
+        ]
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/stats":
+            return httpx.Response(200, json=stats_body)
+        return problem(503, "Not ready", "Triton is not ready")
+
+    client = client_for(handler)
+    (stats,) = await client.stats()
+    assert stats.batch_sizes == {"1": 2, "4": 2}
+    assert stats.request_failure == 1
+    health = await client.health()
+    assert not health.ready
+    assert "Triton is not ready" in health.detail
+
+    assert (await client_for(lambda request: httpx.Response(200, json={"status": "ready"})).health()).ready
