@@ -1,0 +1,1 @@
+"""Benchmarks of the serving path (``python -m bench``; report in ``bench/results/``)."""

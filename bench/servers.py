@@ -1,0 +1,105 @@
+"""The servers a benchmark run starts for itself: real Triton, the facade, a static image host.
+
+All on free local ports, logs under the run's output folder, stopped on exit, the same way
+``make run`` (serving.stack) starts them.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from serving.processes import ManagedProcess, python_module
+from serving.triton import PROJECT_ROOT, TritonServer, free_port
+
+
+@contextmanager
+def triton_server(repository: Path, log_dir: Path) -> Iterator[TritonServer]:
+    """Real Triton (pip-wheel binary, local onnxruntime backend) serving ``repository``."""
+    server = TritonServer.on_free_ports(repository, log_file=log_dir / "triton.log", startup_timeout=300)
+    with server:
+        yield server
+
+
+def facade_env(triton: TritonServer, repository: Path, allowed_http_hosts: Sequence[str] = ()) -> dict[str, str]:
+    """The facade's environment for a benchmark: the same variables serving/stack.py passes."""
+    return {
+        "MTC_API_TRITON_URL": f"{triton.host}:{triton.http_port}",
+        "MTC_API_MODEL_REPOSITORY": str(repository),
+        "MTC_API_ALLOWED_HTTP_HOSTS": json.dumps(list(allowed_http_hosts)),
+        # The load generator opens up to 64 concurrent requests; none may be shed with 429.
+        "MTC_API_MAX_IN_FLIGHT": "1024",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+@contextmanager
+def facade_server(
+    triton: TritonServer,
+    repository: Path,
+    log_dir: Path,
+    *,
+    allowed_http_hosts: Sequence[str] = (),
+    extra_env: Mapping[str, str] | None = None,
+    name: str = "facade",
+) -> Iterator[str]:
+    """The facade (uvicorn, one worker, no access log) in front of ``triton``; yields its base URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**facade_env(triton, repository, allowed_http_hosts), **(extra_env or {})}
+    process = ManagedProcess(
+        name=name,
+        command=python_module(
+            "uvicorn", "frontend_api.app:app", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"
+        ),
+        ready_url=f"{url}/readyz",
+        log_file=log_dir / f"{name}.log",
+        env=env,
+        cwd=PROJECT_ROOT,
+        startup_timeout=120,
+    )
+    with process:
+        yield url
+
+
+@contextmanager
+def image_host(folder: Path, log_dir: Path) -> Iterator[str]:
+    """A static HTTP server for ``folder`` (the photos /v1/pose fetches); yields its ``host:port``."""
+    port = free_port()
+    first = next(p for p in sorted(folder.iterdir()) if p.is_file())
+    process = ManagedProcess(
+        name="image host",
+        command=python_module("http.server", str(port), "--bind", "127.0.0.1", "--directory", str(folder)),
+        ready_url=f"http://127.0.0.1:{port}/{first.name}",
+        log_file=log_dir / "image-host.log",
+        startup_timeout=30,
+    )
+    with process:
+        yield f"127.0.0.1:{port}"
+
+
+def model_stats(triton: TritonServer, model: str) -> dict[str, Any]:
+    """Triton's statistics of one model (all versions summed by Triton per version entry)."""
+    with urllib.request.urlopen(f"{triton.url}/v2/models/{model}/stats", timeout=10) as response:
+        stats: dict[str, Any] = json.load(response)
+    return stats
+
+
+def executed_batches(triton: TritonServer, model: str) -> dict[int, int]:
+    """Executed batch size -> number of executions, summed over the model's versions."""
+    counts: dict[int, int] = {}
+    for entry in model_stats(triton, model).get("model_stats", []):
+        for batch in entry.get("batch_stats", []):
+            size = int(batch["batch_size"])
+            counts[size] = counts.get(size, 0) + int(batch["compute_infer"]["count"])
+    return counts
+
+
+def batches_between(before: Mapping[int, int], after: Mapping[int, int]) -> dict[int, int]:
+    """Executions per batch size that happened between two :func:`executed_batches` snapshots."""
+    delta = {size: after.get(size, 0) - before.get(size, 0) for size in after}
+    return {size: count for size, count in sorted(delta.items()) if count > 0}

@@ -1,0 +1,406 @@
+"""The benchmark run behind ``python -m bench`` / ``make bench``.
+
+1. Picks the models: the trained ones published in ``model_repository/``; a task with none gets a
+   tiny random model from ``export.testing.build_tiny_repository`` (the report says so: its
+   numbers then describe the serving path, not the real model).
+2. Builds a scratch repository with each model and its variants (:mod:`bench.variants`).
+3. Starts real Triton, the facade and a static image host (:mod:`bench.servers`).
+4. Measures, with the async closed-loop load generator (:mod:`bench.loadgen`):
+   - per task, through the facade: latency p50/p95/p99 and throughput over concurrency 1-64;
+   - dynamic batching on vs off, direct to Triton, with the executed batch sizes from Triton's
+     statistics;
+   - int8 vs fp32 (text tasks), direct to Triton, plus how often the two agree;
+   - the facade comparisons of :mod:`bench.facade` (facade vs direct Triton, bucketed vs fixed
+     padding, the original design's in-process ``transformers`` pipeline).
+5. Writes ``report.md``, ``results.json`` and PNG plots (:mod:`bench.report`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bench.inputs import Samples, TextEncoder, image_tensor, load_samples
+from bench.loadgen import LoadResult, Send, run_load, sweep
+from bench.servers import batches_between, executed_batches, facade_server, image_host, triton_server
+from bench.variants import VariantRepository, build_variant_repository
+from serving.triton import PROJECT_ROOT, TritonServer
+from taskspec import MODEL_FILE, TaskSpec, get_task
+
+DEFAULT_CONCURRENCIES = (1, 2, 4, 8, 16, 32, 64)
+QUICK_CONCURRENCIES = (1, 4, 16, 64)
+
+
+@dataclass
+class BenchConfig:
+    """What to measure and for how long (``quick`` trims levels for a smoke run)."""
+
+    repository: Path = PROJECT_ROOT / "model_repository"
+    out: Path = PROJECT_ROOT / "bench" / "results"
+    tasks: tuple[str, ...] = ("sentiment", "disaster", "pose")
+    concurrencies: tuple[int, ...] = DEFAULT_CONCURRENCIES
+    duration_s: float = 2.0
+    warmup_s: float = 0.5
+    batching_concurrencies: tuple[int, ...] = (1, 16, 64)
+    int8_concurrencies: tuple[int, ...] = (1, 16)
+    run_facade_comparisons: bool = True
+
+
+@dataclass
+class BatchingPoint:
+    variant: str
+    result: LoadResult
+    batches: dict[int, int]
+
+    def summary(self) -> dict[str, Any]:
+        executions = sum(self.batches.values())
+        rows = sum(size * count for size, count in self.batches.items())
+        return {
+            "variant": self.variant,
+            **self.result.summary(),
+            "batches": {str(k): v for k, v in self.batches.items()},
+            "mean_batch": round(rows / executions, 2) if executions else None,
+        }
+
+
+@dataclass
+class Int8Comparison:
+    task: str
+    agreement: float
+    max_prob_diff: float
+    samples: int
+    fp32_bytes: int
+    int8_bytes: int
+    points: list[tuple[str, LoadResult]] = field(default_factory=list)
+
+
+@dataclass
+class BenchResults:
+    """Everything the report is written from."""
+
+    config: BenchConfig
+    machine: dict[str, Any]
+    model_sources: dict[str, str] = field(default_factory=dict)
+    input_sources: dict[str, str] = field(default_factory=dict)
+    sweeps: dict[str, list[LoadResult]] = field(default_factory=dict)
+    batching: dict[str, list[BatchingPoint]] = field(default_factory=dict)
+    int8: dict[str, Int8Comparison] = field(default_factory=dict)
+    facade: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    started: str = ""
+    wall_s: float = 0.0
+
+
+# --- picking the models --------------------------------------------------------------------------
+
+
+def has_published_model(repository: Path, task: str) -> bool:
+    from export.publish import latest_version_dir
+
+    return latest_version_dir(repository, task) is not None
+
+
+def prepare_repository(
+    config: BenchConfig, scratch: Path, results: BenchResults
+) -> tuple[VariantRepository, dict[str, Path]]:
+    """The variant repository, and for each task the published folder its model came from."""
+    specs = [get_task(t) for t in config.tasks]
+    trained = [s for s in specs if has_published_model(config.repository, s.name)]
+    missing = [s for s in specs if s not in trained]
+    sources = {s.name: config.repository for s in trained}
+    for spec in trained:
+        results.model_sources[spec.name] = f"trained model from {config.repository.name}/"
+    if missing:
+        from export.testing import build_tiny_repository
+
+        tiny = build_tiny_repository(scratch / "tiny", tasks=[s.name for s in missing])
+        for spec in missing:
+            sources[spec.name] = tiny
+            results.model_sources[spec.name] = (
+                "TINY RANDOM MODEL (no trained model published): serving-path numbers only"
+            )
+        results.notes.append(
+            f"No trained model for {', '.join(s.name for s in missing)} in {config.repository}: "
+            "benchmarked export.testing.build_tiny_repository's random tiny models instead."
+        )
+    variants = VariantRepository(root=scratch / "repository")
+    for source in sorted(set(sources.values())):
+        part = build_variant_repository(source, variants.root, [s for s in specs if sources[s.name] == source])
+        variants.models.update(part.models)
+        variants.versions.update(part.versions)
+        variants.notes.extend(part.notes)
+    return variants, sources
+
+
+# --- request builders ------------------------------------------------------------------------------
+
+
+def triton_requests(spec: TaskSpec, version_dir: Path, samples: Samples) -> list[dict[str, np.ndarray]]:
+    """One single-item request per sample, preprocessed as the facade does (bucketed padding)."""
+    if spec.modality == "text":
+        encoder = TextEncoder(version_dir, spec)
+        return [encoder.encode([text]) for text in samples.texts]
+    (pixels,) = spec.inputs
+    return [{pixels.name: image_tensor(data, spec)} for data in samples.images]
+
+
+def triton_sender(client: Any, model: str, spec: TaskSpec, requests: Sequence[dict[str, np.ndarray]]) -> Send:
+    """An async ``send(n)`` that infers request ``n % len(requests)`` on ``model``."""
+    import tritonclient.http.aio as aio
+
+    prepared = []
+    for feeds in requests:
+        inputs = []
+        for tensor in spec.inputs:
+            array = feeds[tensor.name]
+            item = aio.InferInput(tensor.name, list(array.shape), tensor.wire_dtype)
+            item.set_data_from_numpy(array)
+            inputs.append(item)
+        prepared.append(inputs)
+    outputs = [aio.InferRequestedOutput(spec.output.name)]
+
+    async def send(n: int) -> None:
+        result = await client.infer(model, prepared[n % len(prepared)], outputs=outputs)
+        if result.as_numpy(spec.output.name) is None:
+            raise RuntimeError(f"{model} returned no {spec.output.name}")
+
+    return send
+
+
+def facade_sender(client: httpx.AsyncClient, spec: TaskSpec, samples: Samples, image_urls: Sequence[str]) -> Send:
+    """An async ``send(n)`` posting one input to ``/v1/<task>``; non-2xx raises."""
+
+    async def send(n: int) -> None:
+        if spec.modality == "text":
+            body: dict[str, Any] = {"texts": [samples.texts[n % len(samples.texts)]]}
+        else:
+            body = {"image_urls": [image_urls[n % len(image_urls)]], "top_k": 3}
+        response = await client.post(f"/v1/{spec.name}", json=body)
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+
+    return send
+
+
+# --- scenarios -------------------------------------------------------------------------------------
+
+
+async def measure_task_sweeps(
+    config: BenchConfig, facade_url: str, samples: dict[str, Samples], image_urls: list[str], results: BenchResults
+) -> None:
+    limits = httpx.Limits(max_connections=max(config.concurrencies) * 2, max_keepalive_connections=128)
+    async with httpx.AsyncClient(base_url=facade_url, timeout=60, limits=limits) as client:
+        for task in config.tasks:
+            spec = get_task(task)
+            send = facade_sender(client, spec, samples[task], image_urls)
+            results.sweeps[task] = await sweep(
+                send, config.concurrencies, duration_s=config.duration_s, warmup_s=config.warmup_s, label=task
+            )
+
+
+async def measure_batching(
+    config: BenchConfig,
+    triton: TritonServer,
+    variants: VariantRepository,
+    requests: dict[str, list[dict[str, np.ndarray]]],
+    results: BenchResults,
+) -> None:
+    import tritonclient.http.aio as aio
+
+    client = aio.InferenceServerClient(f"{triton.host}:{triton.http_port}", conn_limit=256)
+    try:
+        for task in config.tasks:
+            spec = get_task(task)
+            points = []
+            for kind in ("published", "nobatch"):
+                model = variants.models[task][kind]
+                send = triton_sender(client, model, spec, requests[task])
+                for concurrency in config.batching_concurrencies:
+                    before = executed_batches(triton, model)
+                    result = await run_load(
+                        send,
+                        concurrency=concurrency,
+                        duration_s=config.duration_s,
+                        warmup_s=config.warmup_s,
+                        label=f"{task} batching {'on' if kind == 'published' else 'off'}",
+                    )
+                    after = executed_batches(triton, model)
+                    label = "dynamic batching on" if kind == "published" else "dynamic batching off"
+                    points.append(BatchingPoint(label, result, batches_between(before, after)))
+            results.batching[task] = points
+    finally:
+        await client.close()
+
+
+def int8_agreement(fp32: Path, int8: Path, requests: Sequence[dict[str, np.ndarray]]) -> tuple[float, float]:
+    """Share of inputs whose top class is the same, and the largest probability difference."""
+    import onnxruntime as ort
+
+    def probabilities(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        session = sessions.setdefault(path, ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
+        (logits,) = session.run(None, feeds)
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return np.asarray(shifted / shifted.sum(axis=-1, keepdims=True))
+
+    sessions: dict[Path, Any] = {}
+    same, worst = 0, 0.0
+    for feeds in requests:
+        a, b = probabilities(fp32, feeds), probabilities(int8, feeds)
+        same += int(a.argmax() == b.argmax())
+        worst = max(worst, float(np.abs(a - b).max()))
+    return same / len(requests), worst
+
+
+async def measure_int8(
+    config: BenchConfig,
+    triton: TritonServer,
+    variants: VariantRepository,
+    requests: dict[str, list[dict[str, np.ndarray]]],
+    results: BenchResults,
+) -> None:
+    import tritonclient.http.aio as aio
+
+    client = aio.InferenceServerClient(f"{triton.host}:{triton.http_port}", conn_limit=256)
+    try:
+        for task in config.tasks:
+            if "int8" not in variants.models.get(task, {}):
+                continue
+            spec = get_task(task)
+            version = str(variants.versions[task])
+            fp32_file = variants.root / variants.models[task]["published"] / version / MODEL_FILE
+            int8_file = variants.root / variants.models[task]["int8"] / version / MODEL_FILE
+            agreement, worst = int8_agreement(fp32_file, int8_file, requests[task])
+            comparison = Int8Comparison(
+                task=task,
+                agreement=agreement,
+                max_prob_diff=worst,
+                samples=len(requests[task]),
+                fp32_bytes=fp32_file.stat().st_size,
+                int8_bytes=int8_file.stat().st_size,
+            )
+            for kind, label in (("published", "fp32"), ("int8", "int8")):
+                send = triton_sender(client, variants.models[task][kind], spec, requests[task])
+                for concurrency in config.int8_concurrencies:
+                    result = await run_load(
+                        send,
+                        concurrency=concurrency,
+                        duration_s=config.duration_s,
+                        warmup_s=config.warmup_s,
+                        label=f"{task} {label}",
+                    )
+                    comparison.points.append((label, result))
+            results.int8[task] = comparison
+    finally:
+        await client.close()
+
+
+FacadeComparisons = Callable[..., dict[str, Any]]
+
+
+def run_facade_comparisons(context: dict[str, Any], results: BenchResults) -> None:
+    """Facade vs direct Triton, bucketed vs fixed padding, transformers baseline: bench/facade.py."""
+    try:
+        facade_bench = importlib.import_module("bench.facade")
+    except ImportError as exc:
+        results.notes.append(f"bench/facade.py is not available ({exc}): facade comparisons not measured")
+        return
+    entry: FacadeComparisons | None = getattr(facade_bench, "run_comparisons", None)
+    if entry is None:
+        results.notes.append("bench/facade.py has no run_comparisons(): facade comparisons not measured")
+        return
+    try:
+        results.facade = entry(**context)
+    except Exception as exc:  # one failing section must not lose the rest of the report
+        results.notes.append(f"facade comparisons failed: {type(exc).__name__}: {exc}")
+
+
+# --- the run -----------------------------------------------------------------------------------------
+
+
+def run(config: BenchConfig) -> BenchResults:
+    """Run every scenario and write the report; returns the results."""
+    from bench.machine import describe_machine
+    from bench.report import write_report
+
+    started = time.time()
+    results = BenchResults(config=config, machine=describe_machine())
+    results.started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))
+    config.out.mkdir(parents=True, exist_ok=True)
+    log_dir = config.out / "logs"
+    with tempfile.TemporaryDirectory(prefix="mtc-bench-") as tmp:
+        scratch = Path(tmp)
+        print("==> preparing models", flush=True)
+        variants, sources = prepare_repository(config, scratch, results)
+        results.notes.extend(variants.notes)
+        config.tasks = tuple(t for t in config.tasks if t in variants.models)
+
+        samples = {task: load_samples(get_task(task)) for task in config.tasks}
+        results.input_sources = {task: s.source for task, s in samples.items()}
+        requests = {
+            task: triton_requests(get_task(task), variants.root / task / str(variants.versions[task]), samples[task])
+            for task in config.tasks
+        }
+        photos = scratch / "photos"
+        photos.mkdir()
+        for index, data in enumerate(samples.get("pose", Samples()).images):
+            (photos / f"photo{index:03d}.jpg").write_bytes(data)
+        if not any(photos.iterdir()):
+            (photos / "empty.txt").write_text("no photos\n")
+
+        print(f"==> starting Triton with {len(variants.model_names())} models", flush=True)
+        with triton_server(variants.root, log_dir) as triton, image_host(photos, log_dir) as host:
+            results.machine["triton"] = server_version(triton)
+            image_urls = [f"http://{host}/{p.name}" for p in sorted(photos.glob("*.jpg"))]
+            extra = {"MTC_API_ALLOWED_IMAGE_HOSTS": f'["{host}"]', "MTC_API_TASKS": _json_list(config.tasks)}
+            with facade_server(
+                triton, variants.root, log_dir, allowed_http_hosts=[host], extra_env=extra
+            ) as facade_url:
+                print("==> per-task latency/throughput through the facade", flush=True)
+                asyncio.run(measure_task_sweeps(config, facade_url, samples, image_urls, results))
+                print("==> dynamic batching on/off", flush=True)
+                asyncio.run(measure_batching(config, triton, variants, requests, results))
+                print("==> int8 vs fp32", flush=True)
+                asyncio.run(measure_int8(config, triton, variants, requests, results))
+                if config.run_facade_comparisons:
+                    print("==> facade comparisons (bench/facade.py)", flush=True)
+                    context = {
+                        "triton": triton,
+                        "facade_url": facade_url,
+                        "repository": variants.root,
+                        "sources": sources,
+                        "tasks": config.tasks,
+                        "samples": samples,
+                        "image_urls": image_urls,
+                        "image_host": host,
+                        "log_dir": log_dir,
+                        "duration_s": config.duration_s,
+                        "warmup_s": config.warmup_s,
+                    }
+                    run_facade_comparisons(context, results)
+    results.wall_s = time.time() - started
+    write_report(results, config.out)
+    return results
+
+
+def server_version(triton: TritonServer) -> str:
+    """Triton's version from its server metadata (``GET /v2``)."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{triton.url}/v2", timeout=10) as response:
+        return str(json.load(response).get("version", "?"))
+
+
+def _json_list(values: Sequence[str]) -> str:
+    import json
+
+    return json.dumps(list(values))
