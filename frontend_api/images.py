@@ -219,7 +219,8 @@ class ImageFetcher:
                 raise ImageTooLarge(f"the image is {int(declared)} bytes; the limit is {self.max_bytes}")
             chunks: list[bytes] = []
             received = 0
-            async for chunk in response.aiter_raw():
+            # Decoded bytes (after any Content-Encoding): the cap bounds what lands in memory.
+            async for chunk in response.aiter_bytes():
                 received += len(chunk)
                 if received > self.max_bytes:
                     raise ImageTooLarge(f"the image is larger than the limit of {self.max_bytes} bytes")

@@ -49,7 +49,8 @@ def default_logits(model: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
     """Deterministic logits a test can predict.
 
     Text: the last label's logit is 0.1 x the number of real tokens, the others 0 (longer text ->
-    more likely the last label). Images: label k's logit is -|k - 10 x mean pixel value|.
+    more likely the last label). Images: label k's logit is -|k - 7 x (1 + mean normalised pixel)|
+    (dark images -> first labels, bright ones -> last labels).
     """
     spec = get_task(model)
     if "attention_mask" in inputs:
@@ -60,7 +61,7 @@ def default_logits(model: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
     pixels = next(iter(inputs.values()))
     means = pixels.reshape(len(pixels), -1).mean(axis=1)
     ks = np.arange(spec.num_labels, dtype=np.float32)
-    result: np.ndarray = -np.abs(ks[None, :] - 10 * means[:, None]).astype(np.float32)
+    result: np.ndarray = -np.abs(ks[None, :] - 7 * (1 + means[:, None])).astype(np.float32)
     return result
 
 

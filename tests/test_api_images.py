@@ -1,0 +1,363 @@
+"""/v1/pose and the image fetcher: SSRF refusals, limits, decoding; image hosts are an httpx.MockTransport."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from frontend_api.app import create_app
+from frontend_api.errors import BadImage
+from frontend_api.images import decode_image, is_public_address, sniff_format
+from frontend_api.settings import ApiSettings
+from frontend_api.testing import FakeTriton, make_artifact_repository
+from taskspec import POSE
+
+PROBLEM = "application/problem+json"
+S3 = "127.0.0.1:9000"
+DNS = {
+    "images.example.com": ["93.184.216.34"],
+    "mtc-uploads.s3.us-east-1.amazonaws.com": ["52.216.1.1"],
+    "internal.example.com": ["10.1.2.3"],
+    "metadata.example.com": ["169.254.169.254"],
+    "mapped.example.com": ["::ffff:127.0.0.1"],
+    "evil.example.com": ["93.184.216.35"],
+}
+
+
+def jpeg(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (64, 48)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def png_bomb(side: int = 10_000) -> bytes:
+    """A 1-bit PNG of side x side pixels: a few KB on the wire, 100 M pixels decoded."""
+    buffer = io.BytesIO()
+    Image.new("1", (side, side)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+class Hosts:
+    """Image hosts behind an httpx.MockTransport; records every request that left the facade."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Callable[[httpx.Request], httpx.Response]] = {}
+        self.seen: list[str] = []
+
+    def add(self, url: str, handler: Callable[[httpx.Request], httpx.Response]) -> str:
+        parsed = httpx.URL(url)
+        self.routes[f"{parsed.netloc.decode()}{parsed.path}"] = handler
+        return url
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        key = f"{request.headers['host']}{request.url.path}"
+        self.seen.append(f"{request.url.host}|{key}")
+        handler = self.routes.get(key)
+        return handler(request) if handler else httpx.Response(404)
+
+
+async def fake_resolver(host: str, port: int) -> list[str]:
+    if host not in DNS:
+        raise OSError(f"unknown host {host}")
+    return DNS[host]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_artifact_repository(tmp_path_factory.mktemp("artifacts"), tasks=["pose"])
+
+
+@pytest.fixture
+def hosts() -> Hosts:
+    return Hosts()
+
+
+@pytest.fixture
+def api(repo: Path, hosts: Hosts):
+    fake = FakeTriton()
+    settings = ApiSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        model_repository=str(repo),
+        tasks=["pose"],
+        s3_endpoint_url=None,
+        s3_region="us-east-1",
+        upload_bucket="mtc-uploads",
+        allowed_image_hosts=[
+            "images.example.com",
+            "internal.example.com",
+            "metadata.example.com",
+            "mapped.example.com",
+        ],
+        image_max_bytes=50_000,
+        image_max_pixels=4_000_000,
+    )
+    app = create_app(settings, fake, image_transport=httpx.MockTransport(hosts), resolver=fake_resolver)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client, fake
+
+
+def problem(response: Any, status: int, slug: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body = response.json()
+    assert body["type"] == f"/problems/{slug}"
+    return body
+
+
+def ok_image(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, content=jpeg(), headers={"content-type": "image/jpeg"})
+
+
+def test_pose_downloads_each_url_and_returns_top_k(api, hosts: Hosts) -> None:
+    client, fake = api
+    url_a = hosts.add("https://images.example.com/a.jpg", ok_image)
+    url_b = hosts.add(
+        "https://mtc-uploads.s3.us-east-1.amazonaws.com/uploads/b.png",
+        lambda r: httpx.Response(200, content=_png((10, 10, 10)), headers={"content-type": "binary/octet-stream"}),
+    )
+    response = client.post("/v1/pose", json={"image_urls": [url_a, url_b], "top_k": 4})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["task"] == "pose" and body["model"]["version"] == "1"
+    assert [p["image_index"] for p in body["predictions"]] == [0, 1]
+    for prediction in body["predictions"]:
+        assert set(prediction["probabilities"]) == set(POSE.labels)
+        assert sum(prediction["probabilities"].values()) == pytest.approx(1.0)
+        top = prediction["top_k"]
+        assert len(top) == 4
+        assert [t["probability"] for t in top] == sorted((t["probability"] for t in top), reverse=True)
+        assert top[0]["label"] == prediction["label"]
+    # one batched Triton call with both images, preprocessed to the model's input
+    assert [c.shapes["pixel_values"] for c in fake.calls] == [(2, 3, 224, 224)]
+    # the fake's logits follow the mean normalised pixel: a red and a dark image get different labels
+    assert body["predictions"][0]["label"] != body["predictions"][1]["label"]
+    assert set(body["timings_ms"]) == {"fetch", "preprocess", "inference", "total"}
+    assert float(response.headers["x-fetch-time-ms"]) == body["timings_ms"]["fetch"]
+    # the facade connected to the checked address and kept the original Host header
+    assert hosts.seen[0].startswith("93.184.216.34|images.example.com/a.jpg")
+
+
+def _png(color: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (30, 30), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1/latest/a.jpg",
+        "https://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        "https://10.0.0.7/a.jpg",
+        "https://[::1]/a.jpg",
+        "https://evil.example.com/a.jpg",  # public, but not an allowed host
+        "http://images.example.com/a.jpg",  # plain http to a host not allowed for it
+        "https://user:pass@images.example.com/a.jpg",
+        "https://internal.example.com/a.jpg",  # allowed name, private address
+        "https://metadata.example.com/latest/meta-data/",  # allowed name, link-local address
+        "https://mapped.example.com/a.jpg",  # IPv4-mapped loopback
+        "https://other-bucket.s3.us-east-1.amazonaws.com/a.jpg",  # S3, but not an allowed bucket
+        "https://s3.us-east-1.amazonaws.com/other-bucket/a.jpg",
+        "https://2130706433/a.jpg",  # 127.0.0.1 written as a number
+    ],
+)
+def test_ssrf_targets_are_refused_with_403_and_never_fetched(api, hosts: Hosts, url: str) -> None:
+    client, fake = api
+    problem(client.post("/v1/pose", json={"image_urls": [url]}), 403, "url-not-allowed")
+    assert hosts.seen == []
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://images.example.com/a.jpg", "gopher://x/", "not a url"])
+def test_non_http_urls_fail_validation(api, hosts: Hosts, url: str) -> None:
+    client, _ = api
+    problem(client.post("/v1/pose", json={"image_urls": [url]}), 422, "invalid-request")
+    assert hosts.seen == []
+
+
+@pytest.mark.parametrize(
+    "target", ["http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:9000/x.jpg", "http://10.0.0.1/"]
+)
+def test_redirects_are_not_followed(api, hosts: Hosts, target: str) -> None:
+    client, _ = api
+    url = hosts.add("https://images.example.com/r.jpg", lambda r: httpx.Response(302, headers={"location": target}))
+    body = problem(client.post("/v1/pose", json={"image_urls": [url]}), 403, "url-not-allowed")
+    assert "redirect" in body["detail"]
+    assert len(hosts.seen) == 1 and "images.example.com/r.jpg" in hosts.seen[0]
+
+
+def test_declared_oversized_body_is_413_before_reading(api, hosts: Hosts) -> None:
+    client, _ = api
+    url = hosts.add(
+        "https://images.example.com/big.jpg",
+        lambda r: httpx.Response(200, content=b"\xff\xd8\xff" + b"0" * 60_000, headers={"content-type": "image/jpeg"}),
+    )
+    problem(client.post("/v1/pose", json={"image_urls": [url]}), 413, "image-too-large")
+
+
+def test_streamed_oversized_body_without_length_is_cut_off(api, hosts: Hosts) -> None:
+    client, _ = api
+    sent: list[int] = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        for _ in range(1000):
+            sent.append(1)
+            yield b"\xff" * 10_000
+
+    url = hosts.add(
+        "https://images.example.com/stream.jpg",
+        lambda r: httpx.Response(200, content=endless(), headers={"content-type": "image/jpeg"}),
+    )
+    problem(client.post("/v1/pose", json={"image_urls": [url]}), 413, "image-too-large")
+    assert len(sent) <= 7  # stopped just past the 50,000-byte cap, not after 10 MB
+
+
+def test_decompression_bomb_is_refused_as_bad_image(repo: Path, hosts: Hosts) -> None:
+    bomb = png_bomb()
+    assert len(bomb) < 50_000
+    settings = ApiSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        model_repository=str(repo),
+        tasks=["pose"],
+        allowed_image_hosts=["images.example.com"],
+        image_max_pixels=4_000_000,
+    )
+    fake = FakeTriton()
+    url = hosts.add(
+        "https://images.example.com/bomb.png",
+        lambda r: httpx.Response(200, content=bomb, headers={"content-type": "image/png"}),
+    )
+    app = create_app(settings, fake, image_transport=httpx.MockTransport(hosts), resolver=fake_resolver)
+    with TestClient(app) as client:
+        body = problem(client.post("/v1/pose", json={"image_urls": [url]}), 400, "bad-image")
+    assert "decompression bomb" in body["detail"]  # Pillow's own limit (89 M pixels) caught it at open()
+    assert fake.calls == []
+
+
+def test_images_over_the_configured_pixel_limit_are_refused_before_decoding() -> None:
+    assert POSE.image is not None
+    big = png_bomb(3000)  # 9 M pixels: under Pillow's limit, over ours
+    with pytest.raises(BadImage, match="3000x3000 pixels; the limit is 4000000"):
+        decode_image(big, POSE.image, 4_000_000)
+    assert decode_image(big, POSE.image, 10_000_000).shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "expected"),
+    [
+        (b"<html>hello</html>", "text/html", "content type"),
+        (b"GIF8" + b"not really", "image/gif", "magic bytes"),
+        (b"plain bytes that are no image", "image/jpeg", "magic bytes"),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 100, "image/jpeg", "cannot be decoded"),
+    ],
+)
+def test_non_images_are_400(api, hosts: Hosts, content: bytes, content_type: str, expected: str) -> None:
+    client, fake = api
+    url = hosts.add(
+        "https://images.example.com/x",
+        lambda r: httpx.Response(200, content=content, headers={"content-type": content_type}),
+    )
+    body = problem(client.post("/v1/pose", json={"image_urls": [url]}), 400, "bad-image")
+    assert expected in body["detail"]
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize(
+    ("handler", "expected"),
+    [
+        (lambda r: httpx.Response(403, text="<Error>AccessDenied</Error>"), "403 (expired or invalid presigned URL?)"),
+        (lambda r: httpx.Response(500), "answered 500"),
+        (lambda r: (_ for _ in ()).throw(httpx.ReadTimeout("slow", request=r)), "ReadTimeout"),
+        (lambda r: (_ for _ in ()).throw(httpx.ConnectError("refused", request=r)), "ConnectError"),
+    ],
+)
+def test_image_host_failures_are_502(api, hosts: Hosts, handler, expected: str) -> None:
+    client, _ = api
+    url = hosts.add("https://images.example.com/f.jpg", handler)
+    body = problem(client.post("/v1/pose", json={"image_urls": [url]}), 502, "image-host-error")
+    assert expected in body["detail"]
+
+
+def test_unresolvable_host_is_502(repo: Path, hosts: Hosts) -> None:
+    settings = ApiSettings(
+        _env_file=None, model_repository=str(repo), tasks=["pose"], allowed_image_hosts=["nowhere.example.com"]
+    )  # type: ignore[call-arg]
+    app = create_app(settings, FakeTriton(), image_transport=httpx.MockTransport(hosts), resolver=fake_resolver)
+    with TestClient(app) as client:
+        problem(
+            client.post("/v1/pose", json={"image_urls": ["https://nowhere.example.com/a.jpg"]}), 502, "image-host-error"
+        )
+    assert hosts.seen == []
+
+
+def test_local_s3_over_http_is_allowed_only_for_the_configured_endpoint_and_bucket(repo: Path, hosts: Hosts) -> None:
+    settings = ApiSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        model_repository=str(repo),
+        tasks=["pose"],
+        s3_endpoint_url=f"http://{S3}",
+        upload_bucket="mtc-uploads",
+        allowed_http_hosts=[S3],
+    )
+    good = hosts.add(f"http://{S3}/mtc-uploads/uploads/a.jpg", ok_image)
+    app = create_app(settings, FakeTriton(), image_transport=httpx.MockTransport(hosts), resolver=fake_resolver)
+    with TestClient(app) as client:
+        assert client.post("/v1/pose", json={"image_urls": [good]}).status_code == 200
+        for bad in (
+            f"http://{S3}/other-bucket/a.jpg",
+            "http://127.0.0.1:9001/mtc-uploads/a.jpg",
+            f"http://{S3}/mtc-uploads",
+        ):
+            problem(client.post("/v1/pose", json={"image_urls": [bad]}), 403, "url-not-allowed")
+    assert len(hosts.seen) == 1
+
+
+def test_too_many_urls_or_bad_top_k_are_422(api) -> None:
+    client, _ = api
+    urls = [f"https://images.example.com/{i}.jpg" for i in range(17)]
+    problem(client.post("/v1/pose", json={"image_urls": urls}), 422, "invalid-request")
+    problem(client.post("/v1/pose", json={"image_urls": urls[:1], "top_k": 16}), 422, "invalid-request")
+    problem(client.post("/v1/pose", json={"image_urls": urls[:1], "top_k": 0}), 422, "invalid-request")
+
+
+def test_decode_image_normalises_like_the_task_spec() -> None:
+    assert POSE.image is not None
+    pixels = decode_image(jpeg((255, 0, 127), (300, 200)), POSE.image, 1_000_000)
+    assert pixels.shape == (3, 224, 224) and pixels.dtype == np.float32
+    # (x - 127) / 128 per channel; JPEG is lossy, so compare with a tolerance
+    assert pixels[0].mean() == pytest.approx(1.0, abs=0.03)
+    assert pixels[1].mean() == pytest.approx(-127 / 128, abs=0.03)
+    assert pixels[2].mean() == pytest.approx(0.0, abs=0.03)
+
+
+def test_sniff_and_address_helpers() -> None:
+    assert sniff_format(jpeg()) == "JPEG"
+    assert sniff_format(_png((1, 2, 3))) == "PNG"
+    assert sniff_format(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "WEBP"
+    assert sniff_format(b"BM....") is None
+    assert is_public_address("93.184.216.34")
+    for private in (
+        "127.0.0.1",
+        "10.0.0.1",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "::1",
+        "fe80::1",
+        "fd00::1",
+        "::ffff:10.0.0.1",
+        "224.0.0.1",
+    ):
+        assert not is_public_address(private), private
+    with pytest.raises(BadImage):
+        decode_image(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, POSE.image, 1000)  # type: ignore[arg-type]

@@ -1,0 +1,195 @@
+"""Facade endpoints besides classification: uploads, models, stats, probes, metrics, auth, OpenAPI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from fastapi.testclient import TestClient
+
+from frontend_api.app import create_app
+from frontend_api.errors import ERROR_KINDS
+from frontend_api.settings import ApiSettings
+from frontend_api.testing import FakeTriton, make_artifact_repository
+from taskspec import TASKS
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_artifact_repository(tmp_path_factory.mktemp("artifacts"))
+
+
+def build(repo: Path, fake: FakeTriton | None = None, **overrides: Any) -> tuple[TestClient, FakeTriton]:
+    fake = fake or FakeTriton()
+    settings = ApiSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        model_repository=str(repo),
+        s3_endpoint_url="http://127.0.0.1:9000",
+        upload_bucket="mtc-uploads",
+        **overrides,
+    )
+    return TestClient(create_app(settings, fake), raise_server_exceptions=False), fake
+
+
+def test_uploads_returns_a_signed_put_and_the_matching_get_url(repo: Path) -> None:
+    client, _ = build(repo, upload_expires_s=120)
+    with client:
+        response = client.post("/v1/uploads", json={"filename": "../../etc/photo.png", "content_type": "image/png"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["method"] == "PUT"
+    assert body["headers"] == {"Content-Type": "image/png"}
+    assert body["expires_in"] == 120
+    put, get = urlparse(body["upload_url"]), urlparse(body["get_url"])
+    # same object, path-style on the configured endpoint, random key (the filename is not used in it)
+    assert put.netloc == get.netloc == "127.0.0.1:9000"
+    assert put.path == get.path == f"/mtc-uploads/{body['key']}"
+    assert body["key"].startswith("uploads/") and body["key"].endswith(".png") and "etc" not in body["key"]
+    for query in (parse_qs(put.query), parse_qs(get.query)):
+        assert query["X-Amz-Expires"] == ["120"]
+        assert query["X-Amz-Signature"]
+    assert "content-type" in parse_qs(put.query)["X-Amz-SignedHeaders"][0]
+    with client:
+        other = client.post("/v1/uploads", json={"content_type": "image/png"}).json()
+    assert other["key"] != body["key"]
+
+
+def test_uploads_refuse_non_image_content_types(repo: Path) -> None:
+    client, _ = build(repo)
+    with client:
+        response = client.post("/v1/uploads", json={"content_type": "text/html"})
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith(PROBLEM)
+
+
+def test_models_lists_every_task_with_version_labels_and_ready_state(repo: Path) -> None:
+    fake = FakeTriton(versions={"sentiment": ["1", "2"], "disaster": ["1"], "pose": ["4"]})
+    fake.not_ready.add("pose")
+    client, _ = build(repo, fake)
+    with client:
+        body = client.get("/v1/models").json()
+    models = {m["task"]: m for m in body["models"]}
+    assert list(models) == list(TASKS)
+    assert models["sentiment"] | {"labels": None} == {
+        "task": "sentiment",
+        "title": TASKS["sentiment"].title,
+        "modality": "text",
+        "model": "sentiment",
+        "version": "2",
+        "labels": None,
+        "ready": True,
+        "max_items": 64,
+    }
+    assert models["sentiment"]["labels"] == ["negative", "positive"]
+    assert models["pose"]["ready"] is False and models["pose"]["version"] is None
+    assert models["pose"]["modality"] == "image" and len(models["pose"]["labels"]) == 15
+
+
+def test_models_still_answers_when_triton_is_down(repo: Path) -> None:
+    client, fake = build(repo)
+    fake.down = True
+    with client:
+        response = client.get("/v1/models")
+    assert response.status_code == 200
+    assert all(not m["ready"] for m in response.json()["models"])
+
+
+def test_readyz_requires_triton_and_every_model(repo: Path) -> None:
+    client, fake = build(repo)
+    with client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["ready"] is True
+        fake.not_ready.add("disaster")
+        not_ready = client.get("/readyz")
+        assert not_ready.status_code == 503
+        assert not_ready.json()["type"] == "/problems/model-not-ready"
+        assert "disaster" in not_ready.json()["detail"]
+        fake.down = True
+        assert "Triton is not ready" in client.get("/readyz").json()["detail"]
+        assert client.get("/healthz").json() == {"status": "ok"}  # alive regardless
+
+
+def test_stats_report_batches_per_model(repo: Path) -> None:
+    client, fake = build(repo)
+    with client:
+        client.post("/v1/disaster", json={"texts": ["a", "b", "c"]})
+        client.post("/v1/disaster", json={"texts": ["d"]})
+        body = client.get("/v1/stats").json()
+        fake.down = True
+        down = client.get("/v1/stats")
+    disaster = next(m for m in body["models"] if m["task"] == "disaster")
+    assert disaster["request_success"] == 2
+    assert disaster["inference_count"] == 4
+    assert disaster["execution_count"] == 2
+    assert disaster["batch_sizes"] == {"1": 1, "3": 1}
+    assert disaster["ready"] is True and disaster["avg_compute_ms"] == 1.0
+    assert down.status_code == 503 and down.json()["type"] == "/problems/backend-unavailable"
+
+
+def test_api_keys_protect_everything_but_the_probes_and_docs(repo: Path) -> None:
+    client, _ = build(repo, api_keys=["s3cret", "other-key"])
+    with client:
+        for method, path, payload in (
+            ("GET", "/v1/models", None),
+            ("POST", "/v1/sentiment", {"texts": ["x"]}),
+            ("GET", "/metrics", None),
+        ):
+            refused = client.request(method, path, json=payload)
+            assert refused.status_code == 401, path
+            assert refused.json()["type"] == "/problems/unauthorized"
+            assert refused.headers["www-authenticate"] == "Bearer"
+            wrong = client.request(method, path, json=payload, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+            allowed = client.request(method, path, json=payload, headers={"Authorization": "Bearer other-key"})
+            assert allowed.status_code == 200, path
+        for open_path in ("/healthz", "/readyz", "/openapi.json", "/docs"):
+            assert client.get(open_path).status_code == 200, open_path
+
+
+def test_metrics_count_requests_stages_and_errors(repo: Path) -> None:
+    client, fake = build(repo)
+    with client:
+        client.post("/v1/sentiment", json={"texts": ["x", "y"]})
+        client.post("/v1/sentiment", json={"texts": []})
+        fake.down = True
+        client.post("/v1/sentiment", json={"texts": ["x"]})
+        text = client.get("/metrics").text
+    assert 'mtc_api_requests_total{endpoint="/v1/sentiment",method="POST",status="200"} 1.0' in text
+    assert 'mtc_api_requests_total{endpoint="/v1/sentiment",method="POST",status="422"} 1.0' in text
+    assert 'mtc_api_errors_total{kind="backend-unavailable",status="503"} 1.0' in text
+    assert 'mtc_api_errors_total{kind="invalid-request",status="422"} 1.0' in text
+    assert 'mtc_api_stage_duration_seconds_count{stage="tokenize",task="sentiment"} 1.0' in text
+    assert 'mtc_api_stage_duration_seconds_count{stage="inference",task="sentiment"} 1.0' in text
+    assert 'mtc_api_items_total{task="sentiment"} 2.0' in text
+    assert 'mtc_api_request_duration_seconds_bucket{endpoint="/v1/sentiment"' in text
+
+
+def test_unknown_routes_and_methods_are_problems(repo: Path) -> None:
+    client, _ = build(repo)
+    with client:
+        missing = client.get("/v1/nothing")
+        wrong_method = client.get("/v1/sentiment")
+    assert missing.status_code == 404 and missing.json()["type"] == "/problems/not-found"
+    assert wrong_method.status_code == 405 and wrong_method.json()["type"] == "/problems/method-not-allowed"
+
+
+def test_openapi_declares_every_error_as_problem_json_with_examples(repo: Path) -> None:
+    client, _ = build(repo)
+    with client:
+        schema = client.get("/openapi.json").json()
+    pose = schema["paths"]["/v1/pose"]["post"]
+    assert {"400", "401", "403", "413", "422", "429", "502", "503", "504"} <= set(pose["responses"])
+    for path in schema["paths"].values():
+        for operation in path.values():
+            for status, response in operation["responses"].items():
+                if int(status) >= 400:
+                    assert list(response["content"]) == [PROBLEM], (status, operation["operationId"])
+    assert "/problems/bad-image" in pose["responses"]["400"]["description"]
+    assert schema["components"]["schemas"]["TextRequest"]["examples"]
+    sentiment_example = schema["paths"]["/v1/sentiment"]["post"]["requestBody"]["content"]["application/json"]
+    assert sentiment_example["example"]["texts"] == list(TASKS["sentiment"].examples)
+    assert len({kind.type_uri() for kind in ERROR_KINDS}) == len(ERROR_KINDS)  # one stable type per kind
