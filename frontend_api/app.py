@@ -134,8 +134,8 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     elif exc.status_code == 405:
         error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
     else:
-        error = InvalidRequest(str(exc.detail))
-        error.status = exc.status_code  # type: ignore[misc]
+        # FastAPI raises 400 for a body it cannot parse (e.g. not UTF-8): an invalid body, 422 like the rest.
+        error = InvalidRequest(f"the request body cannot be parsed: {exc.detail}")
     response = problem_response(error, _metrics_of(request))
     for name, value in (exc.headers or {}).items():
         response.headers[name] = value

@@ -216,6 +216,10 @@ def test_lone_surrogates_and_broken_json_are_422(client) -> None:
         422,
         "invalid-request",
     )
+    not_utf8 = http.post(
+        "/v1/sentiment", content=b'{"texts": ["\xff\xfe"]}', headers={"content-type": "application/json"}
+    )
+    assert_problem(not_utf8, 422, "invalid-request")
     assert fake.calls == []
 
 
