@@ -28,14 +28,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-facade-comparisons", action="store_true", help="skip bench/facade.py's section")
     args = parser.parse_args(argv)
 
+    levels = args.concurrency or (QUICK_CONCURRENCIES if args.quick else DEFAULT_CONCURRENCIES)
+    # The comparisons run at the lowest and highest level of the sweep (plus 16 by default).
+    ends = tuple(sorted({min(levels), max(levels)}))
     config = BenchConfig(
         repository=args.repository,
         out=args.out,
         tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
-        concurrencies=args.concurrency or (QUICK_CONCURRENCIES if args.quick else DEFAULT_CONCURRENCIES),
+        concurrencies=levels,
         duration_s=1.0 if args.quick else args.duration,
         warmup_s=0.3 if args.quick else defaults.warmup_s,
-        batching_concurrencies=(1, 16) if args.quick else defaults.batching_concurrencies,
+        batching_concurrencies=defaults.batching_concurrencies if args.concurrency is None and not args.quick else ends,
+        int8_concurrencies=defaults.int8_concurrencies if args.concurrency is None and not args.quick else ends,
         run_facade_comparisons=not args.no_facade_comparisons,
     )
     results = run(config)

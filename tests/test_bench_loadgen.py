@@ -1,0 +1,85 @@
+"""The load generator's numbers: percentiles, throughput, concurrency and error accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from bench.loadgen import LoadResult, percentile, run_load, sweep
+
+
+def test_percentile_interpolates_like_numpy() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == pytest.approx(50.5)
+    assert percentile(values, 99) == pytest.approx(99.01)
+    assert percentile(values, 0) == 1.0 and percentile(values, 100) == 100.0
+    assert percentile([7.0], 95) == 7.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_closed_loop_latency_and_throughput_follow_the_service_time() -> None:
+    in_flight = 0
+    most = 0
+
+    async def send(n: int) -> None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+
+    result = asyncio.run(run_load(send, concurrency=4, duration_s=0.5, warmup_s=0.05))
+    assert most == 4, "exactly `concurrency` requests are in flight"
+    # 4 clients x (1 / 20 ms) = ~200 req/s; loose bounds for a busy CI machine.
+    assert 100 < result.throughput_rps < 210
+    assert 19 < result.p(50) < 60
+    assert result.p(50) <= result.p(95) <= result.p(99)
+    assert result.errors == 0
+
+
+def test_errors_are_counted_with_the_first_message_and_not_timed() -> None:
+    async def send(n: int) -> None:
+        await asyncio.sleep(0.001)
+        if n % 2:
+            raise RuntimeError(f"HTTP 503 for request {n}")
+
+    result = asyncio.run(run_load(send, concurrency=2, duration_s=0.2, warmup_s=0.0))
+    assert result.errors > 0 and result.requests > 0
+    assert abs(result.errors - result.requests) <= 2
+    assert result.first_error is not None and result.first_error.startswith("RuntimeError: HTTP 503")
+    assert result.summary()["errors"] == result.errors
+
+
+def test_max_requests_bounds_the_run() -> None:
+    async def send(n: int) -> None:
+        await asyncio.sleep(0)
+
+    result = asyncio.run(run_load(send, concurrency=3, duration_s=10.0, warmup_s=0.0, max_requests=30))
+    assert 30 <= result.requests <= 32  # workers past the check may finish the request they started
+
+
+def test_sweep_runs_each_level_and_summary_has_no_raw_latencies() -> None:
+    async def send(n: int) -> None:
+        await asyncio.sleep(0.005)
+
+    results = asyncio.run(sweep(send, [1, 3], duration_s=0.1, warmup_s=0.0, label="x"))
+    assert [r.concurrency for r in results] == [1, 3]
+    summary = results[1].summary()
+    assert "latencies_ms" not in summary
+    assert summary["label"] == "x" and summary["requests"] == results[1].requests
+    assert results[1].throughput_rps > results[0].throughput_rps
+
+
+def test_items_per_second_counts_batched_requests() -> None:
+    result = LoadResult("t", 1, duration_s=2.0, latencies_ms=[1.0] * 10, items_per_request=8)
+    assert result.throughput_rps == 5.0 and result.items_per_s == 40.0
+
+
+def test_invalid_concurrency_is_refused() -> None:
+    async def send(n: int) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="concurrency"):
+        asyncio.run(run_load(send, concurrency=0, duration_s=0.1))

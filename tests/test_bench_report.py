@@ -1,0 +1,80 @@
+"""The benchmark report: tables, headline ratios and plots from a run's numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.loadgen import LoadResult
+from bench.report import headlines, write_report
+from bench.suite import BatchingPoint, BenchConfig, BenchResults, Int8Comparison
+
+
+def result(label: str, concurrency: int, latency_ms: float, requests: int, duration_s: float = 1.0) -> LoadResult:
+    return LoadResult(label, concurrency, duration_s, latencies_ms=[latency_ms] * requests)
+
+
+def sample_results(tmp_path: Path) -> BenchResults:
+    results = BenchResults(
+        config=BenchConfig(out=tmp_path),
+        machine={"cpu": "Test CPU", "cores": 2, "memory_gib": 8.0, "gpus": [], "os": "Linux", "triton": "2.51.0"},
+    )
+    results.started = "2026-01-01 00:00:00 UTC"
+    results.model_sources = {"sentiment": "trained model from model_repository/"}
+    results.input_sources = {"sentiment": "64 texts"}
+    results.sweeps["sentiment"] = [result("s", 1, 10.0, 100), result("s", 16, 40.0, 400)]
+    results.batching["sentiment"] = [
+        BatchingPoint("dynamic batching on", result("on", 1, 3.0, 300), {1: 300}),
+        BatchingPoint("dynamic batching on", result("on", 16, 20.0, 800), {4: 150, 8: 25}),
+        BatchingPoint("dynamic batching off", result("off", 1, 2.0, 500), {1: 500}),
+        BatchingPoint("dynamic batching off", result("off", 16, 40.0, 400), {1: 400}),
+    ]
+    comparison = Int8Comparison(
+        "sentiment", agreement=0.96875, max_prob_diff=0.05, samples=64, fp32_bytes=90, int8_bytes=23
+    )
+    comparison.points = [
+        ("fp32", result("fp32", 1, 10.0, 100)),
+        ("fp32", result("fp32", 16, 50.0, 320)),
+        ("int8", result("int8", 1, 5.0, 200)),
+        ("int8", result("int8", 16, 30.0, 480)),
+    ]
+    results.int8["sentiment"] = comparison
+    results.facade = {"headlines": ["facade adds 1.2 ms"], "markdown": "## Facade vs direct Triton\n\nbody"}
+    return results
+
+
+def test_headline_ratios_are_computed_from_the_run() -> None:
+    lines = headlines(sample_results(Path(".")))
+    batching, int8, facade = lines
+    # 800 vs 400 req/s at 16 clients; p99 40 vs 20 ms; mean batch (4*150 + 8*25) / 175.
+    assert "**2.00x** the throughput at 16 clients" in batching and "p99 2.00x lower" in batching
+    assert "mean executed batch 4.57" in batching
+    assert "**2.00x** faster at p50" in int8 and "1.50x the throughput at 16 clients" in int8
+    assert "26% of the size" in int8 and "same top label on 97% of 64 inputs" in int8
+    assert facade == "facade adds 1.2 ms"
+
+
+def test_report_has_the_machine_tables_and_plots(tmp_path: Path) -> None:
+    report = write_report(sample_results(tmp_path), tmp_path)
+    text = report.read_text()
+    assert "Test CPU - 2 cores" in text and "Triton 2.51.0" in text
+    assert "GPU: none" in text
+    assert "| 16 | 400 | 400.0 | 40.00 | 40.00 | 40.00 | 0 |" in text
+    assert "| dynamic batching on | 16 | 800.0 | 20.00 | 20.00 | 4.57 | 4: 150, 8: 25 |" in text
+    assert "## Facade vs direct Triton" in text
+    for plot in ("sweep_sentiment.png", "batching_sentiment.png"):
+        assert f"]({plot})" in text
+        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["sweeps"]["sentiment"][1]["throughput_rps"] == 400.0
+    assert data["batching"]["sentiment"][1]["batches"] == {"4": 150, "8": 25}
+    assert data["int8"]["sentiment"]["agreement"] == 0.96875
+    assert "markdown" not in data["facade"]
+
+
+def test_errors_show_in_the_table(tmp_path: Path) -> None:
+    results = sample_results(tmp_path)
+    results.sweeps["sentiment"][0].errors = 3
+    results.sweeps["sentiment"][0].first_error = "RuntimeError: HTTP 503"
+    text = write_report(results, tmp_path).read_text()
+    assert "| 3 (RuntimeError: HTTP 503) |" in text
