@@ -57,6 +57,11 @@ class Connection(param.Parameterized):
     def mark_up(self) -> None:
         self.param.update(status=CONNECTION_UP, message="")
 
+    def mark_reachable(self) -> None:
+        """A request just succeeded: the API is not down (readiness is left to the next check)."""
+        if self.status in (CONNECTION_DOWN, CONNECTION_UNKNOWN):
+            self.mark_up()
+
     def mark_down(self, message: str) -> None:
         self.param.update(status=CONNECTION_DOWN, message=message)
 
@@ -101,7 +106,7 @@ class RequestState(param.Parameterized):
             return None
         finally:
             self.loading = False
-        self.connection.mark_up()
+        self.connection.mark_reachable()
         return result
 
 

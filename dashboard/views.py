@@ -12,7 +12,7 @@ from typing import Any
 
 import panel as pn
 import param
-from bokeh.models import ColumnDataSource, DataRange1d, FactorRange
+from bokeh.models import BasicTicker, ColumnDataSource, DataRange1d, FactorRange
 from bokeh.plotting import figure
 
 from dashboard.client import ModelRef, ModelStats, PoseResult, TextResult
@@ -227,7 +227,7 @@ class TextTaskView:
         task = state.task
         self.text_input = pn.widgets.TextAreaInput.from_param(
             state.param.text,
-            name=f"{task.title}: one text per line",
+            label=f"{task.title}: one text per line",
             description=None,
             placeholder=task.examples[0] if task.examples else "Type a text",
             rows=5,
@@ -235,15 +235,15 @@ class TextTaskView:
             css_classes=["mtc-input"],
         )
         self.classify_button = pn.widgets.Button(
-            name="Classify", button_type="primary", disabled=state.param.loading, css_classes=["mtc-classify"]
+            label="Classify", color="primary", disabled=state.param.loading, css_classes=["mtc-classify"]
         )
         self.classify_button.on_click(self._on_classify)
         self.example_buttons = []
         for index, example in enumerate(task.examples):
             button = pn.widgets.Button(
-                name=_shorten(example, 60),
+                label=_shorten(example, 60),
                 description=example,
-                button_type="light",
+                color="light",
                 disabled=state.param.loading,
                 css_classes=["mtc-example"],
             )
@@ -259,6 +259,7 @@ class TextTaskView:
             pn.bind(result_timings_text, state.param.result),
             css_classes=["mtc-timings"],
         )
+        self.error = error_alert(state)
         self.panel = pn.Column(
             self.text_input,
             pn.FlexBox(
@@ -267,7 +268,7 @@ class TextTaskView:
                 *self.example_buttons,
                 align_items="center",
             ),
-            error_alert(state),
+            self.error,
             pn.Column(self.results, self.timings, loading=state.param.loading, sizing_mode="stretch_width"),
             name=task.title,
             sizing_mode="stretch_width",
@@ -289,22 +290,22 @@ class PoseView:
     def __init__(self, state: PoseState) -> None:
         self.state = state
         self.file_input = pn.widgets.FileInput(
-            accept=",".join(IMAGE_TYPES), multiple=False, css_classes=["mtc-file"], name="Photo"
+            accept=",".join(IMAGE_TYPES), multiple=False, css_classes=["mtc-file"], label="Photo"
         )
         self.file_input.param.watch(self._on_file, "value")
         self.url_input = pn.widgets.TextInput.from_param(
             state.param.image_url,
-            name="…or paste an image URL",
+            label="…or paste an image URL",
             description=None,
             placeholder="https://example.com/photo.jpg",
             sizing_mode="stretch_width",
             css_classes=["mtc-url"],
         )
         self.url_button = pn.widgets.Button(
-            name="Classify URL", button_type="primary", disabled=state.param.loading, css_classes=["mtc-classify-url"]
+            label="Classify URL", color="primary", disabled=state.param.loading, css_classes=["mtc-classify-url"]
         )
         self.url_button.on_click(self._on_url)
-        self.top_k = pn.widgets.IntSlider.from_param(state.param.top_k, name="Actions shown (top k)", width=220)
+        self.top_k = pn.widgets.IntSlider.from_param(state.param.top_k, label="Actions shown (top k)", width=220)
         self.result = pn.pane.HTML(
             pn.bind(pose_result_html, state.param.result, state.param.image_src, state.param.image_name),
             sizing_mode="stretch_width",
@@ -315,11 +316,12 @@ class PoseView:
             pn.bind(result_timings_text, state.param.result),
             css_classes=["mtc-timings"],
         )
+        self.error = error_alert(state)
         self.panel = pn.Column(
             pn.pane.Markdown("Choose a photo from your computer: it is uploaded and classified right away."),
             pn.Row(self.file_input, self.top_k),
             pn.Row(self.url_input, self.url_button, sizing_mode="stretch_width"),
-            error_alert(state),
+            self.error,
             pn.Column(self.result, self.timings, loading=state.param.loading, sizing_mode="stretch_width"),
             name="Pose",
             sizing_mode="stretch_width",
@@ -359,6 +361,8 @@ def _bar_figure(title: str, data: dict[str, list[Any]], value: str, color: str) 
     plot.vbar(x="x", top=value, width=0.8, source=ColumnDataSource(data), color=color)
     plot.xaxis.major_label_orientation = 0.8
     plot.xgrid.grid_line_color = None
+    # Counts: no fractional ticks.
+    plot.yaxis.ticker = BasicTicker(min_interval=1)
     return plot
 
 
@@ -386,10 +390,11 @@ class MonitoringView:
         self.batch_pane = pn.pane.Bokeh(batch_figure([]), sizing_mode="stretch_width")
         self.timing_pane = pn.pane.Bokeh(timing_figure([]), sizing_mode="stretch_width")
         self._drawn: list[ModelStats] = []
+        self.error = error_alert(state)
         state.param.watch(self._update_plots, "stats")
         self.panel = pn.Column(
             self.caption,
-            error_alert(state),
+            self.error,
             self.table,
             pn.Row(self.count_pane, self.batch_pane, sizing_mode="stretch_width"),
             self.timing_pane,

@@ -1,0 +1,240 @@
+"""The dashboard end to end in a real headless Chromium, against the real stack.
+
+Started once for the module: tiny random-weight models (``export.testing``), a real Triton, the
+local S3 server (moto), the facade (uvicorn) and the dashboard (``panel serve``), all on free ports.
+A user types a review, clicks an example tweet, uploads a photo, reads the Monitoring tab, and sees
+the page say that the API is down when the facade stops, then work again when it is back.
+
+Screenshots of each tab go to ``test-artifacts/dashboard/`` (ignored by git).
+Needs Debian's ``chromium`` (``make browser-deps``); Playwright cannot download browsers here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from skimage import data as skimage_data
+
+from export.s3sync import S3Settings, ensure_bucket, make_client
+from export.testing import build_tiny_repository
+from serving.processes import ManagedProcess, python_module
+from serving.triton import PROJECT_ROOT, TritonServer, free_port
+from taskspec import DISASTER, POSE, SENTIMENT
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "dashboard"
+UPLOAD_BUCKET = "dashboard-e2e-uploads"
+# How often the page checks the facade in this test (the default is 5 s).
+HEALTH_INTERVAL_S = 1.0
+TIMEOUT_MS = 30_000
+
+
+@dataclass
+class Stack:
+    facade: ManagedProcess
+    api_url: str
+    dashboard_url: str
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("dashboard-e2e")
+    logs = root / "logs"
+    repository = build_tiny_repository(root)
+    ensure_bucket(make_client(S3Settings(endpoint_url=s3_endpoint)), UPLOAD_BUCKET)
+    s3_host = s3_endpoint.removeprefix("http://")
+
+    with TritonServer.on_free_ports(repository, log_file=logs / "triton.log") as triton:
+        api_port, dashboard_port = free_port(), free_port()
+        api_url = f"http://127.0.0.1:{api_port}"
+        facade = ManagedProcess(
+            name="facade",
+            command=python_module("uvicorn", "frontend_api.app:app", "--host", "127.0.0.1", "--port", str(api_port)),
+            ready_url=f"{api_url}/healthz",
+            log_file=logs / "api.log",
+            env={
+                "MTC_API_TRITON_URL": f"127.0.0.1:{triton.http_port}",
+                "MTC_API_TRITON_METRICS_URL": triton.metrics_url,
+                "MTC_API_MODEL_REPOSITORY": str(repository),
+                "MTC_API_S3_ENDPOINT_URL": s3_endpoint,
+                "MTC_API_UPLOAD_BUCKET": UPLOAD_BUCKET,
+                "MTC_API_ALLOWED_HTTP_HOSTS": f'["{s3_host}"]',
+            },
+            cwd=PROJECT_ROOT,
+        )
+        dashboard_origin = f"127.0.0.1:{dashboard_port}"
+        dashboard = ManagedProcess(
+            name="dashboard",
+            command=python_module(
+                *("panel", "serve", str(PROJECT_ROOT / "dashboard" / "app.py")),
+                *("--address", "127.0.0.1", "--port", str(dashboard_port)),
+                *("--allow-websocket-origin", dashboard_origin),
+            ),
+            ready_url=f"http://{dashboard_origin}/app",
+            log_file=logs / "dashboard.log",
+            env={
+                "MTC_DASHBOARD_API_URL": api_url,
+                "MTC_DASHBOARD_HEALTH_INTERVAL_S": str(HEALTH_INTERVAL_S),
+                "MTC_DASHBOARD_STATS_INTERVAL_S": "2",
+            },
+            cwd=PROJECT_ROOT,
+        )
+        with facade, dashboard:
+            yield Stack(facade=facade, api_url=api_url, dashboard_url=f"http://{dashboard_origin}/app")
+        # No error may have gone through the dashboard's code (Tornado logs closed websockets on its own).
+        assert f'File "{PROJECT_ROOT / "dashboard"}' not in (logs / "dashboard.log").read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make browser-deps` (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, stack: Stack) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(stack.dashboard_url)
+    expect(page.locator(".mtc-classify button").first).to_be_visible()
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("photo") / "astronaut.jpg"
+    Image.fromarray(skimage_data.astronaut()).save(path, quality=90)  # type: ignore[no-untyped-call]
+    return path
+
+
+def screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.mouse.move(0, 0)  # no hover tooltip over the page
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def open_tab(page: Page, title: str) -> None:
+    page.locator(".bk-tab", has_text=title).click()
+
+
+def shown_probabilities(row_text: str) -> list[float]:
+    return [float(x) for x in re.findall(r"\b[01]\.\d{3}\b", row_text)]
+
+
+def test_typing_a_review_and_clicking_classify_shows_a_label(page: Page) -> None:
+    review = "An absolute delight: sharp writing, warm performances and a perfect ending."
+    page.locator("textarea").first.fill(review + "\nThe worst film I have seen this year.")
+    page.locator(".mtc-classify button").first.click()
+
+    labels = page.locator(".mtc-results .mtc-label")
+    expect(labels).to_have_count(2)
+    assert set(labels.all_inner_texts()) <= set(SENTIMENT.labels)
+    first_row = page.locator(".mtc-results tbody tr").first
+    expect(first_row).to_contain_text(review)
+    assert sum(shown_probabilities(first_row.inner_text())) == pytest.approx(1.0, abs=0.002)
+    expect(page.locator(".mtc-timings").first).to_contain_text(re.compile(r"model sentiment v1 · tokenize .* ms"))
+    screenshot(page, "1-sentiment")
+
+
+def test_an_example_tweet_is_one_click_away(page: Page) -> None:
+    open_tab(page, DISASTER.title)
+    page.locator(".mtc-example button", has_text=DISASTER.examples[0][:20]).click()
+
+    label = page.locator(".mtc-results .mtc-label").nth(0)
+    expect(label).to_be_visible()
+    # The sentiment tab's result area is empty, so the only label on the page is the tweet's.
+    assert page.locator(".mtc-results .mtc-label").all_inner_texts()[0] in DISASTER.labels
+    expect(page.locator(".mtc-results tbody tr").first).to_contain_text(DISASTER.examples[0])
+    screenshot(page, "2-disaster")
+
+
+def test_uploading_a_photo_shows_the_pose_result(page: Page, photo: Path) -> None:
+    open_tab(page, "Pose")
+    page.locator(".mtc-file input[type=file]").set_input_files(photo)
+
+    result = page.locator(".mtc-pose")
+    expect(result.locator(".mtc-label")).to_be_visible()
+    assert result.locator(".mtc-label").inner_text() in POSE.labels
+    top = result.locator(".mtc-bar-row")
+    expect(top).to_have_count(3)
+    assert all(name in POSE.labels for name in top.locator(".mtc-bar-name").all_inner_texts())
+    # The photo itself is displayed next to the actions.
+    assert result.locator("img").evaluate("img => img.naturalWidth") == 512
+    expect(page.locator(".mtc-timings").nth(2)).to_contain_text(re.compile(r"model pose v1 · fetch .* ms"))
+    screenshot(page, "3-pose")
+
+
+def test_a_non_image_url_gives_a_readable_error(page: Page, stack: Stack) -> None:
+    open_tab(page, "Pose")
+    page.locator(".mtc-url input").fill(f"{stack.api_url}/openapi.json")
+    page.locator(".mtc-classify-url button").click()
+
+    error = page.locator(".mtc-error").nth(2)
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("(HTTP 4")  # the facade's problem title and status, not a stack trace
+    expect(error).not_to_contain_text("Traceback")
+
+
+def test_monitoring_shows_every_model_with_counts_and_batch_sizes(page: Page, stack: Stack) -> None:
+    response = httpx.post(f"{stack.api_url}/v1/sentiment", json={"texts": ["good", "bad", "fine"]}, timeout=30)
+    response.raise_for_status()
+    stats = httpx.get(f"{stack.api_url}/v1/stats", timeout=30).json()["models"]
+    sentiment = next(m for m in stats if m["task"] == "sentiment")
+    assert sentiment["inference_count"] >= 3
+    open_tab(page, "Monitoring")
+
+    table = page.locator(".mtc-stats")
+    for task in ("sentiment", "disaster", "pose"):
+        expect(table.locator("tbody tr", has_text=task).first).to_contain_text("ready")
+    cells = table.locator("tbody tr", has_text="sentiment").first.locator("td")
+    # The page shows Triton's figures as the facade reports them (within one refresh).
+    expect(cells.nth(3)).to_have_text(str(sentiment["request_success"]))
+    expect(cells.nth(5)).to_have_text(str(sentiment["inference_count"]))
+    expect(cells.nth(6)).to_have_text(str(sentiment["execution_count"]))
+    expect(page.locator(".mtc-updated")).to_contain_text("Updated")
+    expect(page.locator("canvas").first).to_be_visible()  # Bokeh drew the plots
+    screenshot(page, "4-monitoring")
+
+
+def test_the_page_says_when_the_api_is_down_and_recovers(page: Page, stack: Stack) -> None:
+    banner = page.locator(".mtc-connection")
+    stack.facade.stop()
+    try:
+        expect(banner).to_contain_text("The API is unavailable", timeout=10_000)
+        page.locator("textarea").first.fill("Is anybody there?")
+        page.locator(".mtc-classify button").first.click()
+        error = page.locator(".mtc-error").first
+        expect(error).to_contain_text("unreachable")
+        screenshot(page, "5-api-down")
+    finally:
+        stack.facade.start()
+
+    expect(banner).to_be_hidden(timeout=10_000)
+    page.locator(".mtc-classify button").first.click()
+    expect(page.locator(".mtc-results .mtc-label").first).to_be_visible()
+    expect(page.locator(".mtc-error").first).to_be_hidden()

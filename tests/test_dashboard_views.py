@@ -1,0 +1,170 @@
+"""What the page renders from a state: tables, bars, timings, banner and plots (Panel objects, no browser)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from dashboard.app import build_page
+from dashboard.client import ModelRef, ModelStats, TextPrediction, TextResult
+from dashboard.settings import DashboardSettings
+from dashboard.testing import FakeFacade
+from dashboard.views import (
+    batch_size_data,
+    count_data,
+    pose_result_html,
+    probability_bars_html,
+    stats_table_html,
+    text_results_html,
+    timings_text,
+)
+from taskspec import DISASTER, POSE, SENTIMENT
+
+pytestmark = pytest.mark.anyio
+
+STATS = [
+    ModelStats(
+        task="sentiment",
+        version="2",
+        ready=True,
+        request_success=10,
+        request_failure=1,
+        inference_count=12,
+        execution_count=4,
+        avg_queue_ms=0.8,
+        avg_compute_ms=3.1,
+        batch_sizes={"16": 1, "4": 2, "1": 1},
+    ),
+    ModelStats(task="pose", version=None, ready=False),
+]
+
+
+def bar_widths(markup: str) -> dict[str, float]:
+    rows = re.findall(r'data-label="([^"]+)".*?width:([0-9.]+)%', markup)
+    return {label: float(width) for label, width in rows}
+
+
+def test_probability_bars_follow_the_label_order_and_scale_with_probability() -> None:
+    markup = probability_bars_html({"positive": 0.75, "negative": 0.25}, SENTIMENT.labels)
+
+    assert list(bar_widths(markup)) == ["negative", "positive"]
+    assert bar_widths(markup) == {"negative": 25.0, "positive": 75.0}
+    assert "0.750" in markup
+    # The winning class is the highlighted bar.
+    assert re.search(r'data-label="positive".*?mtc-bar-fill mtc-top', markup)
+
+
+def test_text_results_show_each_text_with_its_label_and_escape_html() -> None:
+    result = TextResult(
+        task="disaster",
+        model=ModelRef(name="disaster", version="1"),
+        predictions=[
+            TextPrediction(text_index=1, label="not_disaster", probabilities={"not_disaster": 0.6, "disaster": 0.4}),
+            TextPrediction(text_index=0, label="disaster", probabilities={"not_disaster": 0.1, "disaster": 0.9}),
+        ],
+    )
+    texts = ["<script>alert('fire')</script> Forest fire", "nice day"]
+
+    markup = text_results_html(texts, result, DISASTER.labels)
+
+    rows = re.findall(r"<tr><td>(\d+)</td><td class=\"mtc-text\">(.*?)</td><td class=\"mtc-label\">(.*?)</td>", markup)
+    assert rows == [
+        ("1", "&lt;script&gt;alert(&#x27;fire&#x27;)&lt;/script&gt; Forest fire", "disaster"),
+        ("2", "nice day", "not_disaster"),
+    ]
+    assert "<script>" not in markup
+
+
+def test_no_result_yet_shows_a_placeholder() -> None:
+    assert "Results appear here" in text_results_html([], None, SENTIMENT.labels)
+    assert "Choose a photo" in pose_result_html(None, "", "")
+
+
+def test_timings_list_stages_in_pipeline_order() -> None:
+    line = timings_text(ModelRef(name="pose", version="3"), {"total": 15.0, "inference": 9.04, "fetch": 2.0})
+    assert line == "model pose v3 · fetch 2.0 ms · inference 9.0 ms · total 15.0 ms"
+
+
+async def test_pose_result_shows_the_image_and_the_top_k() -> None:
+    fake = FakeFacade()
+    result = await fake.classify_images(["http://storage.test/a.jpg"], top_k=3)
+
+    markup = pose_result_html(result, 'http://storage.test/a.jpg?x="1"', "a.jpg")
+
+    assert 'src="http://storage.test/a.jpg?x=&quot;1&quot;"' in markup
+    assert list(bar_widths(markup)) == list(POSE.labels[:3])
+    assert "Top 3 of 15 actions" in markup
+    assert f'<span class="mtc-label">{POSE.labels[0]}</span>' in markup
+
+
+def test_stats_table_shows_readiness_and_average_batch() -> None:
+    markup = stats_table_html(STATS)
+
+    sentiment_row, pose_row = re.findall(r"<tr><td>(?!Model).*?</tr>", markup)
+    assert "ready" in sentiment_row and "not ready" not in sentiment_row
+    assert "<td>3.00</td>" in sentiment_row  # 12 inferences in 4 executions
+    assert "not ready" in pose_row
+    assert "<td>-</td>" in pose_row  # no version, no executions
+
+
+def test_plot_data_orders_batch_sizes_numerically() -> None:
+    assert batch_size_data(STATS) == {"x": [("sentiment", "1"), ("sentiment", "4"), ("sentiment", "16")],
+                                      "executions": [1, 2, 1]}  # fmt: skip
+    counts = count_data(STATS[:1])
+    assert counts["value"] == [10, 1, 12]
+
+
+def test_the_page_has_a_tab_per_task_plus_monitoring() -> None:
+    page = build_page(FakeFacade(), DashboardSettings())
+    assert [tab.name for tab in page.tabs] == [SENTIMENT.title, DISASTER.title, "Pose", "Monitoring"]
+
+
+async def test_views_follow_the_state_after_a_click() -> None:
+    fake = FakeFacade()
+    page = build_page(fake, DashboardSettings())
+    view = page.text_views["sentiment"]
+
+    view.text_input.value = "good stuff\nbad stuff"
+    await view._on_classify(None)
+
+    assert "good stuff" in view.results.object
+    assert re.findall(r'class="mtc-label">(\w+)<', view.results.object) == ["positive", "negative"]
+    assert view.timings.object == "model sentiment v1 · tokenize 0.5 ms · inference 4.0 ms · total 5.0 ms"
+    error = view.error
+    assert not error.visible
+
+    view.text_input.value = ""
+    await view._on_classify(None)
+    assert error.visible
+    assert error.object == "Type a text to classify (one per line for several)."
+
+
+async def test_banner_appears_when_the_api_is_down_and_goes_away_when_it_is_back() -> None:
+    fake = FakeFacade(stats_result=STATS)
+    page = build_page(fake, DashboardSettings(health_interval_s=7))
+
+    fake.down = True
+    await page.refresh()
+    assert page.banner.panel.visible
+    assert page.banner.panel.alert_type == "danger"
+    assert "The API is unavailable" in page.banner.panel.object
+    assert "every 7 s" in page.banner.panel.object
+    assert ("stats", None) not in fake.calls  # no statistics request while the API is down
+
+    fake.down = False
+    await page.refresh()
+    assert not page.banner.panel.visible
+    assert page.state.monitoring.stats == STATS
+    assert "sentiment" in page.monitoring_view.table.object
+    assert list(page.monitoring_view.batch_pane.object.x_range.factors) == [
+        ("sentiment", "1"),
+        ("sentiment", "4"),
+        ("sentiment", "16"),
+    ]
+
+    fake.ready = False
+    await page.refresh()
+    assert page.banner.panel.visible
+    assert page.banner.panel.alert_type == "warning"
+    assert "not ready" in page.banner.panel.object
