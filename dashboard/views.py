@@ -348,8 +348,9 @@ def timing_figure(stats: Sequence[ModelStats]) -> figure:
         ["queue", "compute"], y="model", height=0.6, source=ColumnDataSource(data),
         color=["#ed8936", "#2b6cb0"], legend_label=["queue", "compute"],
     )  # fmt: skip
-    plot.legend.location = "bottom_right"
-    plot.legend.orientation = "horizontal"
+    # Beside the plot, where it cannot hide the longest bar.
+    legend = plot.legend[0]
+    plot.add_layout(legend, "right")
     return plot
 
 
