@@ -84,6 +84,18 @@ def s3_env(settings: StackSettings) -> dict[str, str]:
     }
 
 
+def start(stack: ExitStack, name: str, service: ManagedProcess | TritonServer) -> None:
+    """Start ``service`` now; stop it (saying how long that took) when ``stack`` unwinds."""
+
+    def stop() -> None:
+        began = time.monotonic()
+        service.stop()
+        print(f"    stopped {name} ({time.monotonic() - began:.1f}s)", flush=True)
+
+    service.start()
+    stack.callback(stop)
+
+
 def main() -> int:
     settings = StackSettings()
     repository = settings.model_repository.resolve()
@@ -105,7 +117,7 @@ def main() -> int:
     with ExitStack() as stack:
         try:
             print(f"==> S3 server on {settings.s3_endpoint}")
-            stack.enter_context(s3_server(host, settings.s3_port, logs / "s3.log"))
+            start(stack, "S3 server", s3_server(host, settings.s3_port, logs / "s3.log"))
             model_repository = str(repository)
             if settings.serve_from_s3:
                 from export.s3sync import S3Location, S3Settings, ensure_bucket, make_client, push
@@ -135,7 +147,7 @@ def main() -> int:
                 extra_env=env,
                 startup_timeout=180,
             )
-            stack.enter_context(triton)
+            start(stack, "Triton", triton)
 
             api_env = {
                 **env,
@@ -157,7 +169,7 @@ def main() -> int:
                 env=api_env,
                 cwd=PROJECT_ROOT,
             )
-            stack.enter_context(api)
+            start(stack, "facade", api)
 
             dashboard_origin = f"{host}:{settings.dashboard_port}"
             print(f"==> Dashboard on http://{dashboard_origin}")
@@ -181,7 +193,7 @@ def main() -> int:
                 env={"MTC_DASHBOARD_API_URL": f"http://{host}:{settings.api_port}"},
                 cwd=PROJECT_ROOT,
             )
-            stack.enter_context(dashboard)
+            start(stack, "dashboard", dashboard)
         except (TritonStartError, ProcessStartError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
