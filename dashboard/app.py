@@ -14,7 +14,7 @@ import panel as pn
 
 from dashboard.client import FacadeAPI, FacadeClient
 from dashboard.settings import DashboardSettings
-from dashboard.state import DashboardState
+from dashboard.state import CONNECTION_DOWN, DashboardState
 from dashboard.views import ConnectionBanner, MonitoringView, PoseView, TextTaskView
 from taskspec import TASKS
 
@@ -27,6 +27,7 @@ class DashboardPage:
     def __init__(self, state: DashboardState) -> None:
         settings = state.settings
         self.state = state
+        self._refreshing = False
         self.banner = ConnectionBanner(state.connection, state.client.base_url, settings.health_interval_s)
         self.text_views = {name: TextTaskView(task_state) for name, task_state in state.text_tasks.items()}
         self.pose_view = PoseView(state.pose)
@@ -50,10 +51,20 @@ class DashboardPage:
         )
 
     async def refresh(self) -> None:
-        """One tick: check the facade, and refresh the statistics while it is up."""
-        await self.state.connection.check()
-        if self.state.connection.status != "down":
-            await self.state.monitoring.refresh()
+        """One tick: check the facade, and refresh the statistics while it is up.
+
+        A tick that finds the previous one still waiting (a slow facade) does nothing, so requests
+        never pile up behind an unresponsive API.
+        """
+        if self._refreshing:
+            return
+        self._refreshing = True
+        try:
+            await self.state.connection.check()
+            if self.state.connection.status != CONNECTION_DOWN:
+                await self.state.monitoring.refresh()
+        finally:
+            self._refreshing = False
 
 
 def build_page(client: FacadeAPI | None = None, settings: DashboardSettings | None = None) -> DashboardPage:

@@ -260,6 +260,10 @@ class TextTaskView:
             css_classes=["mtc-timings"],
         )
         self.error = error_alert(state)
+        # Shows a spinner over the results while a request runs.
+        self.results_area = pn.Column(
+            self.results, self.timings, loading=state.param.loading, sizing_mode="stretch_width"
+        )
         self.panel = pn.Column(
             self.text_input,
             pn.FlexBox(
@@ -269,7 +273,7 @@ class TextTaskView:
                 align_items="center",
             ),
             self.error,
-            pn.Column(self.results, self.timings, loading=state.param.loading, sizing_mode="stretch_width"),
+            self.results_area,
             name=task.title,
             sizing_mode="stretch_width",
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -168,3 +169,35 @@ async def test_banner_appears_when_the_api_is_down_and_goes_away_when_it_is_back
     assert page.banner.panel.visible
     assert page.banner.panel.alert_type == "warning"
     assert "not ready" in page.banner.panel.object
+
+
+async def test_loading_spinner_and_disabled_buttons_while_a_request_runs() -> None:
+    fake = FakeFacade(gate=asyncio.Event())
+    view = build_page(fake, DashboardSettings()).text_views["disaster"]
+    view.text_input.value = "Forest fire near the town"
+
+    request = asyncio.create_task(view._on_classify(None))
+    await asyncio.sleep(0.01)
+    results_area = view.results_area
+    assert results_area.loading
+    assert view.classify_button.disabled
+    assert all(button.disabled for button in view.example_buttons)
+
+    fake.gate.set()  # type: ignore[union-attr]
+    await request
+    assert not results_area.loading
+    assert not view.classify_button.disabled
+
+
+async def test_a_tick_is_skipped_while_the_previous_one_waits_for_a_slow_api() -> None:
+    fake = FakeFacade(gate=asyncio.Event())
+    page = build_page(fake, DashboardSettings())
+
+    first = asyncio.create_task(page.refresh())
+    await asyncio.sleep(0.01)
+    await page.refresh()  # returns at once
+    assert fake.calls == [("health", None)]
+
+    fake.gate.set()  # type: ignore[union-attr]
+    await first
+    assert fake.calls == [("health", None), ("stats", None)]
