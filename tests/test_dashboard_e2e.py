@@ -35,7 +35,9 @@ ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "dashboard"
 UPLOAD_BUCKET = "dashboard-e2e-uploads"
 # How often the page checks the facade in this test (the default is 5 s).
 HEALTH_INTERVAL_S = 1.0
+# Generous waits: a loaded 2-core CI machine can take seconds for a first inference.
 TIMEOUT_MS = 30_000
+expect.set_options(timeout=TIMEOUT_MS)
 
 
 @dataclass
