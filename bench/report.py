@@ -116,7 +116,8 @@ def headlines(results: BenchResults) -> list[str]:
             f"at {c_high} clients, {comparison.int8_bytes / max(comparison.fp32_bytes, 1):.0%} of the size; "
             f"same top label on {comparison.agreement:.0%} of {comparison.samples} inputs"
         )
-    lines.extend(str(h) for h in results.facade.get("headlines", []))
+    # bench/facade.py writes its headlines as markdown bullets already.
+    lines.extend(str(h).removeprefix("- ") for h in results.facade.get("headlines", []))
     return lines
 
 

@@ -1,0 +1,102 @@
+"""Optional TensorRT plans: the config and the ``trtexec`` shapes for one task's published model.
+
+``deploy/build_trt_plan.sh`` runs ``trtexec`` inside NGC's TensorRT container of the same release as
+the Triton image and writes, next to the ONNX model it was built from::
+
+    <task>/<version>/model.plan            the engine (GPU model and TensorRT version specific)
+    <task>/<version>/model.plan.json       what it was built with (TensorRT version, GPU, shapes)
+    <task>/configs/tensorrt.pbtxt          platform tensorrt_plan, KIND_GPU, same tensors and batching
+
+Triton uses the plan only when started with ``--model-config-name=tensorrt``; without the flag (CPU
+hosts, the local server) every model keeps its ONNX ``config.pbtxt``, and models without a
+``configs/tensorrt.pbtxt`` (the raw-text models) fall back to theirs.
+
+A plan runs only on the TensorRT version that built it (and the GPU architecture): rebuild it
+whenever the Triton image changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from export.triton_config import build_model_config, render_model_config
+from taskspec import TaskSpec, get_task
+
+PLAN_FILE = "model.plan"
+CONFIG_NAME = "tensorrt"
+NGC_RELEASE = "24.10"
+"""Triton 2.51 = NGC 24.10 = TensorRT 10.5: the plan must be built by this release's TensorRT."""
+
+
+def tensorrt_model_config(spec: TaskSpec) -> mc.ModelConfig:
+    """The task's config with the plan as its model: same name, tensors and dynamic batching; on the GPU."""
+    config = build_model_config(spec)
+    config.platform = "tensorrt_plan"
+    config.backend = ""
+    config.default_model_filename = PLAN_FILE
+    config.ClearField("optimization")  # ONNX Runtime's accelerator settings mean nothing to a plan
+    config.ClearField("parameters")
+    del config.instance_group[:]
+    config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.KIND_GPU, count=spec.instance_count)
+    return config
+
+
+def trtexec_shapes(spec: TaskSpec) -> dict[str, str]:
+    """``--minShapes/--optShapes/--maxShapes`` covering batch 1..max_batch_size (and every text bucket)."""
+    max_batch = spec.batching.max_batch_size
+    opt_batch = max(spec.batching.preferred_batch_sizes or (1,))
+
+    def shapes(batch: int, length: int | None) -> str:
+        parts = []
+        for tensor in spec.inputs:
+            dims = [batch, *(length if d == -1 else d for d in tensor.dims)]
+            parts.append(f"{tensor.name}:{'x'.join(str(int(d)) for d in dims if d is not None)}")
+        return ",".join(parts)
+
+    if spec.text is not None:
+        buckets = spec.text.buckets
+        return {
+            "min": shapes(1, buckets[0]),
+            "opt": shapes(opt_batch, buckets[len(buckets) // 2]),
+            "max": shapes(max_batch, buckets[-1]),
+        }
+    return {"min": shapes(1, None), "opt": shapes(opt_batch, None), "max": shapes(max_batch, None)}
+
+
+def write_tensorrt_config(spec: TaskSpec, model_dir: Path) -> Path:
+    """``<model_dir>/configs/tensorrt.pbtxt``."""
+    path = model_dir / "configs" / f"{CONFIG_NAME}.pbtxt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (
+        "# TensorRT plan config, written by deploy/tensorrt.py. Used only with --model-config-name=tensorrt.\n"
+        f"# The plan must be built by the TensorRT of NGC {NGC_RELEASE} (the Triton image's release).\n"
+    )
+    path.write_text(header + render_model_config(tensorrt_model_config(spec)))
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.tensorrt", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    shapes = sub.add_parser("shapes", help="print the trtexec shape flags for a task")
+    shapes.add_argument("task")
+    config = sub.add_parser("config", help="write <repository>/<task>/configs/tensorrt.pbtxt")
+    config.add_argument("task")
+    config.add_argument("--repository", type=Path, default=Path("model_repository"))
+    args = parser.parse_args(argv)
+    spec = get_task(args.task)
+    if args.command == "shapes":
+        s = trtexec_shapes(spec)
+        print(f"--minShapes={s['min']} --optShapes={s['opt']} --maxShapes={s['max']}")
+    else:
+        print(write_tensorrt_config(spec, args.repository / spec.name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
