@@ -29,6 +29,8 @@ from taskspec import TaskSpec, get_task
 
 PLAN_FILE = "model.plan"
 CONFIG_NAME = "tensorrt"
+FP16_CONFIG_NAME = "gpu"
+"""``configs/gpu.pbtxt``: the ONNX model with ONNX Runtime's TensorRT FP16 accelerator (no plan to build)."""
 NGC_RELEASE = "24.10"
 """Triton 2.51 = NGC 24.10 = TensorRT 10.5: the plan must be built by this release's TensorRT."""
 
@@ -80,6 +82,19 @@ def write_tensorrt_config(spec: TaskSpec, model_dir: Path) -> Path:
     return path
 
 
+def write_fp16_accelerator_config(spec: TaskSpec, model_dir: Path) -> Path:
+    """``<model_dir>/configs/gpu.pbtxt``: the ONNX config plus the ONNX Runtime TensorRT FP16 accelerator.
+
+    ONNX Runtime builds the TensorRT engine itself when the model loads (minutes for a BERT; no
+    version matching to manage), on GPU hosts started with ``--model-config-name=gpu``.
+    """
+    path = model_dir / "configs" / f"{FP16_CONFIG_NAME}.pbtxt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = "# GPU config (ONNX Runtime + TensorRT FP16), written by deploy/tensorrt.py; --model-config-name=gpu.\n"
+    path.write_text(header + render_model_config(build_model_config(spec, tensorrt_fp16=True)))
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.tensorrt", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,13 +103,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = sub.add_parser("config", help="write <repository>/<task>/configs/tensorrt.pbtxt")
     config.add_argument("task")
     config.add_argument("--repository", type=Path, default=Path("model_repository"))
+    fp16 = sub.add_parser("fp16-config", help="write <repository>/<task>/configs/gpu.pbtxt (ORT TensorRT FP16)")
+    fp16.add_argument("task")
+    fp16.add_argument("--repository", type=Path, default=Path("model_repository"))
     args = parser.parse_args(argv)
     spec = get_task(args.task)
     if args.command == "shapes":
         s = trtexec_shapes(spec)
         print(f"--minShapes={s['min']} --optShapes={s['opt']} --maxShapes={s['max']}")
-    else:
+    elif args.command == "config":
         print(write_tensorrt_config(spec, args.repository / spec.name))
+    else:
+        print(write_fp16_accelerator_config(spec, args.repository / spec.name))
     return 0
 
 

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from deploy.tensorrt import CONFIG_NAME, PLAN_FILE, tensorrt_model_config, trtexec_shapes, write_tensorrt_config
+from deploy.tensorrt import (
+    CONFIG_NAME,
+    PLAN_FILE,
+    tensorrt_model_config,
+    trtexec_shapes,
+    write_fp16_accelerator_config,
+    write_tensorrt_config,
+)
 from export.triton_config import build_model_config, parse_model_config
 from taskspec import TASKS, get_task
 
@@ -52,3 +59,12 @@ def test_plan_config_for_the_tensorrt_release_only() -> None:
     # The plan must be built by the TensorRT of the Triton image's own NGC release.
     assert f'RELEASE="${{MTC_NGC_RELEASE:-{release}}}"' in script
     assert subprocess.run(["bash", "-n", str(ROOT / "deploy" / "build_trt_plan.sh")], check=False).returncode == 0
+
+
+def test_fp16_accelerator_config_is_the_onnx_config_plus_tensorrt_fp16(tmp_path: Path) -> None:
+    spec = get_task("sentiment")
+    config = parse_model_config(write_fp16_accelerator_config(spec, tmp_path / "sentiment").read_text())
+    [accelerator] = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
+    config.ClearField("optimization")
+    assert config == build_model_config(spec)
