@@ -45,6 +45,7 @@ CACHE = PROJECT_ROOT / ".cache" / "bench-facade"
 BASELINE_CHECKPOINT_ENV = "MTC_BENCH_BASELINE_CHECKPOINT"
 TARGET_TOKENS = 60
 THROUGHPUT_CONCURRENCY = 32
+MIN_DURATION_S = 8.0
 FALLBACK_REVIEWS = (
     "A beautiful, moving film with a career-best performance from the lead.",
     "Two hours of my life I will never get back. The plot makes no sense and the dialogue is wooden.",
@@ -573,6 +574,8 @@ def _measure(
     notes: list[str],
 ) -> dict[str, Any]:
     results: dict[str, Any] = {"notes": notes}
+    # A MiniLM at 256 tokens serves a few reviews per second on a small CPU: shorter windows hold too few requests.
+    duration_s, warmup_s = max(duration_s, MIN_DURATION_S), max(warmup_s, 1.0)
     reviews, review_source = load_texts(SENTIMENT)
     tweets, tweet_source = load_texts(DISASTER)
     notes.append(f"Inputs: reviews from {review_source}; tweets from {tweet_source}.")
@@ -691,7 +694,13 @@ def run_comparisons(
             baseline_url = stack.enter_context(transformers_baseline(pair.checkpoint, log_dir))
             reviews, _source = load_texts(SENTIMENT)
             results["throughput"] = asyncio.run(
-                compare_throughput(own_facade, baseline_url, reviews, duration_s=duration_s, warmup_s=warmup_s)
+                compare_throughput(
+                    own_facade,
+                    baseline_url,
+                    reviews,
+                    duration_s=max(duration_s, MIN_DURATION_S),
+                    warmup_s=max(warmup_s, 1.0),
+                )
             )
         results["headlines"] = headlines(results)
         results["markdown"] = markdown(results)

@@ -254,12 +254,14 @@ class InFlightLimiter:
         self.metrics.in_flight.set(self.current)
 
 
-def get_service(request: Request) -> PlatformService:
+# Dependencies are `async def` on purpose: FastAPI runs plain `def` dependencies in its thread pool,
+# a thread hop per request that would cost more than the whole lookup.
+async def get_service(request: Request) -> PlatformService:
     service: PlatformService = request.app.state.service
     return service
 
 
-def get_settings(request: Request) -> ApiSettings:
+async def get_settings(request: Request) -> ApiSettings:
     settings: ApiSettings = request.app.state.settings
     return settings
 
