@@ -7,6 +7,7 @@ check what the page shows without a browser. User text is always HTML-escaped.
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -96,9 +97,11 @@ def timings_text(model: ModelRef | None, timings_ms: Mapping[str, float]) -> str
     return " · ".join(parts)
 
 
-def result_timings_text(result: TextResult | PoseResult | None) -> str:
+def result_timings_html(result: TextResult | PoseResult | None) -> str:
     """The timings line under a result (empty before the first one)."""
-    return timings_text(result.model, result.timings_ms) if result is not None else ""
+    if result is None:
+        return ""
+    return f'<span class="mtc-muted">{html.escape(timings_text(result.model, result.timings_ms))}</span>'
 
 
 def pose_result_html(result: PoseResult | None, image_src: str, image_name: str) -> str:
@@ -174,10 +177,19 @@ def _as_int(text: str) -> int:
     return int(text) if text.isdigit() else 0
 
 
+def markdown_literal(text: str) -> str:
+    """``text`` shown as is by a Markdown pane: every ASCII punctuation character backslash-escaped.
+
+    Error messages quote the facade and the user (URLs, file names); escaped, a ``<img onerror=...>`` or
+    an ``_underscore_`` in them is shown as typed instead of being rendered.
+    """
+    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", text)
+
+
 def error_alert(state: param.Parameterized) -> pn.pane.Alert:
     """A red message under the inputs, visible only while ``state.error`` is set."""
     return pn.pane.Alert(
-        state.param.error,
+        pn.bind(markdown_literal, state.param.error),
         alert_type="danger",
         visible=state.param.error.rx.bool(),
         css_classes=["mtc-error"],
@@ -203,11 +215,11 @@ class ConnectionBanner:
     def text(self, status: str, message: str) -> str:
         if status == CONNECTION_DOWN:
             return (
-                f"**The API is unavailable.** {message} The page checks again every {self.retry_s:g} s and works "
-                "again as soon as the API is back."
+                f"**The API is unavailable.** {markdown_literal(message)} The page checks again every "
+                f"{self.retry_s:g} s and works again as soon as the API is back."
             )
         if status == CONNECTION_NOT_READY:
-            return f"**The API is up but not ready to classify.** {message}"
+            return f"**The API is up but not ready to classify.** {markdown_literal(message)}"
         return ""
 
     @staticmethod
@@ -255,8 +267,8 @@ class TextTaskView:
             stylesheets=[STYLESHEET],
             css_classes=["mtc-results-pane"],
         )
-        self.timings = pn.pane.Markdown(
-            pn.bind(result_timings_text, state.param.result),
+        self.timings = pn.pane.HTML(
+            pn.bind(result_timings_html, state.param.result),
             css_classes=["mtc-timings"],
         )
         self.error = error_alert(state)
@@ -316,8 +328,8 @@ class PoseView:
             stylesheets=[STYLESHEET],
             css_classes=["mtc-pose-pane"],
         )
-        self.timings = pn.pane.Markdown(
-            pn.bind(result_timings_text, state.param.result),
+        self.timings = pn.pane.HTML(
+            pn.bind(result_timings_html, state.param.result),
             css_classes=["mtc-timings"],
         )
         self.error = error_alert(state)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 
 import pytest
+from markdown_it import MarkdownIt
 
 from dashboard.app import build_page
 from dashboard.client import ModelRef, ModelStats, TextPrediction, TextResult
@@ -14,6 +16,7 @@ from dashboard.testing import FakeFacade
 from dashboard.views import (
     batch_size_data,
     count_data,
+    markdown_literal,
     pose_result_html,
     probability_bars_html,
     stats_table_html,
@@ -44,6 +47,20 @@ STATS = [
 def bar_widths(markup: str) -> dict[str, float]:
     rows = re.findall(r'data-label="([^"]+)".*?width:([0-9.]+)%', markup)
     return {label: float(width) for label, width in rows}
+
+
+def rendered(markdown: str) -> str:
+    """What Panel's Markdown pane (markdown-it) makes of ``markdown``."""
+    return str(MarkdownIt().render(markdown)).strip()
+
+
+def test_error_messages_are_shown_literally_not_rendered() -> None:
+    message = "URL not allowed (HTTP 403): <img src=x onerror=alert(1)> *not_disaster* http://a.b/c?d=1"
+
+    markup = rendered(markdown_literal(message))
+
+    assert "<img" not in markup and "<em>" not in markup and "<a " not in markup
+    assert markup == f"<p>{html.escape(message, quote=False)}</p>"
 
 
 def test_probability_bars_follow_the_label_order_and_scale_with_probability() -> None:
@@ -131,14 +148,14 @@ async def test_views_follow_the_state_after_a_click() -> None:
 
     assert "good stuff" in view.results.object
     assert re.findall(r'class="mtc-label">(\w+)<', view.results.object) == ["positive", "negative"]
-    assert view.timings.object == "model sentiment v1 · tokenize 0.5 ms · inference 4.0 ms · total 5.0 ms"
+    assert "model sentiment v1 · tokenize 0.5 ms · inference 4.0 ms · total 5.0 ms" in view.timings.object
     error = view.error
     assert not error.visible
 
     view.text_input.value = ""
     await view._on_classify(None)
     assert error.visible
-    assert error.object == "Type a text to classify (one per line for several)."
+    assert rendered(error.object) == "<p>Type a text to classify (one per line for several).</p>"
 
 
 async def test_banner_appears_when_the_api_is_down_and_goes_away_when_it_is_back() -> None:
