@@ -209,3 +209,34 @@ async def test_stats_and_health() -> None:
     assert "Triton is not ready" in health.detail
 
     assert (await client_for(lambda request: httpx.Response(200, json={"status": "ready"})).health()).ready
+
+
+async def test_models_lists_tasks_with_version_and_readiness() -> None:
+    body = {
+        "models": [
+            {"task": "pose", "title": "Human pose / action", "modality": "image", "model": "pose", "version": None,
+             "labels": ["calling"], "ready": False, "max_items": 16},
+            {"task": "sentiment", "title": "Movie-review sentiment", "modality": "text", "model": "sentiment",
+             "version": "2", "labels": ["negative", "positive"], "ready": True, "max_items": 64},
+        ]
+    }  # fmt: skip
+    models = await client_for(lambda request: httpx.Response(200, json=body)).models()
+
+    assert [(m.task, m.version, m.ready) for m in models] == [("pose", None, False), ("sentiment", "2", True)]
+    assert models[1].labels == ["negative", "positive"]
+
+
+async def test_the_api_key_goes_to_the_facade_but_not_to_storage() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/v1/uploads":
+            return httpx.Response(200, json={"upload_url": "http://storage.test/u", "get_url": "http://storage.test/g"})
+        return httpx.Response(200)
+
+    client = FacadeClient(API, api_key="s3cret", transport=httpx.MockTransport(handler))
+    await client.upload_image("a.jpg", "image/jpeg", b"jpeg")
+
+    assert seen[0].headers["authorization"] == "Bearer s3cret"
+    assert "authorization" not in seen[1].headers
