@@ -221,10 +221,15 @@ async def measure_batching(
         for task in config.tasks:
             spec = get_task(task)
             points = []
-            for kind in ("published", "nobatch"):
-                model = variants.models[task][kind]
-                send = triton_sender(client, model, spec, requests[task])
-                for concurrency in config.batching_concurrencies:
+            senders = {
+                kind: triton_sender(client, variants.models[task][kind], spec, requests[task])
+                for kind in ("published", "nobatch")
+            }
+            # Level by level, on and off back to back: load from other processes drifts over a run and
+            # should hit both sides of a comparison alike.
+            for concurrency in config.batching_concurrencies:
+                for kind, send in senders.items():
+                    model = variants.models[task][kind]
                     before = executed_batches(triton, model)
                     result = await run_load(
                         send,
@@ -236,6 +241,7 @@ async def measure_batching(
                     after = executed_batches(triton, model)
                     label = "dynamic batching on" if kind == "published" else "dynamic batching off"
                     points.append(BatchingPoint(label, result, batches_between(before, after)))
+            points.sort(key=lambda p: (p.variant != "dynamic batching on", p.result.concurrency))
             results.batching[task] = points
     finally:
         await client.close()
@@ -287,9 +293,12 @@ async def measure_int8(
                 fp32_bytes=fp32_file.stat().st_size,
                 int8_bytes=int8_file.stat().st_size,
             )
-            for kind, label in (("published", "fp32"), ("int8", "int8")):
-                send = triton_sender(client, variants.models[task][kind], spec, requests[task])
-                for concurrency in config.int8_concurrencies:
+            senders = {
+                label: triton_sender(client, variants.models[task][kind], spec, requests[task])
+                for kind, label in (("published", "fp32"), ("int8", "int8"))
+            }
+            for concurrency in config.int8_concurrencies:  # alternating, as for batching
+                for label, send in senders.items():
                     result = await run_load(
                         send,
                         concurrency=concurrency,
@@ -298,6 +307,7 @@ async def measure_int8(
                         label=f"{task} {label}",
                     )
                     comparison.points.append((label, result))
+            comparison.points.sort(key=lambda p: (p[0] != "fp32", p[1].concurrency))
             results.int8[task] = comparison
     finally:
         await client.close()
