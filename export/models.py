@@ -31,7 +31,10 @@ def load_text_classifier(checkpoint: str | Path, num_labels: int, *, eager_atten
     may skip the mask for unpadded batches, which a tracer would bake in).
     """
     from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
+    # The "classifier.* MISSING" load report is expected: the head is new and is trained next.
+    hf_logging.set_verbosity_error()
     kwargs: dict[str, object] = {"num_labels": num_labels}
     if eager_attention:
         kwargs["attn_implementation"] = "eager"

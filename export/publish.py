@@ -88,8 +88,13 @@ def publish(
     tokenizer_dir: Path | None = None,
     metrics: Mapping[str, Any] | None = None,
     card: str | None = None,
+    extra_files: Mapping[str, Path] | None = None,
 ) -> Path:
-    """Write ``onnx_path`` and its artifacts as a new version of ``spec``'s model; return the version folder."""
+    """Write ``onnx_path`` and its artifacts as a new version of ``spec``'s model; return the version folder.
+
+    ``extra_files`` (name in the version folder -> source file) carries optional variants such as
+    ``model.int8.onnx``; Triton only loads ``model.onnx``.
+    """
     if not onnx_path.is_file():
         raise PublishError(f"{onnx_path} does not exist")
     if spec.modality == "text" and tokenizer_dir is None:
@@ -107,6 +112,10 @@ def publish(
             (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
         if card is not None:
             (staging / MODEL_CARD_FILE).write_text(card)
+        for name, source in (extra_files or {}).items():
+            if Path(name).name != name or name in {MODEL_FILE, PREPROCESSING_FILE, TOKENIZER_FILE}:
+                raise PublishError(f"extra file name {name!r} is not a plain, free file name")
+            shutil.copyfile(source, staging / name)
         os.chmod(staging, 0o755)  # mkdtemp makes it 0700; Triton in a container may run as another user
         version_dir = _rename_to_next_version(staging, model_dir)
     except BaseException:

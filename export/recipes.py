@@ -1,0 +1,117 @@
+"""The training recipes of the two profiles, per task.
+
+``quick`` is what ``make run`` builds when the repository is empty: all three models within
+10 minutes on a 2-core CPU (a subset of IMDB at 128 tokens, one epoch of the tweets, a linear head
+on frozen EfficientNet-Lite0 features). ``full`` is the best recipe, meant for a GPU (every
+example, longer sequences, more epochs, end-to-end fine-tuning of the image backbone) and
+runnable, slowly, on a CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+Profile = Literal["quick", "full"]
+PROFILES: tuple[Profile, ...] = ("quick", "full")
+
+
+@dataclass(frozen=True)
+class TextRecipe:
+    """Fine-tuning a BERT-family encoder with a fresh classification head."""
+
+    train_size: int | None
+    """Examples drawn (stratified, seeded) from the training split; None takes all of them."""
+    val_size: int
+    """Examples of the training split held out to report validation accuracy (never trained on)."""
+    max_length: int
+    """Training sequence length (tokens); serving truncates to the spec's own maximum."""
+    batch_size: int
+    epochs: int
+    lr: float
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    freeze_embeddings: bool = True
+    """Frozen word embeddings: 5x cheaper steps on a CPU, and no drift of rare-token vectors."""
+    test_size: int | None = None
+    """Stratified sample of the held-out test split to report (None: all of it)."""
+
+    def summary(self) -> str:
+        size = "all" if self.train_size is None else str(self.train_size)
+        return (
+            f"fine-tune on {size} training examples, {self.epochs} epoch(s), max length {self.max_length}, "
+            f"batch {self.batch_size}, AdamW lr {self.lr:g} (linear warm-up {self.warmup_ratio:.0%} and decay), "
+            f"weight decay {self.weight_decay:g}" + (", frozen word embeddings" if self.freeze_embeddings else "")
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ImageRecipe:
+    """A linear head on frozen backbone features, optionally followed by end-to-end fine-tuning."""
+
+    val_fraction: float
+    """Share of the training images held out to pick the best epoch."""
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    label_smoothing: float
+    dropout: float
+    finetune_epochs: int = 0
+    """Epochs of end-to-end fine-tuning (random crops and flips) after the head; 0 keeps the backbone frozen."""
+    finetune_lr: float = 1e-4
+    finetune_batch_size: int = 64
+    test_size: int | None = None
+
+    def summary(self) -> str:
+        text = (
+            f"linear head on frozen EfficientNet-Lite0 features: {self.epochs} epochs, batch {self.batch_size}, "
+            f"AdamW lr {self.lr:g}, weight decay {self.weight_decay:g}, label smoothing {self.label_smoothing:g}, "
+            f"dropout {self.dropout:g}; best epoch on a {self.val_fraction:.0%} validation split"
+        )
+        if self.finetune_epochs:
+            text += (
+                f"; then {self.finetune_epochs} epochs end to end (random resized crops, flips), "
+                f"lr {self.finetune_lr:g}, batch {self.finetune_batch_size}"
+            )
+        return text
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+Recipe = TextRecipe | ImageRecipe
+
+RECIPES: dict[Profile, dict[str, Recipe]] = {
+    "quick": {
+        "sentiment": TextRecipe(
+            train_size=2000, val_size=200, max_length=128, batch_size=16, epochs=1, lr=6e-5, test_size=600
+        ),
+        "disaster": TextRecipe(train_size=None, val_size=300, max_length=48, batch_size=32, epochs=1, lr=8e-5),
+        "pose": ImageRecipe(
+            val_fraction=0.1, epochs=30, batch_size=128, lr=1e-3, weight_decay=1e-4, label_smoothing=0.1, dropout=0.2
+        ),
+    },
+    "full": {
+        "sentiment": TextRecipe(train_size=None, val_size=1000, max_length=256, batch_size=32, epochs=2, lr=4e-5),
+        "disaster": TextRecipe(train_size=None, val_size=400, max_length=64, batch_size=32, epochs=3, lr=4e-5),
+        "pose": ImageRecipe(
+            val_fraction=0.1,
+            epochs=30,
+            batch_size=128,
+            lr=1e-3,
+            weight_decay=1e-4,
+            label_smoothing=0.1,
+            dropout=0.2,
+            finetune_epochs=8,
+            finetune_lr=2e-4,
+        ),
+    },
+}
+
+
+def recipe_for(profile: Profile, task: str) -> Recipe:
+    return RECIPES[profile][task]

@@ -1,0 +1,369 @@
+"""Training loops: fine-tune a text encoder, or train an image head (and optionally the backbone).
+
+Everything is seeded (Python, numpy, torch, data order), shows tqdm progress, and returns the
+trained module with its training/validation metrics. Export, evaluation and publishing live in
+:mod:`export.build`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from export.data import ImageSplit, TextSplit, decode_image
+from export.features import normalize
+from export.metrics import classification_metrics
+from export.models import ImageClassifier
+from export.recipes import ImageRecipe, TextRecipe
+from taskspec import ImagePreprocessing
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when PyTorch sees a GPU, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but PyTorch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def stratified_sample(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
+    """``size`` indices keeping each class's share (all indices, shuffled, when ``size`` is None)."""
+    rng = np.random.default_rng(seed)
+    if size is None or size >= len(labels):
+        return rng.permutation(len(labels))
+    picked = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        take = round(size * len(members) / len(labels))
+        picked.append(rng.choice(members, size=take, replace=False))
+    return rng.permutation(np.concatenate(picked))
+
+
+def _autocast(device: torch.device) -> Any:
+    # bf16 autocast on a GPU: about twice as fast, and bf16 needs no loss scaling.
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+@dataclass
+class TrainResult:
+    module: nn.Module
+    history: list[dict[str, float]]
+    seconds: float
+
+
+def encode_texts(tokenizer_file: Path, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids with [CLS]/[SEP], truncated to ``max_length``, unpadded."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_length)
+    return [e.ids for e in tokenizer.encode_batch(list(texts))]
+
+
+def pad_batch(
+    rows: Sequence[Sequence[int]], length: int | None = None, pad_id: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad ``rows`` to ``length`` (the longest row by default): ``input_ids``, ``attention_mask``."""
+    length = length or max(len(r) for r in rows)
+    ids = np.full((len(rows), length), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), length), dtype=np.int64)
+    for i, row in enumerate(rows):
+        n = min(len(row), length)
+        ids[i, :n] = row[:n]
+        mask[i, :n] = 1
+    return ids, mask
+
+
+def _linear_schedule(total: int, warmup: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def predict_text_torch(
+    module: nn.Module, encoded: Sequence[Sequence[int]], device: torch.device, batch_size: int = 64
+) -> np.ndarray:
+    """Logits of already-encoded texts (sorted by length internally so padding stays small)."""
+    module.eval()
+    order = np.argsort([len(r) for r in encoded])
+    logits = np.zeros((len(encoded), 0), dtype=np.float32)
+    chunks: list[tuple[np.ndarray, np.ndarray]] = []
+    with torch.no_grad(), _autocast(device):
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            ids, mask = pad_batch([encoded[i] for i in index])
+            out = module(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)).float().cpu().numpy()
+            chunks.append((index, out))
+    if chunks:
+        logits = np.zeros((len(encoded), chunks[0][1].shape[1]), dtype=np.float32)
+        for index, out in chunks:
+            logits[index] = out
+    return logits
+
+
+def train_text(
+    module: nn.Module,
+    tokenizer_file: Path,
+    train: TextSplit,
+    val: TextSplit,
+    labels: Sequence[str],
+    recipe: TextRecipe,
+    *,
+    device: torch.device,
+    seed: int,
+    progress: bool = True,
+    max_steps: int | None = None,
+) -> TrainResult:
+    """Fine-tune ``module`` (``(input_ids, attention_mask) -> logits``) on ``train``; report ``val`` each epoch."""
+    seed_everything(seed)
+    started = time.monotonic()
+    encoded = encode_texts(tokenizer_file, train.texts, recipe.max_length)
+    val_encoded = encode_texts(tokenizer_file, val.texts, recipe.max_length)
+    module.to(device)
+    if recipe.freeze_embeddings:
+        for name, parameter in module.named_parameters():
+            if "word_embeddings" in name:
+                parameter.requires_grad_(False)
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in trainable if not n.endswith(no_decay)], "weight_decay": recipe.weight_decay},
+        {"params": [p for n, p in trainable if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=recipe.lr)
+    steps_per_epoch = math.ceil(len(encoded) / recipe.batch_size)
+    total = steps_per_epoch * recipe.epochs if max_steps is None else min(max_steps, steps_per_epoch * recipe.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(total, int(total * recipe.warmup_ratio)))
+    targets = torch.from_numpy(train.labels)
+    generator = np.random.default_rng(seed)
+    history: list[dict[str, float]] = []
+    step = 0
+    bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
+    for epoch in range(recipe.epochs):
+        module.train()
+        order = generator.permutation(len(encoded))
+        seen = correct = 0
+        loss_sum = 0.0
+        for start in range(0, len(order), recipe.batch_size):
+            if step >= total:
+                break
+            index = order[start : start + recipe.batch_size]
+            ids, mask = pad_batch([encoded[i] for i in index])
+            y = targets[index].to(device)
+            with _autocast(device):
+                logits = module(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
+            loss = nn.functional.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            seen += len(index)
+            correct += int((logits.argmax(dim=1) == y).sum())
+            loss_sum += loss.item() * len(index)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        val_logits = predict_text_torch(module, val_encoded, device)
+        val_metrics = classification_metrics(val.labels, val_logits.argmax(axis=1), labels) if len(val) else {}
+        record = {
+            "epoch": float(epoch + 1),
+            "train_loss": round(loss_sum / max(1, seen), 4),
+            "train_accuracy": round(correct / max(1, seen), 4),
+            "val_accuracy": float(val_metrics.get("accuracy", float("nan"))),
+        }
+        history.append(record)
+        bar.write(
+            f"epoch {epoch + 1}: train loss {record['train_loss']:.3f} acc {record['train_accuracy']:.3f}, "
+            f"val acc {record['val_accuracy']:.3f} (n={len(val)})"
+        )
+        if step >= total:
+            break
+    bar.close()
+    module.eval().cpu()
+    return TrainResult(module, history, time.monotonic() - started)
+
+
+class _FeatureHead(nn.Module):
+    def __init__(self, dim: int, num_labels: int, dropout: float) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(dim, num_labels)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.linear(self.dropout(features))
+        return out
+
+
+def train_head(
+    features: np.ndarray,
+    labels: np.ndarray,
+    val_features: np.ndarray,
+    val_labels: np.ndarray,
+    num_labels: int,
+    recipe: ImageRecipe,
+    *,
+    seed: int,
+    progress: bool = True,
+    epochs: int | None = None,
+) -> tuple[nn.Module, list[dict[str, float]]]:
+    """A dropout + linear head on fixed features; keeps the epoch with the best validation accuracy."""
+    seed_everything(seed)
+    x, y = torch.from_numpy(features), torch.from_numpy(labels)
+    vx, vy = torch.from_numpy(val_features), val_labels
+    head = _FeatureHead(x.shape[1], num_labels, recipe.dropout)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    epochs = recipe.epochs if epochs is None else epochs
+    steps = epochs * math.ceil(len(x) / recipe.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=max(1, steps))
+    generator = torch.Generator().manual_seed(seed)
+    best: tuple[float, dict[str, torch.Tensor]] = (-1.0, {})
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(epochs), desc="head", unit="epoch", disable=not progress)
+    for epoch in bar:
+        head.train()
+        order = torch.randperm(len(x), generator=generator)
+        loss_sum = 0.0
+        for start in range(0, len(x), recipe.batch_size):
+            index = order[start : start + recipe.batch_size]
+            loss = nn.functional.cross_entropy(head(x[index]), y[index], label_smoothing=recipe.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(index)
+        head.eval()
+        with torch.no_grad():
+            val_accuracy = float(np.mean(head(vx).argmax(dim=1).numpy() == vy)) if len(vy) else 0.0
+        history.append({"epoch": epoch + 1, "train_loss": round(loss_sum / len(x), 4), "val_accuracy": val_accuracy})
+        bar.set_postfix(loss=f"{loss_sum / len(x):.3f}", val_acc=f"{val_accuracy:.3f}")
+        if val_accuracy > best[0]:
+            best = (val_accuracy, {k: v.clone() for k, v in head.state_dict().items()})
+    head.load_state_dict(best[1])
+    linear = nn.Linear(x.shape[1], num_labels)  # the exported head: dropout is a no-op at inference
+    linear.load_state_dict({"weight": best[1]["linear.weight"], "bias": best[1]["linear.bias"]})
+    return linear.eval(), history
+
+
+class _AugmentedImages(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
+    """Random resized crops (scale 0.6-1) and horizontal flips, then the spec's resize and scaling."""
+
+    def __init__(self, split: ImageSplit, image: ImagePreprocessing, seed: int, train: bool) -> None:
+        self.split, self.image, self.seed, self.train = split, image, seed, train
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        label = int(self.split.labels[index])
+        if not self.train:
+            pixels = decode_image(self.split.paths[index], self.image.size)[None]
+            return torch.from_numpy(normalize(pixels, self.image)[0]), label
+        rng = random.Random(hash((self.seed, self.epoch, index)))
+        with Image.open(self.split.paths[index]) as raw:
+            rgb = raw.convert("RGB")
+            w, h = rgb.size
+            scale = rng.uniform(0.6, 1.0)
+            cw, ch = max(1, int(w * math.sqrt(scale))), max(1, int(h * math.sqrt(scale)))
+            left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+            crop = rgb.crop((left, top, left + cw, top + ch)).resize(
+                (self.image.size, self.image.size), Image.Resampling.BILINEAR
+            )
+            if rng.random() < 0.5:
+                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            pixels = np.asarray(crop, dtype=np.uint8)[None]
+        return torch.from_numpy(normalize(pixels, self.image)[0]), label
+
+
+def finetune_image(
+    model: ImageClassifier,
+    train: ImageSplit,
+    val: ImageSplit,
+    image: ImagePreprocessing,
+    recipe: ImageRecipe,
+    *,
+    device: torch.device,
+    seed: int,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """End-to-end fine-tuning with augmentation; keeps the epoch with the best validation accuracy."""
+    seed_everything(seed)
+    workers = 8 if device.type == "cuda" else 2
+    dataset = _AugmentedImages(train, image, seed, train=True)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=recipe.finetune_batch_size, shuffle=True, num_workers=workers,
+        generator=torch.Generator().manual_seed(seed), drop_last=True,
+    )  # fmt: skip
+    val_loader = torch.utils.data.DataLoader(
+        _AugmentedImages(val, image, seed, train=False), batch_size=64, num_workers=workers
+    )
+    model.to(device)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": model.backbone.parameters(), "lr": recipe.finetune_lr},
+            {"params": model.head.parameters(), "lr": recipe.finetune_lr * 10},
+        ],
+        weight_decay=1e-4,
+    )
+    total = recipe.finetune_epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[recipe.finetune_lr, recipe.finetune_lr * 10], total_steps=max(1, total)
+    )
+    best: tuple[float, dict[str, torch.Tensor]] = (-1.0, {})
+    history: list[dict[str, float]] = []
+    for epoch in range(recipe.finetune_epochs):
+        dataset.epoch = epoch
+        model.train()
+        loss_sum, seen = 0.0, 0
+        for pixels, labels in tqdm(loader, desc=f"fine-tune {epoch + 1}", unit="batch", disable=not progress):
+            pixels, labels = pixels.to(device), labels.to(device)
+            with _autocast(device):
+                logits = model(pixels)
+            loss = nn.functional.cross_entropy(logits.float(), labels, label_smoothing=recipe.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(labels)
+            seen += len(labels)
+        model.eval()
+        correct = 0
+        with torch.no_grad(), _autocast(device):
+            for pixels, labels in val_loader:
+                correct += int((model(pixels.to(device)).argmax(dim=1).cpu() == labels).sum())
+        val_accuracy = correct / max(1, len(val))
+        history.append(
+            {"epoch": epoch + 1, "train_loss": round(loss_sum / max(1, seen), 4), "val_accuracy": val_accuracy}
+        )
+        print(f"fine-tune epoch {epoch + 1}: loss {loss_sum / max(1, seen):.3f}, val acc {val_accuracy:.3f}")
+        if val_accuracy > best[0]:
+            best = (val_accuracy, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+    model.cpu().load_state_dict(best[1])
+    model.eval()
+    return history

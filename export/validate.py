@@ -1,0 +1,96 @@
+"""``export validate``: check a published model repository against the task specs.
+
+For each task's latest version: config.pbtxt parses strictly and matches the spec, labels.txt
+matches, preprocessing.json equals the spec's document, text tasks carry an untruncated,
+unpadded tokenizer.json, and model.onnx has the spec's tensor names, opset >= 17 and runs on a
+padded batch with the expected output shape. Text tasks' raw-text models are checked too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from export.onnx_export import MIN_OPSET, onnx_opset
+from export.publish import latest_version_dir
+from export.raw_text import RAW_TEXT_VERSION, TEMPLATE, build_raw_text_config
+from export.triton_config import check_model_config, read_model_config
+from taskspec import PREPROCESSING_FILE, TOKENIZER_FILE, TaskSpec, get_task
+
+
+def _check_onnx(spec: TaskSpec, path: Path) -> list[str]:
+    import onnxruntime as ort
+
+    problems: list[str] = []
+    opset = onnx_opset(path)
+    if opset < MIN_OPSET:
+        problems.append(f"{path.name} uses opset {opset} (< {MIN_OPSET})")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = sorted(i.name for i in session.get_inputs())
+    if names != sorted(spec.input_names):
+        return [*problems, f"{path.name} inputs {names} != spec {sorted(spec.input_names)}"]
+    feeds: dict[str, np.ndarray] = {}
+    for tensor in spec.inputs:
+        dims = [3 if d == -1 else d for d in tensor.dims]
+        if tensor.name == "attention_mask":
+            feeds[tensor.name] = np.ones((2, *dims), dtype=tensor.numpy_dtype)
+        else:
+            feeds[tensor.name] = np.zeros((2, *dims), dtype=tensor.numpy_dtype)
+    (out,) = session.run([spec.output.name], feeds)
+    if out.shape != (2, *spec.output.dims):
+        problems.append(f"{path.name} output shape {out.shape} != {(2, *spec.output.dims)}")
+    return problems
+
+
+def validate_task(repository: Path, spec: TaskSpec) -> list[str]:
+    """Problems with ``spec``'s published model (empty when it is fine)."""
+    model_dir = repository / spec.model_name
+    if not (model_dir / "config.pbtxt").is_file():
+        return [f"{model_dir}/config.pbtxt is missing (build or pull the model)"]
+    try:
+        problems = check_model_config(spec, model_dir)
+    except Exception as exc:  # a strict-parse error names the bad field
+        return [f"config.pbtxt does not parse: {exc}"]
+    version = latest_version_dir(repository, spec.model_name)
+    if version is None:
+        return [*problems, f"no version folder with model.onnx under {model_dir}"]
+    prep_path = version / PREPROCESSING_FILE
+    if not prep_path.is_file():
+        problems.append(f"{prep_path} is missing")
+    elif json.loads(prep_path.read_text()) != spec.preprocessing_document():
+        problems.append(f"{prep_path} differs from the task spec (republish the model)")
+    if spec.modality == "text":
+        tokenizer = version / TOKENIZER_FILE
+        if not tokenizer.is_file():
+            problems.append(f"{tokenizer} is missing")
+        else:
+            saved = json.loads(tokenizer.read_text())
+            if saved.get("truncation") is not None or saved.get("padding") is not None:
+                problems.append(f"{tokenizer} has truncation/padding enabled (the facade pads itself)")
+        problems += _check_raw_text(repository, spec)
+    problems += _check_onnx(spec, version / "model.onnx")
+    return problems
+
+
+def _check_raw_text(repository: Path, spec: TaskSpec) -> list[str]:
+    folder = repository / spec.raw_text_model_name
+    version = folder / str(RAW_TEXT_VERSION)
+    problems = []
+    for path in (folder / "config.pbtxt", version / "model.py", version / TOKENIZER_FILE, version / PREPROCESSING_FILE):
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+    if problems:
+        return problems
+    if read_model_config(folder) != build_raw_text_config(spec):
+        problems.append(f"{folder}/config.pbtxt differs from export.raw_text")
+    if (version / "model.py").read_bytes() != TEMPLATE.read_bytes():
+        problems.append(f"{version}/model.py differs from {TEMPLATE}")
+    return problems
+
+
+def validate_repository(repository: Path, tasks: Sequence[str]) -> dict[str, list[str]]:
+    """task -> problems, for every task in ``tasks``."""
+    return {task: validate_task(repository, get_task(task)) for task in tasks}
