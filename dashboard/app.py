@@ -89,8 +89,11 @@ def serve_session() -> None:
     closing: set[asyncio.Task[None]] = set()
 
     def close_client(session_context: Any) -> None:
-        # The server's loop is still running here: close the session's connection pool on it,
-        # holding a reference so the task is not garbage-collected before it runs.
+        # Bokeh clears this script's module namespace once the session ends, so the import
+        # must be local. The server's loop is still running here: close the session's
+        # connection pool on it, holding a reference so the task is not garbage-collected.
+        import asyncio
+
         task = asyncio.get_running_loop().create_task(page.state.client.aclose())
         closing.add(task)
         task.add_done_callback(closing.discard)

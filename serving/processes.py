@@ -90,13 +90,17 @@ class ManagedProcess:
         )
 
     def stop(self) -> None:
-        """SIGINT (graceful), then SIGKILL the whole process group after ``stop_timeout``."""
+        """SIGTERM (graceful), then SIGKILL the whole process group after ``stop_timeout``.
+
+        SIGTERM rather than SIGINT: a process started from a non-interactive shell inherits
+        SIGINT as ignored, and uvicorn, panel and moto all shut down cleanly on SIGTERM.
+        """
         process, self._process = self._process, None
         if process is None:
             return
         if process.poll() is None:
             try:
-                os.killpg(process.pid, signal.SIGINT)
+                os.killpg(process.pid, signal.SIGTERM)
                 process.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:
                 pass
