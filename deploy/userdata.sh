@@ -26,6 +26,16 @@ if ! docker compose version >/dev/null 2>&1; then
     apt-get update -q
     apt-get install -y -q docker-compose-v2 || apt-get install -y -q docker-compose-plugin
 fi
+# The compose files use `!reset` / `!override` (compose 2.24+); distribution packages can be older.
+need=2.24.0
+have=$$(docker compose version --short 2>/dev/null | tr -d v || echo 0)
+if [ "$$(printf '%s\n' "$$need" "$$have" | sort -V | head -1)" != "$$need" ]; then
+    mkdir -p /usr/local/lib/docker/cli-plugins
+    curl -fsSL https://github.com/docker/compose/releases/download/v2.29.7/docker-compose-linux-x86_64 \
+        -o /usr/local/lib/docker/cli-plugins/docker-compose
+    chmod +x /usr/local/lib/docker/cli-plugins/docker-compose
+fi
+docker compose version
 systemctl enable --now docker
 
 # 3. NVIDIA container toolkit, so `deploy.resources.reservations.devices` reaches the GPU.
