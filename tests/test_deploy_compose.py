@@ -197,6 +197,7 @@ def test_api_environment_is_read_by_the_facade_settings(tmp_path: Path, monkeypa
     assert settings.s3_endpoint_url == "http://minio:9000"
     assert settings.allowed_http_hosts == ["minio:9000"]
     assert settings.upload_bucket == services["models-init"]["environment"]["UPLOADS_BUCKET"]
+    assert settings.api_keys == []  # open unless .env sets keys
     assert published(services["api"]) == {StackSettings().api_port}
 
 
@@ -215,6 +216,21 @@ def test_aws_override_uses_s3_and_the_instance_profile(tmp_path: Path, monkeypat
     assert settings.s3_endpoint_url is None and settings.upload_bucket == "prod-uploads"
     assert settings.model_repository == "s3://prod-models/model_repository"
     assert services["dashboard"]["environment"]["MTC_DASHBOARD_API_URL"] == "http://host.docker.internal:8080"
+
+
+def test_api_keys_reach_the_facade_and_the_dashboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dashboard.settings import DashboardSettings
+
+    env = {**REQUIRED_ENV, "MTC_API_API_KEYS": '["k1", "k2"]', "MTC_DASHBOARD_API_KEY": "k2"}
+    services = rendered(tmp_path, [BASE], env)
+    settings = api_settings_from(services["api"]["environment"], monkeypatch)
+    assert [k.get_secret_value() for k in settings.api_keys] == ["k1", "k2"]
+    for key, value in services["dashboard"]["environment"].items():
+        monkeypatch.setenv(key, value)
+    dashboard = DashboardSettings(_env_file=None)  # type: ignore[call-arg]
+    assert dashboard.api_key is not None and dashboard.api_key.get_secret_value() == "k2"
+    aws = rendered(tmp_path, [BASE, AWS], {**env, **AWS_ENV})
+    assert aws["api"]["environment"]["MTC_API_API_KEYS"] == '["k1", "k2"]'
 
 
 def test_dashboard_points_at_the_api_service(tmp_path: Path) -> None:
