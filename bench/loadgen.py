@@ -1,10 +1,10 @@
 """A closed-loop async load generator: ``concurrency`` workers, each sending its next request as
-soon as the previous one returns, for a fixed wall-clock window.
+soon as the previous one returns, measured over a steady-state window.
 
 Closed loop (rather than a fixed arrival rate) because the question here is "what latency and
 throughput does N concurrent clients get", and it cannot overload the 2-core machine it runs on
 into measuring its own queueing. Latency is measured around the awaited call only, so the load
-generator's own bookkeeping is not counted; a short warm-up is discarded.
+generator's own bookkeeping is not counted; the warm-up lasts until every client has had an answer.
 """
 
 from __future__ import annotations
@@ -88,46 +88,97 @@ async def run_load(
     max_requests: int | None = None,
     label: str = "",
     items_per_request: int = 1,
+    min_completions: int | None = None,
+    max_duration_s: float | None = None,
 ) -> LoadResult:
-    """Run ``concurrency`` workers calling ``send`` back to back for ``duration_s`` after a warm-up.
+    """Keep ``concurrency`` requests in flight and measure the completions in a steady-state window.
+
+    - Warm-up: at least ``warmup_s``, and until every client has had one answer (at high
+      concurrency on a slow model the first answers take seconds: a fixed short warm-up would
+      measure the ramp-up).
+    - Window: from the end of the warm-up, at least ``duration_s`` and at least ``min_completions``
+      answers (default: ``concurrency``, at least 10), at most ``max_duration_s`` (default 30 s).
+      Clients keep sending until the window closes, so the load is steady throughout it; throughput
+      is the answers completed inside the window divided by its length, and the latency of each of
+      them is recorded. Requests still in flight when it closes are cancelled and not counted.
+    - ``max_requests`` closes the window after that many answers.
 
     A request that raises counts as an error (not as a latency); the first error's text is kept so
     that a misconfigured benchmark says why instead of reporting a suspiciously fast result.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
+    needed = min_completions if min_completions is not None else max(concurrency, 10)
+    longest = max_duration_s if max_duration_s is not None else max(30.0, 3 * duration_s)
     latencies: list[float] = []
     errors = 0
     first_error: str | None = None
     counter = 0
+    answered_once = 0
     start = time.perf_counter()
-    measure_from = start + warmup_s
-    stop_at = measure_from + duration_s
-    measured_end = measure_from
+    window_start: float | None = None
+    window_end: float | None = None
+    stop = asyncio.Event()
+
+    def close_window(now: float) -> None:
+        nonlocal window_end
+        if window_end is None:
+            window_end = now
+            stop.set()
+
+    def after_answer(now: float) -> None:
+        nonlocal window_start
+        if window_start is None:
+            if answered_once >= concurrency and now - start >= warmup_s:
+                window_start = now
+            elif now - start >= longest:  # a client never got an answer: give up warming up
+                window_start = now
+                close_window(now)
+            return
+        done = len(latencies) + errors
+        elapsed = now - window_start
+        enough = elapsed >= duration_s and done >= needed
+        capped = max_requests is not None and done >= max_requests
+        if enough or capped or elapsed >= longest:
+            close_window(now)
 
     async def worker() -> None:
-        nonlocal counter, errors, first_error, measured_end
-        while True:
-            now = time.perf_counter()
-            if now >= stop_at or (max_requests is not None and len(latencies) + errors >= max_requests):
-                return
+        nonlocal counter, errors, first_error, answered_once
+        first = True
+        while not stop.is_set():
             number = counter
             counter += 1
             t0 = time.perf_counter()
+            failure: str | None = None
             try:
                 await send(number)
             except Exception as exc:  # a benchmark reports failures, it does not stop on them
-                if t0 >= measure_from:
-                    errors += 1
-                    first_error = first_error or f"{type(exc).__name__}: {exc}"[:300]
-                continue
+                failure = f"{type(exc).__name__}: {exc}"[:300]
             t1 = time.perf_counter()
-            if t0 >= measure_from:
-                latencies.append((t1 - t0) * 1000.0)
-                measured_end = max(measured_end, t1)
+            if stop.is_set():
+                return
+            if first:
+                first = False
+                answered_once += 1
+            elif window_start is not None:
+                if failure is None:
+                    latencies.append((t1 - t0) * 1000.0)
+                else:
+                    errors += 1
+                    first_error = first_error or failure
+            after_answer(t1)
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = max(measured_end - measure_from, 1e-9)
+    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=warmup_s + 2 * longest + 5)
+    except TimeoutError:  # every client is stuck on one request
+        close_window(time.perf_counter())
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert window_end is not None
+    elapsed = max(window_end - (window_start if window_start is not None else window_end), 1e-9)
     return LoadResult(
         label=label,
         concurrency=concurrency,

@@ -39,6 +39,34 @@ def test_closed_loop_latency_and_throughput_follow_the_service_time() -> None:
     assert result.errors == 0
 
 
+def test_slow_first_answers_are_warm_up_and_the_window_waits_for_enough_answers() -> None:
+    calls = 0
+
+    async def send(n: int) -> None:
+        nonlocal calls
+        calls += 1
+        # A cold model: the first answer of every client is slow.
+        await asyncio.sleep(0.25 if n < 4 else 0.01)
+
+    result = asyncio.run(
+        run_load(send, concurrency=4, duration_s=0.05, warmup_s=0.0, min_completions=40, max_duration_s=5)
+    )
+    assert result.requests >= 40
+    assert max(result.latencies_ms) < 200, "cold-start answers were measured"
+    assert 300 < result.throughput_rps < 420  # 4 clients / 10 ms
+
+
+def test_a_window_is_bounded_when_answers_are_slow() -> None:
+    async def send(n: int) -> None:
+        await asyncio.sleep(0.05)
+
+    result = asyncio.run(
+        run_load(send, concurrency=2, duration_s=0.01, warmup_s=0.0, min_completions=10_000, max_duration_s=0.3)
+    )
+    assert 0.25 <= result.duration_s <= 0.5
+    assert 8 <= result.requests <= 14
+
+
 def test_errors_are_counted_with_the_first_message_and_not_timed() -> None:
     async def send(n: int) -> None:
         await asyncio.sleep(0.001)
