@@ -497,6 +497,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     deadline = start + args.total_budget_s
     try:
+        # PyTorch first: it loads the CUDA and cuDNN libraries of its nvidia-* packages into the
+        # process, where onnxruntime-gpu's CUDA provider then finds them by name.
+        import torch
+
+        print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")
+    except ImportError:
+        pass
+    try:
         import onnxruntime as ort
 
         if hasattr(ort, "preload_dlls"):
