@@ -424,11 +424,22 @@ async def compare_throughput(
     warmup_s: float,
     concurrency: int = THROUGHPUT_CONCURRENCY,
     rounds: int = 3,
+    triton: TritonServer | None = None,
+    version_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Requests/s at ``concurrency`` with one mixed-length review per request: facade vs the original design.
-    The two alternate ``rounds`` times so that background load drifts affect both."""
+    """Requests/s at ``concurrency`` with one mixed-length review per request: facade vs the original design
+    (and, given ``triton`` and ``version_dir``, direct tritonclient calls with pre-tokenized input, which
+    shows whether the facade or the server limits throughput). They alternate ``rounds`` times so that
+    background load drifts affect all alike."""
+    import tritonclient.http.aio as aio
+
     bodies = [{"texts": [r]} for r in reviews]
     runs: dict[str, list[LoadResult]] = {"facade": [], "transformers": []}
+    direct_feeds = None
+    if triton is not None and version_dir is not None:
+        encoder = Encoder(version_dir)
+        direct_feeds = [encoder.encode_one(r) for r in reviews]
+        runs["direct"] = []
     for _ in range(rounds):
         runs["facade"].append(
             await _closed_loop(f"{facade_url}/v1/sentiment", bodies, concurrency, duration_s, warmup_s, "facade")
@@ -436,6 +447,15 @@ async def compare_throughput(
         runs["transformers"].append(
             await _closed_loop(f"{baseline_url}/predict", bodies, concurrency, duration_s, warmup_s, "transformers")
         )
+        if triton is not None and direct_feeds is not None:
+            client = aio.InferenceServerClient(f"{triton.host}:{triton.http_port}", conn_limit=concurrency * 2)
+            try:
+                send = triton_sender(client, "sentiment", direct_feeds)
+                runs["direct"].append(
+                    await run_load(send, concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s)
+                )
+            finally:
+                await client.close()
     summary = {name: [_load_summary(r) for r in results] for name, results in runs.items()}
     rps = {name: statistics.fmean(r.throughput_rps for r in results) for name, results in runs.items()}
     return {
@@ -444,6 +464,7 @@ async def compare_throughput(
         "runs": summary,
         "facade_rps": round(rps["facade"], 2),
         "transformers_rps": round(rps["transformers"], 2),
+        "direct_rps": round(rps["direct"], 2) if "direct" in rps else None,
         "throughput_ratio": round(rps["facade"] / rps["transformers"], 2) if rps["transformers"] else None,
         "target_ratio": 3.0,
     }
@@ -504,14 +525,24 @@ def markdown(results: dict[str, Any]) -> str:
             "| server | run | requests | errors | req/s | p50 ms | p95 ms |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
-        for name, label in (("facade", "facade + Triton"), ("transformers", "FastAPI + transformers pipeline")):
-            for i, run in enumerate(throughput["runs"][name], 1):
+        servers = (
+            ("facade", "facade + Triton"),
+            ("transformers", "FastAPI + transformers pipeline"),
+            ("direct", "direct tritonclient, pre-tokenized (reference)"),
+        )
+        for name, label in servers:
+            for i, run in enumerate(throughput["runs"].get(name, []), 1):
                 lines.append(
                     f"| {label} | {i} | {run['requests']} | {run['errors']} | {run['throughput_rps']:.2f} | "
                     f"{run['p50_ms']:.1f} | {run['p95_ms']:.1f} |"
                 )
         ratio = throughput["throughput_ratio"]
         lines += ["", f"Throughput ratio facade / original: **{ratio}x** (target >= {throughput['target_ratio']}x)."]
+        if throughput.get("direct_rps"):
+            lines.append(
+                f"Direct tritonclient with pre-tokenized input reached {throughput['direct_rps']} req/s on the same "
+                f"Triton: the facade reached {throughput['facade_rps'] / throughput['direct_rps']:.0%} of it."
+            )
     padding = results.get("padding")
     if padding:
         s = padding["statistics"]
@@ -592,7 +623,15 @@ def _measure(
                 print("==> throughput vs FastAPI + transformers pipeline", flush=True)
                 with transformers_baseline(checkpoint_pair.checkpoint, log_dir) as baseline_url:
                     results["throughput"] = asyncio.run(
-                        compare_throughput(facade_url, baseline_url, reviews, duration_s=duration_s, warmup_s=warmup_s)
+                        compare_throughput(
+                            facade_url,
+                            baseline_url,
+                            reviews,
+                            duration_s=duration_s,
+                            warmup_s=warmup_s,
+                            triton=triton,
+                            version_dir=latest_version_dir(repository, "sentiment"),
+                        )
                     )
         if "disaster" in tasks:
             print("==> bucketed vs fixed padding (disaster tweets)", flush=True)
@@ -701,6 +740,8 @@ def run_comparisons(
                     reviews,
                     duration_s=max(duration_s, MIN_DURATION_S),
                     warmup_s=max(warmup_s, 1.0),
+                    triton=own_triton,
+                    version_dir=latest_version_dir(pair.repository, "sentiment"),
                 )
             )
         results["headlines"] = headlines(results)
