@@ -19,5 +19,6 @@ USER mtc
 EXPOSE 5006
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=5 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5006/app', timeout=2)"]
-# Websocket origins come from MTC_DASHBOARD_ORIGINS (comma-separated host:port list) at run time.
-CMD ["sh", "-c", "exec panel serve dashboard/app.py --address 0.0.0.0 --port 5006 --allow-websocket-origin=${MTC_DASHBOARD_ORIGINS:-localhost:5006}"]
+# Websocket origins come from MTC_DASHBOARD_ORIGINS (comma-separated host:port list) at run time;
+# Bokeh takes one --allow-websocket-origin flag per origin.
+CMD ["sh", "-c", "set --; for origin in $(echo \"${MTC_DASHBOARD_ORIGINS:-localhost:5006}\" | tr ',' ' '); do set -- \"$@\" --allow-websocket-origin \"$origin\"; done; exec panel serve dashboard/app.py --address 0.0.0.0 --port 5006 \"$@\""]

@@ -311,13 +311,20 @@ def test_api_image_runs_the_facade_app_without_torch() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_dashboard_image_serves_the_panel_app() -> None:
+def test_dashboard_image_serves_the_panel_app(tmp_path: Path) -> None:
     cmd = command_of(ROOT / "docker" / "dashboard.Dockerfile")
-    script = " ".join(cmd)
-    match = re.search(r"panel serve (\S+) .*--port (\d+)", script)
-    assert match, script
-    assert (ROOT / match.group(1)).is_file()
-    assert int(match.group(2)) == StackSettings().dashboard_port
+    assert cmd[:2] == ["sh", "-c"]
+    # Run the image's command with a stand-in `panel` that prints the arguments it was given.
+    fake = tmp_path / "bin" / "panel"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "$@"\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{fake.parent}:/usr/bin:/bin", "MTC_DASHBOARD_ORIGINS": "localhost:5006,203.0.113.10:5006"}
+    args = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert args[:2] == ["serve", "dashboard/app.py"] and (ROOT / args[1]).is_file()
+    assert int(args[args.index("--port") + 1]) == StackSettings().dashboard_port
+    origins = [args[i + 1] for i, a in enumerate(args) if a == "--allow-websocket-origin"]
+    assert origins == ["localhost:5006", "203.0.113.10:5006"]
 
 
 def test_triton_image_is_the_ngc_release_of_the_local_server() -> None:
