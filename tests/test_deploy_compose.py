@@ -334,3 +334,40 @@ def test_triton_image_is_the_ngc_release_of_the_local_server() -> None:
     raw_text = ROOT / "export" / "triton_models" / "raw_text" / "model.py"
     if raw_text.exists() and "from tokenizers import" in raw_text.read_text():
         assert any(k == "RUN" and "tokenizers" in a for k, a in steps)
+
+
+def run_models_init(tmp_path: Path, repository: Path) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """The rendered models-init job, with a stand-in `mc` that records its calls."""
+    services = rendered(tmp_path, [BASE], {**REQUIRED_ENV, "MTC_MODELS_BUCKET": "mb", "MTC_MODELS_PREFIX": "p/q"})
+    job = services["models-init"]
+    assert job["volumes"][0]["target"] == "/model_repository" and job["volumes"][0]["read_only"]
+    calls = tmp_path / "mc-calls.txt"
+    fake = tmp_path / "bin" / "mc"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    fake.chmod(0o755)
+    # `config` keeps compose's `$$` escape; the container gets a single `$`.
+    script = job["command"][0].replace("$$", "$").replace("/model_repository", str(repository))
+    env = {"PATH": f"{fake.parent}:/usr/bin:/bin", **job["environment"]}
+    result = subprocess.run([*job["entrypoint"], script], env=env, capture_output=True, text=True, check=False)
+    return result, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_models_init_creates_the_buckets_and_mirrors_the_repository(tmp_path: Path) -> None:
+    repository = tmp_path / "model_repository"
+    (repository / "sentiment" / "1").mkdir(parents=True)
+    (repository / "sentiment" / "config.pbtxt").write_text("name: 'sentiment'\n")
+    result, calls = run_models_init(tmp_path, repository)
+    assert result.returncode == 0, result.stderr
+    assert calls[0] == "alias set store http://minio:9000 mtcadmin not-a-real-secret-1"
+    assert "mb --ignore-existing store/mb store/mtc-uploads" in calls
+    assert calls[-1].startswith("mirror --overwrite") and calls[-1].endswith(f"{repository} store/mb/p/q")
+
+
+def test_models_init_refuses_an_empty_repository(tmp_path: Path) -> None:
+    repository = tmp_path / "model_repository"
+    repository.mkdir()
+    result, calls = run_models_init(tmp_path, repository)
+    assert result.returncode != 0
+    assert "model_repository/ is empty: run 'make models' first" in result.stderr
+    assert not any(c.startswith("mirror") for c in calls)
