@@ -240,6 +240,14 @@ def _create_instance_profile(iam: IAMClient, config: DeployConfig) -> tuple[str,
     return name, str(profile["Arn"])
 
 
+def root_device(ec2: EC2Client, ami: str) -> str:
+    """The AMI's root device name (the encrypted, resized root volume must use it)."""
+    images = ec2.describe_images(ImageIds=[ami])["Images"]
+    if not images:
+        raise DeployError(f"AMI {ami} not found in this region")
+    return str(images[0].get("RootDeviceName") or "/dev/sda1")
+
+
 def _run_instance(ec2: EC2Client, config: DeployConfig, ami: str, group_id: str, profile_arn: str) -> str:
     kwargs: dict[str, Any] = {
         "ImageId": ami,
@@ -254,7 +262,7 @@ def _run_instance(ec2: EC2Client, config: DeployConfig, ami: str, group_id: str,
         "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1, "HttpEndpoint": "enabled"},
         "BlockDeviceMappings": [
             {
-                "DeviceName": "/dev/sda1",
+                "DeviceName": root_device(ec2, ami),
                 "Ebs": {"VolumeSize": config.root_volume_gb, "VolumeType": "gp3", "Encrypted": True},
             }
         ],

@@ -90,6 +90,8 @@ def test_provision_creates_a_locked_down_gpu_instance(aws: boto3.Session) -> Non
     assert instance["State"]["Name"] == "running"
     assert {"Key": TAG_KEY, "Value": "demo"} in instance["Tags"]
 
+    [volume] = instance["BlockDeviceMappings"]
+    assert volume["DeviceName"] == "/dev/sda1"  # the AMI's root device
     # IMDSv2 only, one hop: containers on a bridge network cannot read the instance credentials.
     assert instance["MetadataOptions"]["HttpTokens"] == "required"
     assert instance["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
