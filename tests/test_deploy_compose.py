@@ -327,6 +327,21 @@ def test_dashboard_image_serves_the_panel_app(tmp_path: Path) -> None:
     assert origins == ["localhost:5006", "203.0.113.10:5006"]
 
 
+def test_dashboard_image_needs_only_the_dashboard_extra() -> None:
+    # The dashboard image has the `dashboard` extra only: its modules must import without the facade,
+    # Triton's client, tokenizers or any model runtime.
+    blocked = ["torch", "transformers", "fastapi", "tritonclient", "tokenizers", "onnxruntime", "frontend_api"]
+    probe = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "import dashboard.client, dashboard.settings, dashboard.state, dashboard.views\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    copied = [a for k, a in instructions(ROOT / "docker" / "dashboard.Dockerfile") if k == "COPY"]
+    assert not any("frontend_api" in a or "export" in a for a in copied)
+
+
 def test_triton_image_is_the_ngc_release_of_the_local_server() -> None:
     steps = instructions(ROOT / "docker" / "triton.Dockerfile")
     assert steps[0] == ("FROM", TRITON_IMAGE)
