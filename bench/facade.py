@@ -436,9 +436,11 @@ async def compare_throughput(
     bodies = [{"texts": [r]} for r in reviews]
     runs: dict[str, list[LoadResult]] = {"facade": [], "transformers": []}
     direct_feeds = None
+    review_padding = None
     if triton is not None and version_dir is not None:
         encoder = Encoder(version_dir)
         direct_feeds = [encoder.encode_one(r) for r in reviews]
+        review_padding = padding_statistics(reviews, encoder)
         runs["direct"] = []
     for _ in range(rounds):
         runs["facade"].append(
@@ -465,6 +467,7 @@ async def compare_throughput(
         "facade_rps": round(rps["facade"], 2),
         "transformers_rps": round(rps["transformers"], 2),
         "direct_rps": round(rps["direct"], 2) if "direct" in rps else None,
+        "review_padding": review_padding,
         "throughput_ratio": round(rps["facade"] / rps["transformers"], 2) if rps["transformers"] else None,
         "target_ratio": 3.0,
     }
@@ -538,6 +541,13 @@ def markdown(results: dict[str, Any]) -> str:
                 )
         ratio = throughput["throughput_ratio"]
         lines += ["", f"Throughput ratio facade / original: **{ratio}x** (target >= {throughput['target_ratio']}x)."]
+        padding_stats = throughput.get("review_padding")
+        if padding_stats:
+            lines.append(
+                f"Reviews average {padding_stats['mean_tokens']} tokens after truncation; the facade pads them to "
+                f"{padding_stats['mean_padded_buckets']} on average (buckets), the pipeline computes each at its own "
+                "length."
+            )
         if throughput.get("direct_rps"):
             lines.append(
                 f"Direct tritonclient with pre-tokenized input reached {throughput['direct_rps']} req/s on the same "
@@ -665,6 +675,13 @@ def run_standalone(
         print("==> preparing the MiniLM-sized model pair (cached in .cache/bench-facade)", flush=True)
         pair = build_minilm_pair()
     notes = [f"Model (both sides of every comparison): {pair.description}."]
+    from bench.machine import describe_machine
+
+    machine = describe_machine()  # before the run: the load average says how busy the machine was
+    notes.append(
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, load average at start "
+        f"{machine['load_average_at_start']} (client, facade, Triton and the baseline share these cores)."
+    )
     with triton_for(pair.repository, ["sentiment", "disaster"], log_dir) as triton:
         results = _measure(
             triton=triton,
@@ -676,9 +693,7 @@ def run_standalone(
             tasks=["sentiment", "disaster"],
             notes=notes,
         )
-    from bench.machine import describe_machine
-
-    results["machine"] = describe_machine()
+    results["machine"] = machine
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     (out / "facade.md").write_text(results["markdown"])
     (out / "facade.json").write_text(json.dumps({k: v for k, v in results.items() if k != "markdown"}, indent=2))
