@@ -193,3 +193,13 @@ def test_openapi_declares_every_error_as_problem_json_with_examples(repo: Path) 
     sentiment_example = schema["paths"]["/v1/sentiment"]["post"]["requestBody"]["content"]["application/json"]
     assert sentiment_example["example"]["texts"] == list(TASKS["sentiment"].examples)
     assert len({kind.type_uri() for kind in ERROR_KINDS}) == len(ERROR_KINDS)  # one stable type per kind
+
+
+def test_the_facade_never_imports_torch_or_transformers() -> None:
+    # The serving image installs the `api` extra only; torch would add gigabytes and minutes of start-up.
+    import subprocess
+    import sys
+
+    code = "import sys, frontend_api.app; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert result.stdout.strip() == "[]"
