@@ -449,7 +449,8 @@ def create_app(
         s3 = s3_client if s3_client is not None else make_s3_client(settings)
         fetcher = ImageFetcher(http, UrlPolicy(settings, resolver or system_resolver), settings)
         store = ArtifactStore(make_source(settings.model_repository, s3))
-        app.state.service = PlatformService(settings, backend, store, fetcher, s3, metrics)
+        presigner = make_s3_client(settings, public=True) if settings.s3_public_endpoint_url else s3
+        app.state.service = PlatformService(settings, backend, store, fetcher, presigner, metrics)
         try:
             yield
         finally:

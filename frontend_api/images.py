@@ -85,6 +85,8 @@ class Target:
 
     url: httpx.URL
     address: str
+    port: int
+    scheme: str
 
 
 class UrlPolicy:
@@ -95,10 +97,16 @@ class UrlPolicy:
         self.buckets = {settings.upload_bucket, *settings.allowed_buckets}
         self.http_hosts = {_norm(h, 80) for h in settings.allowed_http_hosts}
         self.extra_hosts = {_norm(h, 443) for h in settings.allowed_image_hosts}
+        # public S3 host:port -> the internal endpoint the facade connects to instead
+        self.public_to_internal: dict[str, httpx.URL] = {}
         if settings.s3_endpoint_url:
             endpoint = httpx.URL(settings.s3_endpoint_url)
             host, port = _host_port(endpoint)
             self.s3_endpoints = {f"{host}:{port}"}
+            if settings.s3_public_endpoint_url:
+                public_host, public_port = _host_port(httpx.URL(settings.s3_public_endpoint_url))
+                self.s3_endpoints.add(f"{public_host}:{public_port}")
+                self.public_to_internal[f"{public_host}:{public_port}"] = endpoint
         else:
             region = settings.s3_region
             self.s3_endpoints = {"s3.amazonaws.com:443", f"s3.{region}.amazonaws.com:443"}
@@ -124,22 +132,32 @@ class UrlPolicy:
             raise UrlNotAllowed("URLs with credentials are not allowed")
         host, port = _host_port(url)
         host_port = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        trusted = host_port in self.http_hosts
+        connect_host, connect_port, connect_scheme = host, port, url.scheme
+        internal = self.public_to_internal.get(host_port)
+        if internal is not None:
+            # Signed for the public S3 endpoint, fetched through the internal one: the signature covers the
+            # Host header, which the request keeps. The operator configured both, so they share one trust.
+            connect_host, connect_port = _host_port(internal)
+            connect_scheme = internal.scheme
+        connect_host_port = (
+            f"[{connect_host}]:{connect_port}" if ":" in connect_host else f"{connect_host}:{connect_port}"
+        )
+        trusted = host_port in self.http_hosts or (internal is not None and connect_host_port in self.http_hosts)
         if url.scheme == "http" and not trusted:
             raise UrlNotAllowed(f"plain http is not allowed for {host_port} (https only)")
         if not self._host_allowed(url, host_port):
             raise UrlNotAllowed(f"{host_port} (or the bucket in the URL) is not an allowed image source")
         try:
-            addresses = [host] if _is_ip(host) else await self.resolver(host, port)
+            addresses = [connect_host] if _is_ip(connect_host) else await self.resolver(connect_host, connect_port)
         except OSError as exc:
-            raise ImageHostError(f"cannot resolve {host}: {exc}") from exc
+            raise ImageHostError(f"cannot resolve {connect_host}: {exc}") from exc
         if not addresses:
-            raise ImageHostError(f"{host} has no address")
+            raise ImageHostError(f"{connect_host} has no address")
         if not trusted:
             private = [a for a in addresses if not is_public_address(a)]
             if private:
-                raise UrlNotAllowed(f"{host} resolves to a non-public address ({private[0]})")
-        return Target(url=url, address=addresses[0])
+                raise UrlNotAllowed(f"{connect_host} resolves to a non-public address ({private[0]})")
+        return Target(url=url, address=addresses[0], port=connect_port, scheme=connect_scheme)
 
 
 def _is_ip(host: str) -> bool:
@@ -197,8 +215,8 @@ class ImageFetcher:
         url = target.url
         host_header = url.netloc.decode("ascii")
         address = target.address
-        connect_url = url.copy_with(host=address)
-        extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+        connect_url = url.copy_with(scheme=target.scheme, host=address, port=target.port)
+        extensions = {"sni_hostname": url.host} if target.scheme == "https" else {}
         request = self.client.build_request(
             "GET", connect_url, headers={"Host": host_header, "Accept": "image/*"}, extensions=extensions
         )

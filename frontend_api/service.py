@@ -67,14 +67,14 @@ class PlatformService:
         triton: TritonBackend,
         artifacts: ArtifactStore,
         fetcher: ImageFetcher,
-        s3: Any,
+        presigner: Any,
         metrics: ApiMetrics,
     ) -> None:
         self.settings = settings
         self.triton = triton
         self.artifacts = artifacts
         self.fetcher = fetcher
-        self.s3 = s3
+        self.presigner = presigner  # a boto3 S3 client signing for the endpoint clients reach
         self.metrics = metrics
         self.tasks: tuple[TaskSpec, ...] = tuple(get_task(name) for name in settings.tasks)
         self._served: dict[str, _Served] = {}
@@ -267,4 +267,4 @@ class PlatformService:
         )
 
     def presign(self, content_type: str) -> UploadResponse:
-        return presign_upload(self.s3, self.settings, content_type)
+        return presign_upload(self.presigner, self.settings, content_type)

@@ -56,6 +56,12 @@ class ApiSettings(BaseSettings):
 
     # --- S3: uploads and image fetching ---
     s3_endpoint_url: str | None = Field(None, description="S3 endpoint (moto, MinIO); unset for AWS")
+    s3_public_endpoint_url: str | None = Field(
+        None,
+        description="Endpoint clients reach S3 at when it differs from s3_endpoint_url (e.g. http://localhost:9000 "
+        "outside docker compose): presigned URLs are signed for it, and the facade fetches such URLs through "
+        "s3_endpoint_url with the signed Host header",
+    )
     s3_region: str = Field(
         "us-east-1",
         validation_alias=AliasChoices("MTC_API_S3_REGION", "AWS_DEFAULT_REGION"),

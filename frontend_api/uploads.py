@@ -21,15 +21,17 @@ from frontend_api.settings import ApiSettings
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 
 
-def make_s3_client(settings: ApiSettings) -> Any:
-    """A boto3 S3 client for presigning and for an ``s3://`` model repository.
+def make_s3_client(settings: ApiSettings, *, public: bool = False) -> Any:
+    """A boto3 S3 client for an ``s3://`` model repository, or (``public``) for presigning URLs that
+    clients use: signed for ``s3_public_endpoint_url`` when set.
 
     A custom endpoint (moto, MinIO) uses path-style addressing; on AWS, virtual-hosted style.
     """
     addressing = "path" if settings.s3_is_local() else "virtual"
+    endpoint = (settings.s3_public_endpoint_url if public else None) or settings.s3_endpoint_url
     return boto3.client(
         "s3",
-        endpoint_url=settings.s3_endpoint_url,
+        endpoint_url=endpoint,
         region_name=settings.s3_region,
         config=Config(
             signature_version="s3v4",

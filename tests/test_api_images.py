@@ -51,6 +51,7 @@ class Hosts:
     def __init__(self) -> None:
         self.routes: dict[str, Callable[[httpx.Request], httpx.Response]] = {}
         self.seen: list[str] = []
+        self.connected: list[str] = []
 
     def add(self, url: str, handler: Callable[[httpx.Request], httpx.Response]) -> str:
         parsed = httpx.URL(url)
@@ -60,6 +61,7 @@ class Hosts:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         key = f"{request.headers['host']}{request.url.path}"
         self.seen.append(f"{request.url.host}|{key}")
+        self.connected.append(f"{request.url.scheme}://{request.url.host}:{request.url.port}")
         handler = self.routes.get(key)
         return handler(request) if handler else httpx.Response(404)
 
@@ -361,3 +363,38 @@ def test_sniff_and_address_helpers() -> None:
         assert not is_public_address(private), private
     with pytest.raises(BadImage):
         decode_image(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, POSE.image, 1000)  # type: ignore[arg-type]
+
+
+def test_urls_signed_for_the_public_s3_endpoint_are_fetched_through_the_internal_one(repo: Path, hosts: Hosts) -> None:
+    # docker compose: clients reach MinIO at localhost:9000, the facade at minio:9000 (a private address)
+    settings = ApiSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        model_repository=str(repo),
+        tasks=["pose"],
+        s3_endpoint_url="http://minio:9000",
+        s3_public_endpoint_url="http://localhost:9000",
+        upload_bucket="mtc-uploads",
+        allowed_http_hosts=["minio:9000"],
+    )
+    url = hosts.add("http://localhost:9000/mtc-uploads/uploads/a.jpg", ok_image)
+
+    async def resolver(host: str, port: int) -> list[str]:
+        return {"minio": ["172.18.0.5"]}[host]
+
+    app = create_app(settings, FakeTriton(), image_transport=httpx.MockTransport(hosts), resolver=resolver)
+    with TestClient(app) as client:
+        upload = client.post("/v1/uploads", json={"content_type": "image/jpeg"}).json()
+        assert upload["upload_url"].startswith("http://localhost:9000/mtc-uploads/uploads/")
+        assert upload["get_url"].startswith("http://localhost:9000/mtc-uploads/uploads/")
+        assert client.post("/v1/pose", json={"image_urls": [url]}).status_code == 200
+        problem(
+            client.post("/v1/pose", json={"image_urls": ["http://localhost:9000/other/a.jpg"]}), 403, "url-not-allowed"
+        )
+        problem(
+            client.post("/v1/pose", json={"image_urls": ["http://localhost:9001/mtc-uploads/a.jpg"]}),
+            403,
+            "url-not-allowed",
+        )
+    # connected to MinIO's internal address, with the Host header the URL was signed for
+    assert hosts.seen == ["172.18.0.5|localhost:9000/mtc-uploads/uploads/a.jpg"]
+    assert hosts.connected == ["http://172.18.0.5:9000"]
