@@ -306,10 +306,11 @@ def build_image_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bu
     finally:
         torch.set_num_threads(threads)
     model = ImageClassifier(backbone, head).eval()
-    if recipe.finetune_epochs and options.max_steps is None:
+    if recipe.finetune_epochs:
         history += finetune_image(
-            model, train, val, spec.image, recipe, device=device, seed=options.seed, progress=options.progress
-        )
+            model, train, val, spec.image, recipe,
+            device=device, seed=options.seed, progress=options.progress, max_steps=options.max_steps,
+        )  # fmt: skip
 
     metrics = _common_metrics(spec, options, data, checkpoint, recipe)
     best_val = max((h["val_accuracy"] for h in history), default=float("nan"))

@@ -34,8 +34,9 @@ def load_text_classifier(checkpoint: str | Path, num_labels: int, *, eager_atten
     from transformers.utils import logging as hf_logging
 
     # The "classifier.* MISSING" load report is expected: the head is new and is trained next.
-    hf_logging.set_verbosity_error()
-    kwargs: dict[str, object] = {"num_labels": num_labels}
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    # float32 master weights whatever the checkpoint's storage dtype (a half-precision copy trains badly).
+    kwargs: dict[str, object] = {"num_labels": num_labels, "dtype": torch.float32}
     if eager_attention:
         kwargs["attn_implementation"] = "eager"
     model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint), **kwargs)

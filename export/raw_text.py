@@ -88,4 +88,5 @@ def _replace_file(source: Path, target: Path) -> None:
     handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     os.close(handle)
     shutil.copyfile(source, tmp)
+    os.chmod(tmp, 0o644)  # mkstemp makes it 0600; Triton in a container may run as another user
     os.replace(tmp, target)

@@ -311,8 +311,12 @@ def finetune_image(
     device: torch.device,
     seed: int,
     progress: bool = True,
+    max_steps: int | None = None,
 ) -> list[dict[str, float]]:
-    """End-to-end fine-tuning with augmentation; keeps the epoch with the best validation accuracy."""
+    """End-to-end fine-tuning with augmentation; keeps the epoch with the best validation accuracy.
+
+    ``max_steps`` (smoke runs) stops after that many batches, in one epoch.
+    """
     seed_everything(seed)
     workers = 8 if device.type == "cuda" else 2
     dataset = _AugmentedImages(train, image, seed, train=True)
@@ -331,17 +335,22 @@ def finetune_image(
         ],
         weight_decay=1e-4,
     )
-    total = recipe.finetune_epochs * len(loader)
+    epochs = recipe.finetune_epochs if max_steps is None else 1
+    total = epochs * len(loader) if max_steps is None else min(max_steps, len(loader))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[recipe.finetune_lr, recipe.finetune_lr * 10], total_steps=max(1, total)
     )
     best: tuple[float, dict[str, torch.Tensor]] = (-1.0, {})
     history: list[dict[str, float]] = []
-    for epoch in range(recipe.finetune_epochs):
+    for epoch in range(epochs):
         dataset.epoch = epoch
         model.train()
         loss_sum, seen = 0.0, 0
-        for pixels, labels in tqdm(loader, desc=f"fine-tune {epoch + 1}", unit="batch", disable=not progress):
+        for step, (pixels, labels) in enumerate(
+            tqdm(loader, desc=f"fine-tune {epoch + 1}", unit="batch", disable=not progress)
+        ):
+            if step >= total:
+                break
             pixels, labels = pixels.to(device), labels.to(device)
             with _autocast(device):
                 logits = model(pixels)
