@@ -15,7 +15,9 @@ import matplotlib.pyplot as plt
 from bench.loadgen import LoadResult
 
 if TYPE_CHECKING:
-    from bench.suite import BatchingPoint, BenchResults
+    from bench.suite import BatchingPoint, BenchResults, StageBreakdown
+
+PRE_STAGES = ("tokenize", "fetch", "preprocess")
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -84,6 +86,72 @@ def plot_batching(task: str, points: list[BatchingPoint], path: Path) -> None:
         ylabel="executions",
         title=f"batch sizes Triton ran (on, {levels[-1] if levels else '?'} clients)",
     )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def stage_columns(stage: StageBreakdown) -> dict[str, float]:
+    """Mean ms per part of a request, each part once (they add up to the client-observed mean)."""
+    facade = stage.facade_ms
+    pre = sum(facade.get(name, 0.0) for name in PRE_STAGES)
+    inference = facade.get("inference", math.nan)
+    queue = stage.triton_ms.get("queue_ms", math.nan)
+    compute = stage.triton_ms.get("compute_ms", math.nan)
+    total = facade.get("total", math.nan)
+    return {
+        "client": stage.client_mean_ms,
+        "facade total": total,
+        "preprocessing": pre,
+        "Triton queue": queue,
+        "Triton compute": compute,
+        "Triton call (HTTP, (de)serialisation)": inference - queue - compute,
+        "rest of the facade": total - pre - inference,
+        "outside the facade (HTTP, uvicorn, client)": stage.client_mean_ms - total,
+    }
+
+
+def stage_table(stages: list[StageBreakdown]) -> list[str]:
+    lines = [
+        "| clients | client mean | facade total | preprocessing | Triton queue | Triton compute | Triton call | "
+        "rest of facade | outside facade |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for stage in stages:
+        c = stage_columns(stage)
+        lines.append(
+            f"| {stage.concurrency} | {_fmt(c['client'], 2)} | {_fmt(c['facade total'], 2)} | "
+            f"{_fmt(c['preprocessing'], 2)} | {_fmt(c['Triton queue'], 2)} | {_fmt(c['Triton compute'], 2)} | "
+            f"{_fmt(c['Triton call (HTTP, (de)serialisation)'], 2)} | {_fmt(c['rest of the facade'], 2)} | "
+            f"{_fmt(c['outside the facade (HTTP, uvicorn, client)'], 2)} |"
+        )
+    return lines
+
+
+def plot_stages(task: str, stages: list[StageBreakdown], path: Path) -> None:
+    parts = [
+        "preprocessing",
+        "Triton queue",
+        "Triton compute",
+        "Triton call (HTTP, (de)serialisation)",
+        "rest of the facade",
+        "outside the facade (HTTP, uvicorn, client)",
+    ]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    labels = [str(s.concurrency) for s in stages]
+    bottom = [0.0] * len(stages)
+    for part in parts:
+        shares = []
+        for stage in stages:
+            columns = stage_columns(stage)
+            value = columns[part]
+            total = columns["client"]
+            shares.append(100.0 * max(0.0, value) / total if total and not math.isnan(value) else 0.0)
+        ax.bar(labels, shares, bottom=bottom, label=part)
+        bottom = [b + v for b, v in zip(bottom, shares, strict=True)]
+    ax.set(xlabel="concurrent clients", ylabel="% of the client's latency", title=f"{task}: where the time goes")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -167,6 +235,22 @@ def write_report(results: BenchResults, out: Path) -> Path:
         plot_sweep(task, sweep_results, out / plot)
         md += ["", f"### {task}", "", *load_table(sweep_results), "", f"![{task} latency and throughput]({plot})"]
 
+    if results.stages:
+        md += [
+            "",
+            "## Where the time goes (through the facade)",
+            "",
+            "Mean milliseconds per request at each level. *Preprocessing*, *facade total* and the facade's view of "
+            "inference come from the facade's own `timings_ms`; *Triton queue* and *compute* from Triton's "
+            "statistics for the model; *Triton call* is the facade's inference time minus both (HTTP and tensor "
+            "(de)serialisation between facade and Triton); *outside facade* is what the client saw minus the "
+            "facade's total (HTTP, uvicorn, the event loop, the load generator).",
+        ]
+        for task, stages in results.stages.items():
+            plot = f"stages_{task}.png"
+            plot_stages(task, stages, out / plot)
+            md += ["", f"### {task}", "", *stage_table(stages), "", f"![{task}: where the time goes]({plot})"]
+
     md += [
         "",
         "## Dynamic batching on vs off (direct to Triton)",
@@ -237,6 +321,10 @@ def to_json(results: BenchResults) -> dict[str, Any]:
         "notes": results.notes,
         "headlines": headlines(results),
         "sweeps": {task: [r.summary() for r in rs] for task, rs in results.sweeps.items()},
+        "stages": {
+            task: [{"concurrency": st.concurrency, **stage_columns(st)} for st in stages]
+            for task, stages in results.stages.items()
+        },
         "batching": {task: [p.summary() for p in ps] for task, ps in results.batching.items()},
         "int8": {
             task: {

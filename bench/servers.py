@@ -99,6 +99,29 @@ def executed_batches(triton: TritonServer, model: str) -> dict[int, int]:
     return counts
 
 
+def request_times(triton: TritonServer, model: str) -> dict[str, float]:
+    """Cumulative successful requests and their queue / compute nanoseconds (all versions)."""
+    totals = {"count": 0.0, "queue_ns": 0.0, "compute_ns": 0.0}
+    for entry in model_stats(triton, model).get("model_stats", []):
+        stats = entry.get("inference_stats", {})
+        totals["count"] += float(stats.get("success", {}).get("count", 0))
+        totals["queue_ns"] += float(stats.get("queue", {}).get("ns", 0))
+        for part in ("compute_input", "compute_infer", "compute_output"):
+            totals["compute_ns"] += float(stats.get(part, {}).get("ns", 0))
+    return totals
+
+
+def triton_split_ms(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float] | None:
+    """Mean queue and compute milliseconds per request between two :func:`request_times` snapshots."""
+    count = after["count"] - before["count"]
+    if count <= 0:
+        return None
+    return {
+        "queue_ms": (after["queue_ns"] - before["queue_ns"]) / count / 1e6,
+        "compute_ms": (after["compute_ns"] - before["compute_ns"]) / count / 1e6,
+    }
+
+
 def batches_between(before: Mapping[int, int], after: Mapping[int, int]) -> dict[int, int]:
     """Executions per batch size that happened between two :func:`executed_batches` snapshots."""
     delta = {size: after.get(size, 0) - before.get(size, 0) for size in after}

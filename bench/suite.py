@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -30,8 +31,16 @@ import httpx
 import numpy as np
 
 from bench.inputs import Samples, TextEncoder, image_tensor, load_samples
-from bench.loadgen import LoadResult, Send, run_load, sweep
-from bench.servers import batches_between, executed_batches, facade_server, image_host, triton_server
+from bench.loadgen import LoadResult, Send, run_load
+from bench.servers import (
+    batches_between,
+    executed_batches,
+    facade_server,
+    image_host,
+    request_times,
+    triton_server,
+    triton_split_ms,
+)
 from bench.variants import VariantRepository, build_variant_repository
 from serving.triton import PROJECT_ROOT, TritonServer
 from taskspec import MODEL_FILE, TaskSpec, get_task
@@ -73,6 +82,18 @@ class BatchingPoint:
 
 
 @dataclass
+class StageBreakdown:
+    """Where the time of one request goes at one load level (means over the level's answers)."""
+
+    concurrency: int
+    client_mean_ms: float
+    facade_ms: dict[str, float]
+    """The facade's own ``timings_ms`` (tokenize, fetch, preprocess, inference, total)."""
+    triton_ms: dict[str, float]
+    """Triton's statistics for the model: queue and compute per request."""
+
+
+@dataclass
 class Int8Comparison:
     task: str
     agreement: float
@@ -92,6 +113,7 @@ class BenchResults:
     model_sources: dict[str, str] = field(default_factory=dict)
     input_sources: dict[str, str] = field(default_factory=dict)
     sweeps: dict[str, list[LoadResult]] = field(default_factory=dict)
+    stages: dict[str, list[StageBreakdown]] = field(default_factory=dict)
     batching: dict[str, list[BatchingPoint]] = field(default_factory=dict)
     int8: dict[str, Int8Comparison] = field(default_factory=dict)
     facade: dict[str, Any] = field(default_factory=dict)
@@ -176,8 +198,18 @@ def triton_sender(client: Any, model: str, spec: TaskSpec, requests: Sequence[di
     return send
 
 
-def facade_sender(client: httpx.AsyncClient, spec: TaskSpec, samples: Samples, image_urls: Sequence[str]) -> Send:
-    """An async ``send(n)`` posting one input to ``/v1/<task>``; non-2xx raises."""
+def facade_sender(
+    client: httpx.AsyncClient,
+    spec: TaskSpec,
+    samples: Samples,
+    image_urls: Sequence[str],
+    stage_times: dict[str, list[float]] | None = None,
+) -> Send:
+    """An async ``send(n)`` posting one input to ``/v1/<task>``; non-2xx raises.
+
+    ``stage_times`` collects the facade's own ``timings_ms`` (tokenize / fetch / preprocess /
+    inference / total) of every answer, to show where the time goes.
+    """
 
     async def send(n: int) -> None:
         if spec.modality == "text":
@@ -187,6 +219,9 @@ def facade_sender(client: httpx.AsyncClient, spec: TaskSpec, samples: Samples, i
         response = await client.post(f"/v1/{spec.name}", json=body)
         if response.status_code != 200:
             raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+        if stage_times is not None:
+            for stage, value in response.json().get("timings_ms", {}).items():
+                stage_times.setdefault(stage, []).append(float(value))
 
     return send
 
@@ -195,16 +230,36 @@ def facade_sender(client: httpx.AsyncClient, spec: TaskSpec, samples: Samples, i
 
 
 async def measure_task_sweeps(
-    config: BenchConfig, facade_url: str, samples: dict[str, Samples], image_urls: list[str], results: BenchResults
+    config: BenchConfig,
+    facade_url: str,
+    triton: TritonServer,
+    samples: dict[str, Samples],
+    image_urls: list[str],
+    results: BenchResults,
 ) -> None:
     limits = httpx.Limits(max_connections=max(config.concurrencies) * 2, max_keepalive_connections=128)
-    async with httpx.AsyncClient(base_url=facade_url, timeout=60, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=facade_url, timeout=120, limits=limits) as client:
         for task in config.tasks:
             spec = get_task(task)
-            send = facade_sender(client, spec, samples[task], image_urls)
-            results.sweeps[task] = await sweep(
-                send, config.concurrencies, duration_s=config.duration_s, warmup_s=config.warmup_s, label=task
-            )
+            levels: list[LoadResult] = []
+            for concurrency in config.concurrencies:
+                stage_times: dict[str, list[float]] = {}
+                send = facade_sender(client, spec, samples[task], image_urls, stage_times)
+                before = request_times(triton, task)
+                result = await run_load(
+                    send, concurrency=concurrency, duration_s=config.duration_s, warmup_s=config.warmup_s, label=task
+                )
+                split = triton_split_ms(before, request_times(triton, task))
+                levels.append(result)
+                results.stages.setdefault(task, []).append(
+                    StageBreakdown(
+                        concurrency=concurrency,
+                        client_mean_ms=result.mean_ms,
+                        facade_ms={k: statistics.fmean(v) for k, v in stage_times.items() if v},
+                        triton_ms=split or {},
+                    )
+                )
+            results.sweeps[task] = levels
 
 
 async def measure_batching(
@@ -375,7 +430,7 @@ def run(config: BenchConfig) -> BenchResults:
                 triton, variants.root, log_dir, allowed_http_hosts=[host], extra_env=extra
             ) as facade_url:
                 print("==> per-task latency/throughput through the facade", flush=True)
-                asyncio.run(measure_task_sweeps(config, facade_url, samples, image_urls, results))
+                asyncio.run(measure_task_sweeps(config, facade_url, triton, samples, image_urls, results))
                 print("==> dynamic batching on/off", flush=True)
                 asyncio.run(measure_batching(config, triton, variants, requests, results))
                 print("==> int8 vs fp32", flush=True)

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from bench.loadgen import LoadResult
-from bench.report import headlines, write_report
-from bench.suite import BatchingPoint, BenchConfig, BenchResults, Int8Comparison
+from bench.report import headlines, stage_columns, write_report
+from bench.suite import BatchingPoint, BenchConfig, BenchResults, Int8Comparison, StageBreakdown
 
 
 def result(label: str, concurrency: int, latency_ms: float, requests: int, duration_s: float = 1.0) -> LoadResult:
@@ -39,6 +39,14 @@ def sample_results(tmp_path: Path) -> BenchResults:
         ("int8", result("int8", 16, 30.0, 480)),
     ]
     results.int8["sentiment"] = comparison
+    results.stages["sentiment"] = [
+        StageBreakdown(
+            concurrency=1,
+            client_mean_ms=12.0,
+            facade_ms={"tokenize": 1.0, "inference": 8.0, "total": 10.0},
+            triton_ms={"queue_ms": 2.0, "compute_ms": 5.0},
+        )
+    ]
     results.facade = {"headlines": ["facade adds 1.2 ms"], "markdown": "## Facade vs direct Triton\n\nbody"}
     return results
 
@@ -78,3 +86,20 @@ def test_errors_show_in_the_table(tmp_path: Path) -> None:
     results.sweeps["sentiment"][0].first_error = "RuntimeError: HTTP 503"
     text = write_report(results, tmp_path).read_text()
     assert "| 3 (RuntimeError: HTTP 503) |" in text
+
+
+def test_stage_breakdown_parts_add_up_to_what_the_client_saw(tmp_path: Path) -> None:
+    stage = sample_results(tmp_path).stages["sentiment"][0]
+    columns = stage_columns(stage)
+    assert columns["preprocessing"] == 1.0
+    assert columns["Triton call (HTTP, (de)serialisation)"] == 1.0  # 8 - 2 - 5
+    assert columns["rest of the facade"] == 1.0  # 10 - 1 - 8
+    assert columns["outside the facade (HTTP, uvicorn, client)"] == 2.0  # 12 - 10
+    parts = [v for k, v in columns.items() if k not in ("client", "facade total")]
+    assert sum(parts) == columns["client"]
+    text = write_report(sample_results(tmp_path), tmp_path).read_text()
+    assert "## Where the time goes (through the facade)" in text
+    assert "| 1 | 12.00 | 10.00 | 1.00 | 2.00 | 5.00 | 1.00 | 1.00 | 2.00 |" in text
+    assert (tmp_path / "stages_sentiment.png").read_bytes()[:4] == b"\x89PNG"
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["stages"]["sentiment"][0]["Triton compute"] == 5.0

@@ -108,3 +108,9 @@ def test_python_m_bench_writes_the_report(tmp_path: Path) -> None:
     assert batching[("dynamic batching on", 8)]["requests"] > 0
     assert data["machine"]["triton"].startswith("2.")
     assert (out / "sweep_disaster.png").is_file() and (out / "batching_disaster.png").is_file()
+    # Where the time goes: the facade's own timings and Triton's statistics were collected per level.
+    stages = data["stages"]["disaster"]
+    assert [s["concurrency"] for s in stages] == [1, 8]
+    for stage in stages:
+        assert 0 < stage["Triton compute"] < stage["facade total"] <= stage["client"]
+        assert stage["preprocessing"] > 0
