@@ -69,7 +69,7 @@ print("onnxruntime", ort.__version__, ort.__file__)
 print("providers", ort.get_available_providers())
 EOF
 
-# 3. The benchmark itself (bounded: --total-budget-s, default 360 s).
+# 3. The benchmark itself (bounded: --total-budget-s, default 240 s).
 if [ -n "${MTC_GPU_PREPARE_ONLY:-}" ]; then
     status=0  # wheels joined and installed, providers listed: nothing measured
 else
