@@ -86,7 +86,42 @@ def test_report_section_states_ratios_against_the_targets() -> None:
             "target_ratio": 3.0,
         },
     }
+    results["padding"] = {
+        "statistics": {
+            "texts": 2,
+            "mean_tokens": 12.5,
+            "mean_padded_buckets": 24.0,
+            "mean_padded_fixed": 64.0,
+            "padding_share_buckets": 0.48,
+            "padding_share_fixed": 0.8,
+        },
+        "points": [
+            {
+                "padding": "buckets",
+                "concurrency": 32,
+                "round": 1,
+                "requests": 40,
+                "errors": 0,
+                "throughput_rps": 4.0,
+                "p50_ms": 10.0,
+                "p95_ms": 12.0,
+            },
+            {
+                "padding": "max_length",
+                "concurrency": 32,
+                "round": 1,
+                "requests": 20,
+                "errors": 0,
+                "throughput_rps": 2.0,
+                "p50_ms": 20.0,
+                "p95_ms": 24.0,
+            },
+        ],
+        "ratios": {"32": 2.0},
+    }
     text = markdown(results)
+    assert "Concurrency 32: buckets / fixed mean req/s = **2.0x**." in text
+    assert any("bucketed padding gives x2.0" in line for line in headlines(results))
     assert "p50 ratio facade / direct: **1.100** (target <= 1.15)" in text
     assert "Throughput ratio facade / original: **3.0x**" in text
     assert any("x1.100" in line for line in headlines(results))
