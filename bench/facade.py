@@ -674,34 +674,53 @@ def run_standalone(
     duration_s: float = 10.0,
     warmup_s: float = 2.0,
 ) -> dict[str, Any]:
-    """Build (or take) a matched model pair, start Triton + facade, run the three comparisons, write
-    ``out/facade.md`` and ``out/facade.json``."""
-    out.mkdir(parents=True, exist_ok=True)
-    log_dir = out / "logs"
-    if checkpoint is not None and repository is not None:
-        pair = ModelPair(checkpoint, repository, f"trained checkpoint {checkpoint} and its export in {repository}")
-    else:
-        print("==> preparing the MiniLM-sized model pair (cached in .cache/bench-facade)", flush=True)
-        pair = build_minilm_pair()
-    notes = [f"Model (both sides of every comparison): {pair.description}."]
+    """Start Triton and run the three comparisons; write ``out/facade.md`` and ``out/facade.json``.
+
+    ``checkpoint`` + ``repository``: a trained checkpoint and its published export, on both sides.
+    ``repository`` alone: its published (e.g. trained) models for the overhead and padding comparisons,
+    and the MiniLM-sized pair for the transformers comparison. Neither: the MiniLM-sized pair throughout.
+    """
     from bench.machine import describe_machine
 
+    out.mkdir(parents=True, exist_ok=True)
+    log_dir = out / "logs"
+    tasks = ["sentiment", "disaster"]
     machine = describe_machine()  # before the run: the load average says how busy the machine was
-    notes.append(
+    load_note = (
         f"Machine: {machine['cpu']}, {machine['cores']} cores, load average at start "
         f"{machine['load_average_at_start']} (client, facade, Triton and the baseline share these cores)."
     )
-    with triton_for(pair.repository, ["sentiment", "disaster"], log_dir) as triton:
-        results = _measure(
-            triton=triton,
-            repository=pair.repository,
-            checkpoint_pair=pair,
-            log_dir=log_dir,
-            duration_s=duration_s,
-            warmup_s=warmup_s,
-            tasks=["sentiment", "disaster"],
-            notes=notes,
-        )
+    if repository is not None and checkpoint is None:
+        with triton_for(repository, tasks, log_dir) as triton:
+            results = run_comparisons(
+                triton=triton,
+                repository=repository,
+                tasks=tasks,
+                log_dir=log_dir,
+                duration_s=duration_s,
+                warmup_s=warmup_s,
+            )
+        results["notes"].insert(0, f"Models for the overhead and padding comparisons: published in {repository}.")
+        results["notes"].insert(1, load_note)
+        results["markdown"] = markdown(results)
+    else:
+        if checkpoint is not None and repository is not None:
+            pair = ModelPair(checkpoint, repository, f"trained checkpoint {checkpoint} and its export in {repository}")
+        else:
+            print("==> preparing the MiniLM-sized model pair (cached in .cache/bench-facade)", flush=True)
+            pair = build_minilm_pair()
+        notes = [f"Model (both sides of every comparison): {pair.description}.", load_note]
+        with triton_for(pair.repository, tasks, log_dir) as triton:
+            results = _measure(
+                triton=triton,
+                repository=pair.repository,
+                checkpoint_pair=pair,
+                log_dir=log_dir,
+                duration_s=duration_s,
+                warmup_s=warmup_s,
+                tasks=tasks,
+                notes=notes,
+            )
     results["machine"] = machine
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     (out / "facade.md").write_text(results["markdown"])
@@ -777,12 +796,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.facade", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results", help="facade.md/.json go here")
     parser.add_argument("--checkpoint", type=Path, help="Hugging Face folder of a trained text model")
-    parser.add_argument("--repository", type=Path, help="the published export of --checkpoint (sentiment, disaster)")
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        help="published models (sentiment, disaster): the export of --checkpoint, or alone e.g. model_repository/",
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per closed-loop measurement")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds discarded before each")
     args = parser.parse_args(argv)
-    if (args.checkpoint is None) != (args.repository is None):
-        parser.error("give --checkpoint and --repository together (or neither, for the MiniLM-sized pair)")
+    if args.checkpoint is not None and args.repository is None:
+        parser.error("--checkpoint needs --repository (its published export)")
     results = run_standalone(
         args.out,
         checkpoint=args.checkpoint,
