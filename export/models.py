@@ -24,23 +24,47 @@ class TextClassifier(nn.Module):
         return logits
 
 
-def load_text_classifier(checkpoint: str | Path, num_labels: int, *, eager_attention: bool = True) -> TextClassifier:
-    """A BERT-family encoder from a local folder or hub id with a fresh ``num_labels`` head.
+class MeanPoolClassifier(nn.Module):
+    """A BERT-family encoder, mean-pooled over the attention mask, and a linear head.
+
+    Mean pooling is how sentence encoders such as all-MiniLM-L6-v2 were trained (their [CLS]
+    pooler is not), so fine-tuning starts from features that already separate the classes.
+    Padding does not change the pooled vector: masked positions are left out of the mean.
+    """
+
+    def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden: torch.Tensor = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        logits: torch.Tensor = self.classifier(self.dropout(pooled))
+        return logits
+
+
+def load_text_classifier(
+    checkpoint: str | Path, num_labels: int, *, eager_attention: bool = True
+) -> MeanPoolClassifier:
+    """A BERT-family encoder from a local folder or hub id with a fresh, mean-pooled ``num_labels`` head.
 
     Eager attention keeps the attention mask an explicit part of the traced graph (the SDPA path
     may skip the mask for unpadded batches, which a tracer would bake in).
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
-    # The "classifier.* MISSING" load report is expected: the head is new and is trained next.
+    # The "pooler.* UNEXPECTED/MISSING" load report is noise: the pooler is not used.
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     # float32 master weights whatever the checkpoint's storage dtype (a half-precision copy trains badly).
-    kwargs: dict[str, object] = {"num_labels": num_labels, "dtype": torch.float32}
+    kwargs: dict[str, object] = {"dtype": torch.float32, "add_pooling_layer": False}
     if eager_attention:
         kwargs["attn_implementation"] = "eager"
-    model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint), **kwargs)
-    return TextClassifier(model)
+    encoder = AutoModel.from_pretrained(str(checkpoint), **kwargs)
+    return MeanPoolClassifier(encoder, int(encoder.config.hidden_size), num_labels)
 
 
 def tiny_bert(num_labels: int, vocab_size: int = 30522, *, seed: int = 0) -> TextClassifier:

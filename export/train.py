@@ -94,6 +94,22 @@ def pad_batch(
     return ids, mask
 
 
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of similar lengths: less padding per step, still a random order.
+
+    The data is shuffled, cut into windows of 50 batches, each window sorted by length and cut
+    into batches, and the batches shuffled again.
+    """
+    order = rng.permutation(len(lengths))
+    window = batch_size * 50
+    batches: list[np.ndarray] = []
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        chunk = chunk[np.argsort([lengths[i] for i in chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def _linear_schedule(total: int, warmup: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup:
@@ -143,17 +159,37 @@ def train_text(
     encoded = encode_texts(tokenizer_file, train.texts, recipe.max_length)
     val_encoded = encode_texts(tokenizer_file, val.texts, recipe.max_length)
     module.to(device)
-    if recipe.freeze_embeddings:
-        for name, parameter in module.named_parameters():
-            if "word_embeddings" in name:
-                parameter.requires_grad_(False)
+    frozen_layers = tuple(f"encoder.layer.{i}." for i in range(recipe.freeze_layers))
+    for name, parameter in module.named_parameters():
+        if (recipe.freeze_embeddings and "word_embeddings" in name) or any(f in name for f in frozen_layers):
+            parameter.requires_grad_(False)
+        if recipe.freeze_layers and "embeddings." in name:
+            parameter.requires_grad_(False)  # below a frozen layer nothing can learn anyway
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+
+    # The new head learns with a larger step than the pretrained encoder (head_lr_scale).
+    def is_head(name: str) -> bool:
+        return name.startswith("classifier.") or ".classifier." in name
+
     groups = [
-        {"params": [p for n, p in trainable if not n.endswith(no_decay)], "weight_decay": recipe.weight_decay},
-        {"params": [p for n, p in trainable if n.endswith(no_decay)], "weight_decay": 0.0},
+        {
+            "params": [p for n, p in trainable if not n.endswith(no_decay) and not is_head(n)],
+            "weight_decay": recipe.weight_decay,
+            "lr": recipe.lr,
+        },
+        {
+            "params": [p for n, p in trainable if n.endswith(no_decay) and not is_head(n)],
+            "weight_decay": 0.0,
+            "lr": recipe.lr,
+        },
+        {
+            "params": [p for n, p in trainable if is_head(n)],
+            "weight_decay": 0.0,
+            "lr": recipe.lr * recipe.head_lr_scale,
+        },
     ]
-    optimizer = torch.optim.AdamW(groups, lr=recipe.lr)
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
     steps_per_epoch = math.ceil(len(encoded) / recipe.batch_size)
     total = steps_per_epoch * recipe.epochs if max_steps is None else min(max_steps, steps_per_epoch * recipe.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(total, int(total * recipe.warmup_ratio)))
@@ -164,13 +200,12 @@ def train_text(
     bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
     for epoch in range(recipe.epochs):
         module.train()
-        order = generator.permutation(len(encoded))
+        batches = length_grouped_batches([len(r) for r in encoded], recipe.batch_size, generator)
         seen = correct = 0
         loss_sum = 0.0
-        for start in range(0, len(order), recipe.batch_size):
+        for index in batches:
             if step >= total:
                 break
-            index = order[start : start + recipe.batch_size]
             ids, mask = pad_batch([encoded[i] for i in index])
             y = targets[index].to(device)
             with _autocast(device):

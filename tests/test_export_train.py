@@ -30,11 +30,12 @@ def _sentiment_sample(size: int, seed: int = 0):
 
 
 def test_text_training_loop_learns_and_is_reproducible(tmp_path: Path) -> None:
-    """A few real steps on 48 IMDB reviews: the loss is finite, the encoder moves, and a rerun is identical."""
+    """A few real steps on 48 IMDB reviews: the loss is finite, the upper encoder moves, frozen parts do not,
+    and a rerun with the same seed gives the same model."""
     tokenizer_file = save_tokenizer(default_tokenizer_dir(), tmp_path / "tokenizer.json")
     train = _sentiment_sample(48)
     val = _sentiment_sample(16, seed=1)
-    recipe = TextRecipe(train_size=None, val_size=16, max_length=48, batch_size=16, epochs=1, lr=5e-5)
+    recipe = TextRecipe(train_size=None, val_size=16, max_length=48, batch_size=16, epochs=1, lr=5e-5, freeze_layers=2)
 
     def run() -> tuple[torch.nn.Module, list[dict[str, float]]]:
         module = load_text_classifier(default_tokenizer_dir(), 2)
@@ -50,10 +51,12 @@ def test_text_training_loop_learns_and_is_reproducible(tmp_path: Path) -> None:
     (record,) = history
     assert np.isfinite(record["train_loss"]) and 0.0 <= record["val_accuracy"] <= 1.0
     after = first.state_dict()
-    name = "model.bert.encoder.layer.5.output.dense.weight"
+    name = "encoder.encoder.layer.5.output.dense.weight"
     assert not torch.equal(before[name], after[name]), "training did not update the encoder"
+    frozen = "encoder.encoder.layer.1.output.dense.weight"  # below freeze_layers=2
+    assert torch.equal(before[frozen], after[frozen]), "a frozen layer changed"
     assert torch.equal(
-        before["model.bert.embeddings.word_embeddings.weight"], after["model.bert.embeddings.word_embeddings.weight"]
+        before["encoder.embeddings.word_embeddings.weight"], after["encoder.embeddings.word_embeddings.weight"]
     )
     encoded = encode_texts(tokenizer_file, val.texts, 48)
     np.testing.assert_allclose(

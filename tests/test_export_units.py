@@ -1,0 +1,110 @@
+"""Fast unit tests of the exporter's building blocks (no training, no servers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.build import resolve_image_checkpoint, resolve_text_checkpoint
+from export.cli import _checkpoints
+from export.data import load_local, stratified_split
+from export.errors import CheckpointError, DatasetError
+from export.metrics import classification_metrics, model_card
+from export.recipes import RECIPES, ImageRecipe, TextRecipe
+from export.train import length_grouped_batches, pad_batch, stratified_sample
+
+
+def test_length_grouped_batches_cover_every_example_once_with_little_padding() -> None:
+    rng = np.random.default_rng(0)
+    lengths = list(rng.integers(5, 200, size=1000))
+    batches = length_grouped_batches(lengths, 16, np.random.default_rng(1))
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1000))
+    assert all(len(b) == 16 for b in batches[:-1] if len(b) != 1000 % 16)
+    spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches])
+    assert spread < 20  # random batches of 16 would spread over ~170 tokens
+    again = length_grouped_batches(lengths, 16, np.random.default_rng(1))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
+
+
+def test_stratified_helpers_keep_class_shares_and_are_deterministic() -> None:
+    labels = np.array([0] * 80 + [1] * 20)
+    train, test = stratified_split(labels, 0.25, seed=7)
+    assert len(test) == 25 and np.sum(labels[test] == 1) == 5
+    assert not set(train) & set(test)
+    assert np.array_equal(test, stratified_split(labels, 0.25, seed=7)[1])
+    sample = stratified_sample(labels, 10, seed=3)
+    assert len(sample) == 10 and np.sum(labels[sample] == 1) == 2
+
+
+def test_pad_batch_right_pads_and_masks() -> None:
+    ids, mask = pad_batch([[101, 7, 102], [101, 102]], 4)
+    assert ids.tolist() == [[101, 7, 102, 0], [101, 102, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1, 0], [1, 1, 0, 0]]
+
+
+def test_classification_metrics_and_card() -> None:
+    labels = np.array([0, 0, 1, 1, 1])
+    predictions = np.array([0, 1, 1, 1, 0])
+    metrics = classification_metrics(labels, predictions, ("not_disaster", "disaster"))
+    assert metrics["accuracy"] == 0.6
+    assert metrics["confusion_matrix"] == [[1, 1], [1, 2]]
+    assert metrics["f1"] == pytest.approx(2 / 3, abs=1e-4)
+    card = model_card(
+        "Disaster tweets",
+        ("not_disaster", "disaster"),
+        {
+            "task": "disaster",
+            "profile": "quick",
+            "data": "tweets",
+            "checkpoint": "minilm",
+            "recipe_summary": "r",
+            "device": "cpu",
+            "train_seconds": 3.0,
+            "seed": 0,
+            "test": metrics,
+        },
+    )
+    assert "accuracy **60.00%** on 5 examples" in card
+    assert "| disaster | 1 | 2 |" in card
+
+
+def test_profiles_cover_every_task_with_the_right_recipe_kind() -> None:
+    for profile in ("quick", "full"):
+        assert isinstance(RECIPES[profile]["sentiment"], TextRecipe)
+        assert isinstance(RECIPES[profile]["disaster"], TextRecipe)
+        assert isinstance(RECIPES[profile]["pose"], ImageRecipe)
+    assert RECIPES["full"]["pose"].finetune_epochs > 0  # type: ignore[union-attr]
+
+
+def test_checkpoint_flag_parsing() -> None:
+    tasks = ["sentiment", "disaster", "pose"]
+    assert _checkpoints(["/m"], tasks) == {"sentiment": "/m", "disaster": "/m"}
+    assert _checkpoints(["pose=/w.pth", "disaster=org/model"], tasks) == {"pose": "/w.pth", "disaster": "org/model"}
+
+
+def test_checkpoint_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve_text_checkpoint(str(tmp_path / "nope"), tmp_path)
+    (tmp_path / "model").mkdir()
+    with pytest.raises(CheckpointError, match=r"no config\.json"):
+        resolve_text_checkpoint(str(tmp_path / "model"), tmp_path)
+    (tmp_path / "model" / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="tokenizer"):
+        resolve_text_checkpoint(str(tmp_path / "model"), tmp_path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve_image_checkpoint(str(tmp_path / "w.pth"))
+
+
+def test_missing_dataset_layout_is_a_dataset_error(tmp_path: Path) -> None:
+    (tmp_path / "human_action" / "train" / "calling").mkdir(parents=True)
+    (tmp_path / "human_action" / "val").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="lacks class folders"):
+        load_local("pose", tmp_path)
+    (tmp_path / "imdb").mkdir()
+    (tmp_path / "imdb" / "train.csv.gz").write_bytes(b"not gzip")
+    (tmp_path / "imdb" / "val.csv.gz").write_bytes(b"not gzip")
+    with pytest.raises(DatasetError, match="cannot read"):
+        load_local("sentiment", tmp_path)
