@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.suite import DEFAULT_CONCURRENCIES, QUICK_CONCURRENCIES, BenchConfig, run
+from bench.suite import DEFAULT_CONCURRENCIES, FULL_CONCURRENCIES, QUICK_CONCURRENCIES, BenchConfig, run
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
@@ -25,11 +25,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=parse_levels, default=None, help="client levels, e.g. 1,4,16,64")
     parser.add_argument("--duration", type=float, default=defaults.duration_s, help="seconds measured per level")
     parser.add_argument("--quick", action="store_true", help=f"levels {QUICK_CONCURRENCIES}, 1 s each (smoke run)")
+    parser.add_argument("--full", action="store_true", help=f"levels {FULL_CONCURRENCIES} (about twice as long)")
     parser.add_argument("--no-facade-comparisons", action="store_true", help="skip bench/facade.py's section")
     args = parser.parse_args(argv)
 
-    levels = args.concurrency or (QUICK_CONCURRENCIES if args.quick else DEFAULT_CONCURRENCIES)
-    # The comparisons run at the lowest and highest level of the sweep (plus 16 by default).
+    levels = args.concurrency or (
+        QUICK_CONCURRENCIES if args.quick else FULL_CONCURRENCIES if args.full else DEFAULT_CONCURRENCIES
+    )
+    # With explicit levels the comparisons run at the sweep's lowest and highest level.
     ends = tuple(sorted({min(levels), max(levels)}))
     config = BenchConfig(
         repository=args.repository,
