@@ -44,6 +44,8 @@ class LoadResult:
     errors: int = 0
     first_error: str | None = None
     items_per_request: int = 1
+    window: tuple[float, float] = (0.0, 0.0)
+    """``time.perf_counter()`` at the start and the end of the measured window."""
 
     @property
     def requests(self) -> int:
@@ -66,7 +68,7 @@ class LoadResult:
 
     def summary(self) -> dict[str, Any]:
         """The numbers the report prints (no raw latencies)."""
-        data = {k: v for k, v in asdict(self).items() if k != "latencies_ms"}
+        data = {k: v for k, v in asdict(self).items() if k not in ("latencies_ms", "window")}
         data.update(
             requests=self.requests,
             throughput_rps=round(self.throughput_rps, 2),
@@ -90,6 +92,7 @@ async def run_load(
     items_per_request: int = 1,
     min_completions: int | None = None,
     max_duration_s: float | None = None,
+    on_window: Callable[[str], object] | None = None,
 ) -> LoadResult:
     """Keep ``concurrency`` requests in flight and measure the completions in a steady-state window.
 
@@ -102,6 +105,8 @@ async def run_load(
       is the answers completed inside the window divided by its length, and the latency of each of
       them is recorded. Requests still in flight when it closes are cancelled and not counted.
     - ``max_requests`` closes the window after that many answers.
+    - ``on_window("start")`` / ``on_window("end")`` run when the window opens and closes (to read
+      server-side counters for exactly the measured window).
 
     A request that raises counts as an error (not as a latency); the first error's text is kept so
     that a misconfigured benchmark says why instead of reporting a suspiciously fast result.
@@ -125,12 +130,16 @@ async def run_load(
         if window_end is None:
             window_end = now
             stop.set()
+            if on_window is not None:
+                on_window("end")
 
     def after_answer(now: float) -> None:
         nonlocal window_start
         if window_start is None:
             if answered_once >= concurrency and now - start >= warmup_s:
                 window_start = now
+                if on_window is not None:
+                    on_window("start")
             elif now - start >= longest:  # a client never got an answer: give up warming up
                 window_start = now
                 close_window(now)
@@ -178,7 +187,8 @@ async def run_load(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     assert window_end is not None
-    elapsed = max(window_end - (window_start if window_start is not None else window_end), 1e-9)
+    opened = window_start if window_start is not None else window_end
+    elapsed = max(window_end - opened, 1e-9)
     return LoadResult(
         label=label,
         concurrency=concurrency,
@@ -187,6 +197,7 @@ async def run_load(
         errors=errors,
         first_error=first_error,
         items_per_request=items_per_request,
+        window=(opened, window_end),
     )
 
 

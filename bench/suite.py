@@ -222,6 +222,8 @@ def facade_sender(
         if response.status_code != 200:
             raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
         if stage_times is not None:
+            done = time.perf_counter()
+            stage_times.setdefault("_done", []).append(done)
             for stage, value in response.json().get("timings_ms", {}).items():
                 stage_times.setdefault(stage, []).append(float(value))
 
@@ -229,6 +231,17 @@ def facade_sender(
 
 
 # --- scenarios -------------------------------------------------------------------------------------
+
+
+def window_means(stage_times: dict[str, list[float]], window: tuple[float, float]) -> dict[str, float]:
+    """Mean of each facade timing over the answers that arrived inside the measured window."""
+    done = stage_times.get("_done", [])
+    inside = [i for i, t in enumerate(done) if window[0] < t <= window[1]]
+    means: dict[str, float] = {}
+    for stage, values in stage_times.items():
+        if stage != "_done" and inside and len(values) == len(done):
+            means[stage] = statistics.fmean(values[i] for i in inside)
+    return means
 
 
 async def measure_task_sweeps(
@@ -247,17 +260,28 @@ async def measure_task_sweeps(
             for concurrency in config.concurrencies:
                 stage_times: dict[str, list[float]] = {}
                 send = facade_sender(client, spec, samples[task], image_urls, stage_times)
-                before = request_times(triton, task)
+                counters: dict[str, dict[str, float]] = {}
+
+                def read_counters(
+                    edge: str, task: str = task, counters: dict[str, dict[str, float]] = counters
+                ) -> None:
+                    counters[edge] = request_times(triton, task)
+
                 result = await run_load(
-                    send, concurrency=concurrency, duration_s=config.duration_s, warmup_s=config.warmup_s, label=task
+                    send,
+                    concurrency=concurrency,
+                    duration_s=config.duration_s,
+                    warmup_s=config.warmup_s,
+                    label=task,
+                    on_window=read_counters,
                 )
-                split = triton_split_ms(before, request_times(triton, task))
                 levels.append(result)
+                split = triton_split_ms(counters["start"], counters["end"]) if len(counters) == 2 else None
                 results.stages.setdefault(task, []).append(
                     StageBreakdown(
                         concurrency=concurrency,
                         client_mean_ms=result.mean_ms,
-                        facade_ms={k: statistics.fmean(v) for k, v in stage_times.items() if v},
+                        facade_ms=window_means(stage_times, result.window),
                         triton_ms=split or {},
                     )
                 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import pytest
 
@@ -111,3 +112,23 @@ def test_invalid_concurrency_is_refused() -> None:
 
     with pytest.raises(ValueError, match="concurrency"):
         asyncio.run(run_load(send, concurrency=0, duration_s=0.1))
+
+
+def test_window_callbacks_bracket_exactly_the_measured_answers() -> None:
+    events: list[tuple[str, float]] = []
+    finished: list[float] = []
+
+    async def send(n: int) -> None:
+        await asyncio.sleep(0.005)
+        finished.append(time.perf_counter())
+
+    def on_window(edge: str) -> None:
+        events.append((edge, time.perf_counter()))
+
+    result = asyncio.run(run_load(send, concurrency=3, duration_s=0.1, warmup_s=0.02, on_window=on_window))
+    assert [edge for edge, _ in events] == ["start", "end"]
+    start, end = result.window
+    assert events[0][1] >= start and events[1][1] >= end
+    inside = [t for t in finished if start < t <= end]
+    assert abs(len(inside) - result.requests) <= 3  # the sender's clock reads just before the generator's
+    assert result.duration_s == pytest.approx(end - start)
