@@ -15,7 +15,7 @@ from export.models import load_text_classifier
 from export.publish import save_tokenizer
 from export.recipes import TextRecipe
 from export.testing import default_tokenizer_dir
-from export.train import encode_texts, predict_text_torch, stratified_sample, train_text
+from export.train import encode_texts, predict_text_torch, seed_everything, stratified_sample, train_text
 from taskspec import SENTIMENT
 
 pytestmark = [
@@ -38,6 +38,7 @@ def test_text_training_loop_learns_and_is_reproducible(tmp_path: Path) -> None:
     recipe = TextRecipe(train_size=None, val_size=16, max_length=48, batch_size=16, epochs=1, lr=5e-5, freeze_layers=2)
 
     def run() -> tuple[torch.nn.Module, list[dict[str, float]]]:
+        seed_everything(3)  # the fresh head is drawn at load time; `export build` seeds before loading too
         module = load_text_classifier(default_tokenizer_dir(), 2)
         result = train_text(
             module, tokenizer_file, train, val, SENTIMENT.labels, recipe, device=torch.device("cpu"), seed=3,
