@@ -228,7 +228,9 @@ def write_report(results: BenchResults, out: Path) -> Path:
         "## Latency and throughput per task (through the facade)",
         "",
         "One input per request, `concurrency` clients each sending the next request as soon as the previous "
-        f"one is answered, {results.config.duration_s:g} s per level after a {results.config.warmup_s:g} s warm-up.",
+        "one is answered. Each level warms up until every client has had an answer, then measures for at least "
+        f"{results.config.duration_s:g} s and at least as many answers as clients. Errors are answers other than "
+        "200 (a 504 means the facade's Triton deadline passed: the machine is overloaded at that level).",
     ]
     for task, sweep_results in results.sweeps.items():
         plot = f"sweep_{task}.png"
