@@ -246,7 +246,9 @@ def write_report(results: BenchResults, out: Path) -> Path:
             "inference come from the facade's own `timings_ms`; *Triton queue* and *compute* from Triton's "
             "statistics for the model; *Triton call* is the facade's inference time minus both (HTTP and tensor "
             "(de)serialisation between facade and Triton); *outside facade* is what the client saw minus the "
-            "facade's total (HTTP, uvicorn, the event loop, the load generator).",
+            "facade's total (HTTP, uvicorn, the event loop, the load generator). Triton's counters cover the requests "
+            "it finished inside the window, the facade's the answers that arrived in it: with queues of seconds "
+            "the two sets differ and a derived column can come out negative.",
         ]
         for task, stages in results.stages.items():
             plot = f"stages_{task}.png"
