@@ -32,7 +32,8 @@ nvidia-smi -L 2>/dev/null || echo "nvidia-smi: no GPU visible"
 
 # 1. Join the onnxruntime-gpu wheel from its pieces, if all of them came along.
 shopt -s nullglob
-sums=("$WHL"/ort-gpu-1/SHA256SUMS)
+sums=()
+[ -f "$WHL/ort-gpu-1/SHA256SUMS" ] && sums=("$WHL/ort-gpu-1/SHA256SUMS")
 if ((${#sums[@]})); then
     expected=$(awk '{print $2}' "${sums[0]}")
     count=$(grep -c . "$WHL"/ort-gpu-1/PARTS 2>/dev/null || echo 0)
