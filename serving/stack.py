@@ -152,7 +152,6 @@ def main() -> int:
             api_env = {
                 **env,
                 "MTC_API_TRITON_URL": f"{host}:{settings.triton_http_port}",
-                "MTC_API_TRITON_METRICS_URL": triton.metrics_url,
                 "MTC_API_MODEL_REPOSITORY": str(repository),
                 "MTC_API_S3_ENDPOINT_URL": settings.s3_endpoint,
                 "MTC_API_UPLOAD_BUCKET": settings.uploads_bucket,
