@@ -172,33 +172,17 @@ def facade_for(
     triton: TritonServer, repository: Path, log_dir: Path, tasks: Sequence[str], *, padding: str, name: str
 ) -> Iterator[str]:
     """A facade process (uvicorn, no access log) on ``triton``; yields its base URL."""
-    from serving.triton import free_port
+    from bench.servers import facade_server
 
-    port = free_port()
-    env = {
-        "MTC_API_TRITON_URL": f"{triton.host}:{triton.http_port}",
-        "MTC_API_MODEL_REPOSITORY": str(repository),
+    extra_env = {
         "MTC_API_TASKS": json.dumps(list(tasks)),
         "MTC_API_TEXT_PADDING": padding,
-        "MTC_API_MAX_IN_FLIGHT": "1024",
         # Closed-loop load at concurrency 32 on a small CPU queues for seconds; a request the facade gave up on
         # (504) would still be computed by Triton, wasting the capacity being measured.
         "MTC_API_TRITON_TIMEOUT_S": "300",
-        "AWS_EC2_METADATA_DISABLED": "true",
     }
-    process = ManagedProcess(
-        name=name,
-        command=python_module(
-            "uvicorn", "frontend_api.app:app", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"
-        ),
-        ready_url=f"http://127.0.0.1:{port}/readyz",
-        log_file=log_dir / f"{name}.log",
-        env=env,
-        cwd=PROJECT_ROOT,
-        startup_timeout=120,
-    )
-    with process:
-        yield f"http://127.0.0.1:{port}"
+    with facade_server(triton, repository, log_dir, extra_env=extra_env, name=name) as url:
+        yield url
 
 
 @contextmanager
