@@ -333,7 +333,9 @@ def int8_agreement(fp32: Path, int8: Path, requests: Sequence[dict[str, np.ndarr
     import onnxruntime as ort
 
     def probabilities(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        session = sessions.setdefault(path, ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
+        if path not in sessions:  # one session per model, not one per input
+            sessions[path] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = sessions[path]
         (logits,) = session.run(None, feeds)
         shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
         return np.asarray(shifted / shifted.sum(axis=-1, keepdims=True))
