@@ -40,7 +40,7 @@ from export.train import (
     train_head,
     train_text,
 )
-from taskspec import TOKENIZER_FILE, TaskSpec, get_task
+from taskspec import INT8_MODEL_FILE, TOKENIZER_FILE, TaskSpec, get_task
 
 DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
 DEFAULT_IMAGE_CHECKPOINT = "efficientnet-lite0"
@@ -196,8 +196,8 @@ def _evaluate(
     logits = split_logits(onnx_path, spec, test, tokenizer_file=tokenizer_file, progress=options.progress)
     metrics["test"] = classification_metrics(test.labels, logits.argmax(axis=1), spec.labels)
     extra: dict[str, Path] = {}
-    if options.int8:
-        quantized = quantize_int8(onnx_path, workdir / "model.int8.onnx")
+    if options.int8 or spec.cpu is not None:  # the CPU variant is served: always measure it
+        quantized = quantize_int8(onnx_path, workdir / INT8_MODEL_FILE)
         q_logits = split_logits(quantized, spec, test, tokenizer_file=tokenizer_file, progress=options.progress)
         metrics["int8"] = {
             "file": quantized.name,

@@ -80,7 +80,11 @@ def parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     build.add_argument("--seed", type=int, default=0)
-    build.add_argument("--int8", action="store_true", help="also measure and ship a dynamic-int8 ONNX variant")
+    build.add_argument(
+        "--int8",
+        action="store_true",
+        help="also measure and ship a dynamic-int8 variant of the image model (text tasks always get one)",
+    )
     build.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     build.add_argument("--limit", type=int, default=None, help="cap examples per split (smoke runs only)")
     build.add_argument("--max-steps", type=int, default=None, help="cap optimizer steps (smoke runs only)")

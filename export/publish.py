@@ -4,7 +4,9 @@ Layout (file names from taskspec)::
 
     <repository>/<task>/config.pbtxt          generated from the task spec (model level)
     <repository>/<task>/labels.txt
+    <repository>/<task>/configs/cpu.pbtxt     tasks with a CPU variant (TaskSpec.cpu)
     <repository>/<task>/<n>/model.onnx
+    <repository>/<task>/<n>/model.int8.onnx     tasks with a CPU variant: the file configs/cpu.pbtxt serves
     <repository>/<task>/<n>/preprocessing.json  spec.preprocessing_document()
     <repository>/<task>/<n>/tokenizer.json      text tasks; truncation and padding disabled
     <repository>/<task>/<n>/metrics.json        when given
@@ -92,8 +94,9 @@ def publish(
 ) -> Path:
     """Write ``onnx_path`` and its artifacts as a new version of ``spec``'s model; return the version folder.
 
-    ``extra_files`` (name in the version folder -> source file) carries optional variants such as
-    ``model.int8.onnx``; Triton only loads ``model.onnx``.
+    ``extra_files`` (name in the version folder -> source file) carries other files of the version. Tasks
+    with a CPU serving variant need its file (``model.int8.onnx``): when it is not among ``extra_files``
+    (e.g. a build that did not evaluate it), it is quantized here from ``onnx_path``.
     """
     if not onnx_path.is_file():
         raise PublishError(f"{onnx_path} does not exist")
@@ -116,6 +119,10 @@ def publish(
             if Path(name).name != name or name in {MODEL_FILE, PREPROCESSING_FILE, TOKENIZER_FILE}:
                 raise PublishError(f"extra file name {name!r} is not a plain, free file name")
             shutil.copyfile(source, staging / name)
+        if spec.cpu is not None and not (staging / spec.cpu.model_file).is_file():
+            from export.evaluate import quantize_int8
+
+            quantize_int8(onnx_path, staging / spec.cpu.model_file)
         os.chmod(staging, 0o755)  # mkdtemp makes it 0700; Triton in a container may run as another user
         version_dir = _rename_to_next_version(staging, model_dir)
     except BaseException:

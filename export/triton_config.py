@@ -11,6 +11,11 @@ One config serves both servers:
   (``serving/backends/onnxruntime``).
 - ``instance_group { kind: KIND_AUTO }``: Triton places the instances on the GPU when the server
   has one and on the CPU otherwise (``KIND_GPU`` fails to load on a CPU-only host).
+
+Tasks with a CPU serving variant (``TaskSpec.cpu``) also get ``configs/cpu.pbtxt``: the int8 file,
+``KIND_CPU``, several single-threaded instances. Triton reads it when started with
+``--model-config-name=cpu`` (the local launcher does so by default; the CPU compose override too)
+and falls back to ``config.pbtxt`` for models that have none.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from taskspec import CONFIG_FILE as CONFIG_FILENAME
+from taskspec import CONFIGS_DIR, CPU_CONFIG_NAME, TaskSpec
 from taskspec import LABELS_FILE as LABELS_FILENAME
 from taskspec import MODEL_FILE as MODEL_FILENAME
-from taskspec import TaskSpec
 
 HEADER = """\
 # Generated from taskspec by export/triton_config.py - edit the task spec, not this file.
@@ -37,14 +42,23 @@ def _tensor_dtype(name: str) -> int:
     return int(mc.DataType.Value(name))
 
 
-def build_model_config(spec: TaskSpec, *, tensorrt_fp16: bool = False) -> mc.ModelConfig:
-    """The Triton model configuration of ``spec``'s ONNX model."""
+CPU_HEADER = """\
+# Generated from taskspec (TaskSpec.cpu) by export/triton_config.py - edit the task spec, not this file.
+# Loaded instead of ../config.pbtxt by a Triton started with --model-config-name=cpu (CPU-only hosts):
+# the dynamic-int8 file of each version and single-threaded CPU instances.
+"""
+
+
+def build_model_config(spec: TaskSpec, *, tensorrt_fp16: bool = False, cpu: bool = False) -> mc.ModelConfig:
+    """The Triton model configuration of ``spec``'s ONNX model (``cpu``: its CPU-host variant)."""
+    if cpu and spec.cpu is None:
+        raise ValueError(f"task {spec.name!r} declares no CPU serving variant")
     config = mc.ModelConfig(
         name=spec.model_name,
         platform="onnxruntime_onnx",
         backend="onnxruntime",
         max_batch_size=spec.batching.max_batch_size,
-        default_model_filename=MODEL_FILENAME,
+        default_model_filename=spec.cpu.model_file if cpu and spec.cpu else MODEL_FILENAME,
     )
     for tensor in spec.inputs:
         config.input.add(name=tensor.name, data_type=_tensor_dtype(tensor.dtype), dims=list(tensor.dims))
@@ -54,11 +68,16 @@ def build_model_config(spec: TaskSpec, *, tensorrt_fp16: bool = False) -> mc.Mod
         dims=list(spec.output.dims),
         label_filename=LABELS_FILENAME,
     )
-    config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.KIND_AUTO, count=spec.instance_count)
+    if cpu and spec.cpu:
+        config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.KIND_CPU, count=spec.cpu.instance_count)
+        threads = spec.cpu.intra_op_threads
+    else:
+        config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.KIND_AUTO, count=spec.instance_count)
+        threads = spec.intra_op_threads
     config.dynamic_batching.preferred_batch_size.extend(spec.batching.preferred_batch_sizes)
     config.dynamic_batching.max_queue_delay_microseconds = spec.batching.max_queue_delay_us
-    if spec.intra_op_threads:
-        config.parameters["intra_op_thread_count"].string_value = str(spec.intra_op_threads)
+    if threads:
+        config.parameters["intra_op_thread_count"].string_value = str(threads)
     if tensorrt_fp16:
         # Used by the NGC container's native backend on a GPU; the local CPU backend ignores it.
         accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
@@ -80,12 +99,21 @@ def read_model_config(model_dir: Path) -> mc.ModelConfig:
     return parse_model_config((model_dir / CONFIG_FILENAME).read_text())
 
 
+def cpu_config_path(model_dir: Path) -> Path:
+    return model_dir / CONFIGS_DIR / f"{CPU_CONFIG_NAME}.pbtxt"
+
+
 def write_model_config(spec: TaskSpec, model_dir: Path, *, tensorrt_fp16: bool = False) -> Path:
-    """Write ``config.pbtxt`` and ``labels.txt`` into ``model_dir`` (the model's folder)."""
+    """Write ``config.pbtxt``, ``labels.txt`` and, for tasks with a CPU variant, ``configs/cpu.pbtxt``
+    into ``model_dir`` (the model's folder); returns the path of ``config.pbtxt``."""
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / LABELS_FILENAME).write_text("\n".join(spec.labels) + "\n")
     path = model_dir / CONFIG_FILENAME
     path.write_text(HEADER + render_model_config(build_model_config(spec, tensorrt_fp16=tensorrt_fp16)))
+    if spec.cpu is not None:
+        cpu_path = cpu_config_path(model_dir)
+        cpu_path.parent.mkdir(exist_ok=True)
+        cpu_path.write_text(CPU_HEADER + render_model_config(build_model_config(spec, cpu=True)))
     return path
 
 

@@ -11,6 +11,9 @@ has only the Python backend, so every launch assembles a backend directory holdi
 - ``onnxruntime/model.py``: this project's Python-based ONNX Runtime backend
   (``serving/backends/onnxruntime``), so NGC-style ``backend: "onnxruntime"`` configs load as is.
 
+A CPU-only server starts with ``--model-config-name=cpu``: models with a ``configs/cpu.pbtxt`` (the
+text models: int8, one thread per instance) load that, the others their ``config.pbtxt``.
+
 Start-up is bounded (``/v2/health/ready``), failures raise :class:`TritonStartError` with the tail
 of the server log, and :meth:`TritonServer.stop` sends SIGINT, then SIGKILL to the whole process
 group, and removes the shared-memory regions of this launch.
@@ -37,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
+
+from taskspec import CPU_CONFIG_NAME
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENV_DIR = PROJECT_ROOT / ".venv-triton"
@@ -161,6 +166,8 @@ class TritonServer:
     load_models: Sequence[str] = ()
     repository_poll_secs: int = 2
     model_config_name: str | None = None
+    """``--model-config-name``; None: ``cpu`` when ``cpu_only`` (models with ``configs/cpu.pbtxt`` load their CPU
+    variant, the others ``config.pbtxt``), else none. "" passes no flag even on a CPU-only server."""
     startup_timeout: float = 90.0
     exit_timeout: int = 10
     cpu_only: bool = True
@@ -222,8 +229,11 @@ class TritonServer:
         if self.model_control_mode == "poll":
             args.append(f"--repository-poll-secs={self.repository_poll_secs}")
         args += [f"--load-model={m}" for m in self.load_models]
-        if self.model_config_name:
-            args.append(f"--model-config-name={self.model_config_name}")
+        config_name = self.model_config_name
+        if config_name is None:
+            config_name = CPU_CONFIG_NAME if self.cpu_only else ""
+        if config_name:
+            args.append(f"--model-config-name={config_name}")
         return [*args, *self.extra_args]
 
     def _preflight(self) -> None:

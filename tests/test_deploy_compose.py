@@ -23,6 +23,7 @@ import pytest
 from export.s3sync import S3Location
 from frontend_api.settings import ApiSettings
 from serving.stack import StackSettings
+from taskspec import CPU_CONFIG_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "docker-compose.yml"
@@ -170,11 +171,11 @@ def test_triton_serves_the_minio_repository_in_poll_mode_on_the_gpu(tmp_path: Pa
     assert "mc mirror" in init["command"][0]
 
 
-def test_cpu_override_drops_only_the_gpu_reservation(tmp_path: Path) -> None:
+def test_cpu_override_drops_the_gpu_reservation_and_serves_the_cpu_configs(tmp_path: Path) -> None:
     gpu = rendered(tmp_path, [BASE], REQUIRED_ENV)
     cpu = rendered(tmp_path, [BASE, CPU], REQUIRED_ENV)
     assert "deploy" not in cpu["triton"]
-    assert cpu["triton"]["command"] == gpu["triton"]["command"]
+    assert cpu["triton"]["command"] == [*gpu["triton"]["command"], f"--model-config-name={CPU_CONFIG_NAME}"]
     assert {k: v for k, v in cpu.items() if k != "triton"} == {k: v for k, v in gpu.items() if k != "triton"}
 
 

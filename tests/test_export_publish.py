@@ -162,3 +162,31 @@ def test_committed_raw_text_models_match_the_generator() -> None:
         assert (folder / "1" / "model.py").read_bytes() == TEMPLATE.read_bytes()
         assert (folder / "config.pbtxt").read_text() == HEADER + render_model_config(build_raw_text_config(spec))
         assert (folder / "labels.txt").read_text().split() == list(get_task(spec.name).labels)
+
+
+def test_text_publish_ships_the_int8_file_that_the_cpu_config_serves(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    repo = tmp_path / "repo"
+    version = publish_tiny_model(SENTIMENT, repo).version_dir
+    assert SENTIMENT.cpu is not None
+    cpu_config = parse_model_config((repo / "sentiment" / "configs" / "cpu.pbtxt").read_text())
+    int8_path = version / cpu_config.default_model_filename
+    assert int8_path.name == SENTIMENT.cpu.model_file == "model.int8.onnx"
+    ops = {node.op_type for node in onnx.load(str(int8_path)).graph.node}
+    assert "DynamicQuantizeLinear" in ops and "MatMulInteger" in ops  # really quantized
+    # Same tensors as model.onnx, and close enough to it that the labels agree on these inputs.
+    batch = text_batch(version, ["a wonderful film", "dull and far too long " * 8], 64)
+    outputs = [
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], batch)[0]
+        for path in (version / "model.onnx", int8_path)
+    ]
+    assert outputs[0].shape == outputs[1].shape == (2, 2)
+    assert np.abs(outputs[0] - outputs[1]).max() < 0.1
+
+
+def test_image_publish_has_no_cpu_variant(pose_onnx: Path, tmp_path: Path) -> None:
+    version = publish(POSE, pose_onnx, tmp_path / "repo")
+    assert not (version / "model.int8.onnx").exists()
+    assert not (tmp_path / "repo" / "pose" / "configs").exists()

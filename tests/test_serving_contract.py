@@ -6,17 +6,19 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
 from export.triton_config import (
     build_model_config,
     check_model_config,
+    cpu_config_path,
     parse_model_config,
     read_model_config,
     render_model_config,
     write_model_config,
 )
 from serving.triton import PROJECT_ROOT
-from taskspec import TASKS, TaskSpec, get_task
+from taskspec import INT8_MODEL_FILE, TASKS, TaskSpec, get_task
 
 REPOSITORY = PROJECT_ROOT / "model_repository"
 ALL_CONFIGS = sorted(REPOSITORY.glob("*/config.pbtxt"))
@@ -55,6 +57,29 @@ def test_generated_config_targets_both_servers(spec: TaskSpec) -> None:
     assert config.instance_group[0].count >= 1  # explicit: the onnxruntime backend would default to 2 on CPU
     assert [i.name for i in config.input] == list(spec.input_names)
     assert config.output[0].dims == [spec.num_labels]
+
+
+@pytest.mark.parametrize("spec", TASKS.values(), ids=lambda s: s.name)
+def test_committed_cpu_config_matches_the_task_spec(spec: TaskSpec) -> None:
+    path = cpu_config_path(REPOSITORY / spec.name)
+    if spec.cpu is None:
+        assert not path.exists(), "a CPU config without TaskSpec.cpu: remove it"
+        return
+    committed = parse_model_config(path.read_text())
+    assert committed == build_model_config(spec, cpu=True), "regenerate with export.triton_config.write_model_config"
+    # The same model to clients (tensors, batching), another file and placement.
+    default = build_model_config(spec)
+    assert committed.input == default.input and committed.output == default.output
+    assert committed.dynamic_batching == default.dynamic_batching
+    assert committed.default_model_filename == spec.cpu.model_file == INT8_MODEL_FILE
+    [group] = committed.instance_group
+    assert group.kind == mc.ModelInstanceGroup.Kind.KIND_CPU and group.count == spec.cpu.instance_count
+    assert committed.parameters["intra_op_thread_count"].string_value == str(spec.cpu.intra_op_threads)
+
+
+def test_cpu_config_needs_a_cpu_variant() -> None:
+    with pytest.raises(ValueError, match="no CPU serving variant"):
+        build_model_config(get_task("pose"), cpu=True)
 
 
 @pytest.mark.parametrize("spec", [t for t in TASKS.values() if t.modality == "text"], ids=lambda s: s.name)
