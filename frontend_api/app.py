@@ -272,9 +272,10 @@ _bearer = HTTPBearer(auto_error=False, description="API key, when the facade is 
 
 
 async def require_api_key(
-    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """Check ``Authorization: Bearer <key>`` when keys are configured (constant-time comparison)."""
+    settings: ApiSettings = request.app.state.settings
     if not settings.api_keys:
         return
     offered = credentials.credentials.encode() if credentials is not None else b""
@@ -284,25 +285,29 @@ async def require_api_key(
         )
 
 
-async def limit_in_flight(request: Request) -> AsyncIterator[None]:
+@asynccontextmanager
+async def in_flight(request: Request) -> AsyncIterator[PlatformService]:
+    """Hold one of the in-flight slots (429 when none is free) and hand out the service.
+
+    Used inline by the inference routes rather than as dependencies: FastAPI's dependency solving
+    costs more per request than the whole lookup (see docs/api.md, facade overhead).
+    """
     limiter: InFlightLimiter = request.app.state.limiter
     if not limiter.try_acquire():
         raise Overloaded(
             f"more than {limiter.limit} requests are in flight; retry shortly", headers={"Retry-After": "1"}
         )
     try:
-        yield
+        yield request.app.state.service
     finally:
         limiter.release()
 
 
-InFlight = Annotated[None, Depends(limit_in_flight)]
-
-
-def set_timing_headers(response: Response, timings: dict[str, float], version: str) -> None:
-    for stage, ms in timings.items():
-        response.headers[TIMING_HEADERS[stage]] = f"{ms:.3f}"
-    response.headers["x-model-version"] = version
+def classification_response(result: TextResponse | PoseResponse) -> Response:
+    """The result as JSON, serialized once by pydantic (it was validated when built), with timing headers."""
+    headers = {TIMING_HEADERS[stage]: f"{ms:.3f}" for stage, ms in result.timings_ms.model_dump().items()}
+    headers["x-model-version"] = result.model.version
+    return Response(result.model_dump_json(), media_type="application/json", headers=headers)
 
 
 # --- routes ------------------------------------------------------------------------------------
@@ -312,10 +317,9 @@ COMMON_ERRORS = (InvalidRequest, BodyTooLarge, Unauthorized, Overloaded)
 
 
 def _text_route(router: APIRouter, spec: TaskSpec) -> None:
-    async def classify(body: TextRequest, service: ServiceDep, response: Response, _: InFlight) -> TextResponse:
-        result = await service.classify_texts(spec, body.texts)
-        set_timing_headers(response, result.timings_ms.model_dump(), result.model.version)
-        return result
+    async def classify(body: TextRequest, request: Request) -> Response:
+        async with in_flight(request) as service:
+            return classification_response(await service.classify_texts(spec, body.texts))
 
     router.add_api_route(
         f"/{spec.name}",
@@ -364,12 +368,10 @@ def _build_router(settings: ApiSettings) -> APIRouter:
                 *COMMON_ERRORS, BadImage, UrlNotAllowed, ImageTooLarge, ImageHostError, *TRITON_ERRORS
             ),
         )
-        async def classify_images(
-            body: PoseRequest, service: ServiceDep, response: Response, _: InFlight
-        ) -> PoseResponse:
-            result = await service.classify_images(pose, [str(u) for u in body.image_urls], body.top_k)
-            set_timing_headers(response, result.timings_ms.model_dump(), result.model.version)
-            return result
+        async def classify_images(body: PoseRequest, request: Request) -> Response:
+            async with in_flight(request) as service:
+                urls = [str(u) for u in body.image_urls]
+                return classification_response(await service.classify_images(pose, urls, body.top_k))
 
     @router.post(
         "/uploads",
