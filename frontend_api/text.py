@@ -18,9 +18,6 @@ from tokenizers import Tokenizer
 from frontend_api.settings import TextPadding
 from taskspec import TextPreprocessing
 
-_SERIAL_ENCODE_MAX = 4
-"""Requests of up to this many texts are tokenized serially (see :func:`encode`)."""
-
 
 @dataclass(frozen=True)
 class TokenGroup:
@@ -56,12 +53,7 @@ def encode(
     ``tokenizer`` must truncate at ``preprocessing.max_length`` (see :mod:`frontend_api.artifacts`);
     special tokens ([CLS], [SEP]) are added by its post-processor and count toward the length.
     """
-    # The batch call hands the texts to the tokenizer's thread pool, whose idle threads take longer to wake
-    # than a few texts take to encode: small requests are encoded on the calling thread.
-    if len(texts) <= _SERIAL_ENCODE_MAX:
-        encodings = [tokenizer.encode(text) for text in texts]
-    else:
-        encodings = tokenizer.encode_batch_fast(list(texts))
+    encodings = tokenizer.encode_batch_fast(list(texts))
     by_length: dict[int, list[int]] = {}
     for index, encoding in enumerate(encodings):
         length = padded_length(len(encoding.ids), preprocessing, padding)
