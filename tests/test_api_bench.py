@@ -84,6 +84,7 @@ def test_report_section_states_ratios_against_the_targets() -> None:
             "transformers_rps": 3.0,
             "throughput_ratio": 3.0,
             "target_ratio": 3.0,
+            "reference_rps": {"facade_fp32": 4.5},
         },
     }
     results["padding"] = {
@@ -124,6 +125,7 @@ def test_report_section_states_ratios_against_the_targets() -> None:
     assert any("bucketed padding gives x2.0" in line for line in headlines(results))
     assert "p50 ratio facade / direct: **1.100** (target <= 1.15)" in text
     assert "Throughput ratio facade / original: **3.0x**" in text
+    assert "config.pbtxt (fp32, one instance): 4.5 req/s, 1.50x the original." in text
     assert any("x1.100" in line for line in headlines(results))
 
 
