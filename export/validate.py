@@ -3,7 +3,8 @@
 For each task's latest version: config.pbtxt parses strictly and matches the spec, labels.txt
 matches, preprocessing.json equals the spec's document, text tasks carry an untruncated,
 unpadded tokenizer.json, and model.onnx has the spec's tensor names, opset >= 17 and runs on a
-padded batch with the expected output shape. Text tasks' raw-text models are checked too.
+padded batch with the expected output shape. Text tasks' raw-text models are checked too, and so is
+their CPU variant (``configs/cpu.pbtxt`` as generated, and its ``model.int8.onnx``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import numpy as np
 from export.onnx_export import MIN_OPSET, onnx_opset
 from export.publish import latest_version_dir
 from export.raw_text import RAW_TEXT_VERSION, TEMPLATE, build_raw_text_config
-from export.triton_config import check_model_config, read_model_config
+from export.triton_config import (
+    build_model_config,
+    check_model_config,
+    cpu_config_path,
+    parse_model_config,
+    read_model_config,
+)
 from taskspec import PREPROCESSING_FILE, TOKENIZER_FILE, TaskSpec, get_task
 
 
@@ -72,7 +79,26 @@ def validate_task(repository: Path, spec: TaskSpec) -> list[str]:
                 problems.append(f"{tokenizer} has truncation/padding enabled (the facade pads itself)")
         problems += _check_raw_text(repository, spec)
     problems += _check_onnx(spec, version / "model.onnx")
+    if spec.cpu is not None:
+        problems += _check_cpu_variant(spec, model_dir, version)
     return problems
+
+
+def _check_cpu_variant(spec: TaskSpec, model_dir: Path, version: Path) -> list[str]:
+    """``configs/cpu.pbtxt`` as the spec generates it, and the file it serves in the latest version."""
+    path = cpu_config_path(model_dir)
+    if not path.is_file():
+        return [f"{path} is missing (republish the model)"]
+    try:
+        if parse_model_config(path.read_text()) != build_model_config(spec, cpu=True):
+            return [f"{path} differs from the task spec (republish the model)"]
+    except Exception as exc:  # a strict-parse error names the bad field
+        return [f"{path} does not parse: {exc}"]
+    assert spec.cpu is not None
+    served = version / spec.cpu.model_file
+    if not served.is_file():
+        return [f"{served} is missing: CPU hosts serve it (configs/cpu.pbtxt); republish the model"]
+    return _check_onnx(spec, served)
 
 
 def _check_raw_text(repository: Path, spec: TaskSpec) -> list[str]:

@@ -62,11 +62,19 @@ def published_versions(model_dir: Path) -> list[int]:
 
 
 def missing_models(repository: Path) -> list[str]:
-    return [name for name in TASKS if not published_versions(repository / name)]
+    """Tasks without a servable version: none published, or (tasks with a CPU variant) the latest one lacks
+    the file that ``configs/cpu.pbtxt`` serves (published before the variant existed)."""
+    missing = []
+    for name, spec in TASKS.items():
+        versions = published_versions(repository / name)
+        latest = repository / name / str(versions[-1]) if versions else None
+        if latest is None or (spec.cpu is not None and not (latest / spec.cpu.model_file).is_file()):
+            missing.append(name)
+    return missing
 
 
 def build_models(repository: Path, tasks: list[str]) -> None:
-    print(f"==> No trained model for {', '.join(tasks)}: building the quick demo models (about 10 minutes)")
+    print(f"==> No servable model for {', '.join(tasks)}: building the quick demo models (about 5-10 minutes)")
     command = python_module(
         "export", "build", "--profile", "quick", "--repository", str(repository), "--tasks", ",".join(tasks)
     )

@@ -88,6 +88,11 @@ def test_validate_reports_a_good_repository_and_catches_a_tampered_one(tiny_repo
     assert "sentiment: PROBLEMS" in result.stdout and "sentiment_text/1/tokenizer.json is missing" in result.stdout
     assert "disaster: ok" in result.stdout
 
+    # A text version without the int8 file its CPU config serves (published before the variant existed).
+    (broken / "disaster" / "1" / "model.int8.onnx").unlink()
+    result = run_cli("validate", "--repository", str(broken))
+    assert "disaster: PROBLEMS" in result.stdout and "model.int8.onnx is missing" in result.stdout
+
 
 @pytest.mark.integration
 def test_push_then_pull_round_trips_the_repository(tiny_repository: Path, s3_endpoint: str, tmp_path: Path) -> None:

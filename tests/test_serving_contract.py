@@ -117,3 +117,33 @@ def test_tensorrt_accelerator_is_optional_and_valid() -> None:
 def test_unknown_task_error_lists_known_tasks() -> None:
     with pytest.raises(KeyError, match="known tasks: disaster, pose, sentiment"):
         get_task("sentimnet")
+
+
+def test_cpu_only_launcher_asks_for_the_cpu_configs(tmp_path: Path) -> None:
+    from serving.triton import TritonInstall, TritonServer
+
+    install = TritonInstall(tmp_path, tmp_path / "server", tmp_path / "libs", "/usr/lib", "3.11")
+
+    def config_flags(server: TritonServer) -> list[str]:
+        return [a for a in server.command(install, tmp_path / "backends") if a.startswith("--model-config-name")]
+
+    assert config_flags(TritonServer(str(tmp_path))) == ["--model-config-name=cpu"]
+    assert config_flags(TritonServer(str(tmp_path), model_config_name="")) == []
+    assert config_flags(TritonServer(str(tmp_path), model_config_name="gpu")) == ["--model-config-name=gpu"]
+    assert config_flags(TritonServer(str(tmp_path), cpu_only=False)) == []
+
+
+def test_make_run_rebuilds_text_models_published_without_their_cpu_file(tmp_path: Path) -> None:
+    from serving.stack import missing_models
+
+    for task in TASKS:
+        (tmp_path / task / "1").mkdir(parents=True)
+        (tmp_path / task / "1" / "model.onnx").write_bytes(b"weights")
+    # Text versions published before the CPU variant existed: Triton on a CPU host could not load them.
+    assert missing_models(tmp_path) == ["sentiment", "disaster"]
+    (tmp_path / "sentiment" / "1" / INT8_MODEL_FILE).write_bytes(b"int8")
+    assert missing_models(tmp_path) == ["disaster"]
+    (tmp_path / "disaster" / "2").mkdir()
+    (tmp_path / "disaster" / "2" / "model.onnx").write_bytes(b"weights")
+    (tmp_path / "disaster" / "2" / INT8_MODEL_FILE).write_bytes(b"int8")
+    assert missing_models(tmp_path) == []
