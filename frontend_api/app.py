@@ -285,6 +285,12 @@ async def require_api_key(
         )
 
 
+def auth_dependencies(settings: ApiSettings) -> list[Any]:
+    """The API-key check for protected routes, only when keys are configured: then OpenAPI declares the
+    bearer scheme, and an open facade neither advertises authentication nor pays for resolving it."""
+    return [Depends(require_api_key)] if settings.api_keys else []
+
+
 @asynccontextmanager
 async def in_flight(request: Request) -> AsyncIterator[PlatformService]:
     """Hold one of the in-flight slots (429 when none is free) and hand out the service.
@@ -343,7 +349,7 @@ def _text_route(router: APIRouter, spec: TaskSpec) -> None:
 
 
 def _build_router(settings: ApiSettings) -> APIRouter:
-    router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+    router = APIRouter(prefix="/v1", dependencies=auth_dependencies(settings))
     specs = [get_task(name) for name in settings.tasks]
     for spec in specs:
         if spec.modality == "text":
@@ -507,7 +513,7 @@ def create_app(
         summary="Prometheus metrics",
         tags=["probes"],
         response_class=Response,
-        dependencies=[Depends(require_api_key)],
+        dependencies=auth_dependencies(settings),
         responses={
             200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
             **problem_responses(Unauthorized),

@@ -148,6 +148,19 @@ def test_api_keys_protect_everything_but_the_probes_and_docs(repo: Path) -> None
             assert allowed.status_code == 200, path
         for open_path in ("/healthz", "/readyz", "/openapi.json", "/docs"):
             assert client.get(open_path).status_code == 200, open_path
+        schema = client.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert schema["paths"]["/v1/sentiment"]["post"]["security"] == [{"HTTPBearer": []}]
+    assert "security" not in schema["paths"]["/healthz"]["get"]
+
+
+def test_without_api_keys_openapi_declares_no_authentication(repo: Path) -> None:
+    client, _ = build(repo)
+    with client:
+        schema = client.get("/openapi.json").json()
+        assert client.post("/v1/sentiment", json={"texts": ["x"]}).status_code == 200
+    assert "securitySchemes" not in schema.get("components", {})
+    assert all("security" not in op for path in schema["paths"].values() for op in path.values())
 
 
 def test_metrics_count_requests_stages_and_errors(repo: Path) -> None:
