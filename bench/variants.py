@@ -4,8 +4,9 @@ For every task the latest published version is served three ways, side by side i
 
 - ``<task>``: exactly as published (dynamic batching on);
 - ``<task>_nobatch``: the same weights, ``dynamic_batching`` removed, so every request executes alone;
-- ``<task>_int8``: ONNX Runtime dynamic int8 quantization of the MatMul/Gemm weights (text tasks;
-  a convolutional image model needs static quantization with calibration data, not done here).
+- ``<task>_int8``: ONNX Runtime dynamic int8 quantization of the MatMul/Gemm weights (text tasks: the
+  version's own ``model.int8.onnx``, quantized here for versions published without one; a convolutional
+  image model needs static quantization with calibration data, not done here).
 
 Weight files are hard-linked where the file system allows, so the scratch repository costs no space.
 """
@@ -17,9 +18,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from export.evaluate import quantize_int8
 from export.publish import latest_version_dir
 from export.triton_config import read_model_config, render_model_config
-from taskspec import CONFIG_FILE, LABELS_FILE, MODEL_FILE, TaskSpec
+from taskspec import CONFIG_FILE, INT8_MODEL_FILE, LABELS_FILE, MODEL_FILE, TaskSpec
 
 NOBATCH_SUFFIX = "_nobatch"
 INT8_SUFFIX = "_int8"
@@ -64,14 +66,6 @@ def _write_variant_config(source_model_dir: Path, target_model_dir: Path, name: 
     _link_or_copy(source_model_dir / LABELS_FILE, target_model_dir / LABELS_FILE)
 
 
-def quantize_int8(source: Path, target: Path) -> None:
-    """Dynamic int8 quantization of the MatMul/Gemm weights (activations quantized at run time)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
-
-
 def build_variant_repository(
     source: Path, target: Path, specs: list[TaskSpec], *, int8: bool = True
 ) -> VariantRepository:
@@ -101,9 +95,13 @@ def build_variant_repository(
             name = spec.name + INT8_SUFFIX
             _write_variant_config(source_model_dir, target / name, name, batching=True)
             for path in version_dir.iterdir():
-                if path.is_file() and path.name != MODEL_FILE:
+                if path.is_file() and path.name not in (MODEL_FILE, INT8_MODEL_FILE):
                     _link_or_copy(path, target / name / version / path.name)
-            quantize_int8(version_dir / MODEL_FILE, target / name / version / MODEL_FILE)
+            shipped = version_dir / INT8_MODEL_FILE  # every text version published now carries it
+            if shipped.is_file():
+                _link_or_copy(shipped, target / name / version / MODEL_FILE)
+            else:
+                quantize_int8(version_dir / MODEL_FILE, target / name / version / MODEL_FILE)
             kinds["int8"] = name
         repo.models[spec.name] = kinds
     return repo

@@ -51,6 +51,7 @@ def test_variants_share_weights_and_differ_only_where_intended(tiny_repository: 
     int8_file = repo.root / "disaster_int8" / version / MODEL_FILE
     ops = {node.op_type for node in __import__("onnx").load(str(int8_file)).graph.node}
     assert ops & {"MatMulInteger", "DynamicQuantizeLinear"}, "the int8 model is really quantized"
+    assert int8_file.read_bytes() == (tiny_repository / "disaster" / version / "model.int8.onnx").read_bytes()
     # The artifacts the facade reads travel with the int8 model too.
     assert (repo.root / "disaster_int8" / version / "tokenizer.json").is_file()
 
