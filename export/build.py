@@ -230,6 +230,10 @@ def build_text_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bui
 
     tokenizer_file = save_tokenizer(checkpoint_dir, workdir / TOKENIZER_FILE)
     seed_everything(options.seed)
+    if not options.progress:  # transformers draws its own bar while loading weights
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         module = load_text_classifier(checkpoint_dir, spec.num_labels)
     except (OSError, ValueError) as exc:
