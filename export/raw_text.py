@@ -6,8 +6,11 @@ ONNX model ``<task>``, and applies a softmax. Layout written by :func:`publish_r
 
     <task>_text/config.pbtxt         backend "python", input text, outputs label + probabilities
     <task>_text/labels.txt
-    <task>_text/1/model.py           copy of export/triton_models/raw_text/model.py (in git)
-    <task>_text/1/tokenizer.json     copies of the token model's published artifacts (build outputs)
+    <task>_text/1/model.py           copy of export/triton_models/raw_text/model.py
+    <task>_text/1/tokenizer.json     copies of the token model's published artifacts
+
+The model-level files are in git (generated, contract-tested); the version folder is a build output,
+written whole by every publish of ``<task>``, so the template is the only ``model.py`` in git.
     <task>_text/1/preprocessing.json
 
 The raw-text model has one version that always calls the latest version of ``<task>``; its

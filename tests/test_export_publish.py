@@ -151,7 +151,8 @@ def test_raw_text_config_is_only_for_text_tasks() -> None:
 
 
 def test_committed_raw_text_models_match_the_generator() -> None:
-    """model_repository/<task>_text in git is what export.raw_text writes (rename one, this fails)."""
+    """model_repository/<task>_text in git is what export.raw_text writes (rename one, this fails); its
+    model.py is a build output, checked against the template in the publish test above."""
     from export.raw_text import HEADER
     from export.triton_config import render_model_config
 
@@ -159,7 +160,6 @@ def test_committed_raw_text_models_match_the_generator() -> None:
         if spec.modality != "text":
             continue
         folder = PROJECT_ROOT / "model_repository" / spec.raw_text_model_name
-        assert (folder / "1" / "model.py").read_bytes() == TEMPLATE.read_bytes()
         assert (folder / "config.pbtxt").read_text() == HEADER + render_model_config(build_raw_text_config(spec))
         assert (folder / "labels.txt").read_text().split() == list(get_task(spec.name).labels)
 
