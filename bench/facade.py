@@ -118,12 +118,14 @@ def build_minilm_pair(root: Path = CACHE / "minilm", *, seed: int = 0) -> ModelP
     return ModelPair(checkpoint, repository, description)
 
 
-def latest_version_dir(repository: Path, task: str) -> Path:
-    versions = sorted((int(p.name) for p in (repository / task).iterdir() if p.name.isdigit()), reverse=True)
-    for version in versions:
-        if (repository / task / str(version) / "model.onnx").is_file():
-            return repository / task / str(version)
-    raise FileNotFoundError(f"no published version of {task} in {repository}")
+def published_version_dir(repository: Path, task: str) -> Path:
+    """:func:`export.publish.latest_version_dir`, which must exist here."""
+    from export.publish import latest_version_dir
+
+    version_dir = latest_version_dir(repository, task)
+    if version_dir is None:
+        raise FileNotFoundError(f"no published version of {task} in {repository}")
+    return version_dir
 
 
 # --- the original design: FastAPI + an in-process transformers pipeline ---------------------------------
@@ -666,7 +668,7 @@ def throughput_with_references(
                 duration_s=duration_s,
                 warmup_s=warmup_s,
                 triton=triton,
-                version_dir=latest_version_dir(pair.repository, "sentiment"),
+                version_dir=published_version_dir(pair.repository, "sentiment"),
                 references={
                     "facade_fp32": f"{fp32_facade}/v1/sentiment",
                     "transformers_int8": f"{baseline_int8}/predict",
@@ -697,7 +699,7 @@ def _measure(
         if "sentiment" in tasks:
             print("==> facade overhead vs direct tritonclient", flush=True)
             results["overhead"] = asyncio.run(
-                compare_overhead(facade_url, triton, latest_version_dir(repository, "sentiment"), reviews)
+                compare_overhead(facade_url, triton, published_version_dir(repository, "sentiment"), reviews)
             )
             if checkpoint_pair is not None:
                 print("==> throughput vs FastAPI + transformers pipeline", flush=True)
@@ -709,7 +711,7 @@ def _measure(
             with facade_for(
                 triton, repository, log_dir, tasks, padding="max_length", name="facade-bench-fixed"
             ) as fixed:
-                encoder = Encoder(latest_version_dir(repository, "disaster"))
+                encoder = Encoder(published_version_dir(repository, "disaster"))
                 results["padding"] = asyncio.run(
                     compare_padding(facade_url, fixed, tweets, encoder, duration_s=duration_s, warmup_s=warmup_s)
                 )

@@ -22,7 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serving.processes import ManagedProcess, ProcessStartError, python_module, s3_server
 from serving.triton import PROJECT_ROOT, TritonServer, TritonStartError
-from taskspec import MODEL_FILE, TASKS
+from taskspec import TASKS
 
 
 class StackSettings(BaseSettings):
@@ -50,24 +50,14 @@ class StackSettings(BaseSettings):
         return f"http://{self.host}:{self.s3_port}"
 
 
-def published_versions(model_dir: Path) -> list[int]:
-    """Version folders of a model that hold weights (``<n>/model.onnx``) or code (``<n>/model.py``)."""
-    if not model_dir.is_dir():
-        return []
-    return sorted(
-        int(p.name)
-        for p in model_dir.iterdir()
-        if p.is_dir() and p.name.isdigit() and ((p / MODEL_FILE).exists() or (p / "model.py").exists())
-    )
-
-
 def missing_models(repository: Path) -> list[str]:
     """Tasks without a servable version: none published, or (tasks with a CPU variant) the latest one lacks
     the file that ``configs/cpu.pbtxt`` serves (published before the variant existed)."""
+    from export.publish import latest_version_dir
+
     missing = []
     for name, spec in TASKS.items():
-        versions = published_versions(repository / name)
-        latest = repository / name / str(versions[-1]) if versions else None
+        latest = latest_version_dir(repository, name)
         if latest is None or (spec.cpu is not None and not (latest / spec.cpu.model_file).is_file()):
             missing.append(name)
     return missing
