@@ -51,14 +51,15 @@ CPU_HEADER = """\
 
 def build_model_config(spec: TaskSpec, *, tensorrt_fp16: bool = False, cpu: bool = False) -> mc.ModelConfig:
     """The Triton model configuration of ``spec``'s ONNX model (``cpu``: its CPU-host variant)."""
-    if cpu and spec.cpu is None:
+    variant = spec.cpu if cpu else None
+    if cpu and variant is None:
         raise ValueError(f"task {spec.name!r} declares no CPU serving variant")
     config = mc.ModelConfig(
         name=spec.model_name,
         platform="onnxruntime_onnx",
         backend="onnxruntime",
         max_batch_size=spec.batching.max_batch_size,
-        default_model_filename=spec.cpu.model_file if cpu and spec.cpu else MODEL_FILENAME,
+        default_model_filename=variant.model_file if variant else MODEL_FILENAME,
     )
     for tensor in spec.inputs:
         config.input.add(name=tensor.name, data_type=_tensor_dtype(tensor.dtype), dims=list(tensor.dims))
@@ -68,9 +69,9 @@ def build_model_config(spec: TaskSpec, *, tensorrt_fp16: bool = False, cpu: bool
         dims=list(spec.output.dims),
         label_filename=LABELS_FILENAME,
     )
-    if cpu and spec.cpu:
-        config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.KIND_CPU, count=spec.cpu.instance_count)
-        threads = spec.cpu.intra_op_threads
+    if variant:
+        config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.KIND_CPU, count=variant.instance_count)
+        threads = variant.intra_op_threads
     else:
         config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.KIND_AUTO, count=spec.instance_count)
         threads = spec.intra_op_threads

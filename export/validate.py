@@ -25,7 +25,7 @@ from export.triton_config import (
     parse_model_config,
     read_model_config,
 )
-from taskspec import PREPROCESSING_FILE, TOKENIZER_FILE, TaskSpec, get_task
+from taskspec import PREPROCESSING_FILE, TOKENIZER_FILE, CpuServing, TaskSpec, get_task
 
 
 def _check_onnx(spec: TaskSpec, path: Path) -> list[str]:
@@ -80,11 +80,11 @@ def validate_task(repository: Path, spec: TaskSpec) -> list[str]:
         problems += _check_raw_text(repository, spec)
     problems += _check_onnx(spec, version / "model.onnx")
     if spec.cpu is not None:
-        problems += _check_cpu_variant(spec, model_dir, version)
+        problems += _check_cpu_variant(spec, spec.cpu, model_dir, version)
     return problems
 
 
-def _check_cpu_variant(spec: TaskSpec, model_dir: Path, version: Path) -> list[str]:
+def _check_cpu_variant(spec: TaskSpec, variant: CpuServing, model_dir: Path, version: Path) -> list[str]:
     """``configs/cpu.pbtxt`` as the spec generates it, and the file it serves in the latest version."""
     path = cpu_config_path(model_dir)
     if not path.is_file():
@@ -94,8 +94,7 @@ def _check_cpu_variant(spec: TaskSpec, model_dir: Path, version: Path) -> list[s
             return [f"{path} differs from the task spec (republish the model)"]
     except Exception as exc:  # a strict-parse error names the bad field
         return [f"{path} does not parse: {exc}"]
-    assert spec.cpu is not None
-    served = version / spec.cpu.model_file
+    served = version / variant.model_file
     if not served.is_file():
         return [f"{served} is missing: CPU hosts serve it (configs/cpu.pbtxt); republish the model"]
     return _check_onnx(spec, served)
