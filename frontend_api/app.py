@@ -261,34 +261,26 @@ async def get_service(request: Request) -> PlatformService:
     return service
 
 
-async def get_settings(request: Request) -> ApiSettings:
-    settings: ApiSettings = request.app.state.settings
-    return settings
-
-
 ServiceDep = Annotated[PlatformService, Depends(get_service)]
-SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 _bearer = HTTPBearer(auto_error=False, description="API key, when the facade is configured with MTC_API_API_KEYS")
-
-
-async def require_api_key(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
-    """Check ``Authorization: Bearer <key>`` when keys are configured (constant-time comparison)."""
-    settings: ApiSettings = request.app.state.settings
-    if not settings.api_keys:
-        return
-    offered = credentials.credentials.encode() if credentials is not None else b""
-    if not any(hmac.compare_digest(offered, key.get_secret_value().encode()) for key in settings.api_keys):
-        raise Unauthorized(
-            "send a valid API key as `Authorization: Bearer <key>`", headers={"WWW-Authenticate": "Bearer"}
-        )
 
 
 def auth_dependencies(settings: ApiSettings) -> list[Any]:
     """The API-key check for protected routes, only when keys are configured: then OpenAPI declares the
     bearer scheme, and an open facade neither advertises authentication nor pays for resolving it."""
-    return [Depends(require_api_key)] if settings.api_keys else []
+    if not settings.api_keys:
+        return []
+    keys = [key.get_secret_value().encode() for key in settings.api_keys]
+
+    async def require_api_key(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+        """Check ``Authorization: Bearer <key>`` (constant-time comparison with every key)."""
+        offered = credentials.credentials.encode() if credentials is not None else b""
+        if not any(hmac.compare_digest(offered, key) for key in keys):
+            raise Unauthorized(
+                "send a valid API key as `Authorization: Bearer <key>`", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    return [Depends(require_api_key)]
 
 
 @asynccontextmanager
