@@ -39,7 +39,7 @@ from pydantic import BaseModel
 from bench.loadgen import LoadResult, percentile, run_load
 from serving.processes import ManagedProcess, python_module
 from serving.triton import PROJECT_ROOT, TritonServer
-from taskspec import DISASTER, PREPROCESSING_FILE, SENTIMENT, TOKENIZER_FILE, TaskSpec
+from taskspec import DISASTER, INT8_MODEL_FILE, PREPROCESSING_FILE, SENTIMENT, TOKENIZER_FILE, TaskSpec
 
 CACHE = PROJECT_ROOT / ".cache" / "bench-facade"
 BASELINE_CHECKPOINT_ENV = "MTC_BENCH_BASELINE_CHECKPOINT"
@@ -83,6 +83,7 @@ def build_minilm_pair(root: Path = CACHE / "minilm", *, seed: int = 0) -> ModelP
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from export.evaluate import quantize_int8
     from export.models import TextClassifier
     from export.onnx_export import export_onnx, validate_onnx
     from export.pipeline import text_batch
@@ -112,8 +113,10 @@ def build_minilm_pair(root: Path = CACHE / "minilm", *, seed: int = 0) -> ModelP
         onnx_path = Path(scratch) / "model.onnx"
         export_onnx(module, SENTIMENT, {k: torch.from_numpy(v) for k, v in sample.items()}, onnx_path)
         validate_onnx(module, onnx_path, SENTIMENT, validation)
+        int8 = quantize_int8(onnx_path, Path(scratch) / INT8_MODEL_FILE)  # the CPU configs serve it
         for spec in (SENTIMENT, DISASTER):  # same tensors and 2 labels: one export serves both tasks
-            publish(spec, onnx_path, repository, tokenizer_dir=source, card=f"# Benchmark model\n\n{description}\n")
+            card = f"# Benchmark model\n\n{description}\n"
+            publish(spec, onnx_path, repository, tokenizer_dir=source, card=card, extra_files={int8.name: int8})
     done.write_text(json.dumps(stamp))
     return ModelPair(checkpoint, repository, description)
 
