@@ -332,13 +332,14 @@ def int8_agreement(fp32: Path, int8: Path, requests: Sequence[dict[str, np.ndarr
     """Share of inputs whose top class is the same, and the largest probability difference."""
     import onnxruntime as ort
 
+    from frontend_api.text import softmax
+
     def probabilities(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
         if path not in sessions:  # one session per model, not one per input
             sessions[path] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         session = sessions[path]
         (logits,) = session.run(None, feeds)
-        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return np.asarray(shifted / shifted.sum(axis=-1, keepdims=True))
+        return softmax(logits)
 
     sessions: dict[Path, Any] = {}
     same, worst = 0, 0.0
