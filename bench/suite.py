@@ -22,7 +22,8 @@ import importlib
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -288,6 +289,18 @@ async def measure_task_sweeps(
             results.sweeps[task] = levels
 
 
+@asynccontextmanager
+async def triton_client(triton: TritonServer) -> AsyncIterator[Any]:
+    """An asyncio tritonclient for ``triton`` with room for the highest concurrency level, closed after use."""
+    import tritonclient.http.aio as aio
+
+    client = aio.InferenceServerClient(f"{triton.host}:{triton.http_port}", conn_limit=256)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
 async def measure_batching(
     config: BenchConfig,
     triton: TritonServer,
@@ -295,10 +308,7 @@ async def measure_batching(
     requests: dict[str, list[dict[str, np.ndarray]]],
     results: BenchResults,
 ) -> None:
-    import tritonclient.http.aio as aio
-
-    client = aio.InferenceServerClient(f"{triton.host}:{triton.http_port}", conn_limit=256)
-    try:
+    async with triton_client(triton) as client:
         for task in config.tasks:
             spec = get_task(task)
             points = []
@@ -324,8 +334,6 @@ async def measure_batching(
                     points.append(BatchingPoint(label, result, batches_between(before, after)))
             points.sort(key=lambda p: (p.variant != "dynamic batching on", p.result.concurrency))
             results.batching[task] = points
-    finally:
-        await client.close()
 
 
 def int8_agreement(fp32: Path, int8: Path, requests: Sequence[dict[str, np.ndarray]]) -> tuple[float, float]:
@@ -357,10 +365,7 @@ async def measure_int8(
     requests: dict[str, list[dict[str, np.ndarray]]],
     results: BenchResults,
 ) -> None:
-    import tritonclient.http.aio as aio
-
-    client = aio.InferenceServerClient(f"{triton.host}:{triton.http_port}", conn_limit=256)
-    try:
+    async with triton_client(triton) as client:
         for task in config.tasks:
             if "int8" not in variants.models.get(task, {}):
                 continue
@@ -393,8 +398,6 @@ async def measure_int8(
                     comparison.points.append((label, result))
             comparison.points.sort(key=lambda p: (p[0] != "fp32", p[1].concurrency))
             results.int8[task] = comparison
-    finally:
-        await client.close()
 
 
 FacadeComparisons = Callable[..., dict[str, Any]]
