@@ -467,7 +467,6 @@ def create_app(
         ),
         lifespan=lifespan,
     )
-    app.state.settings = settings
     app.state.metrics = metrics
     app.state.limiter = InFlightLimiter(settings.max_in_flight, metrics)
 
