@@ -3,8 +3,9 @@
 Three comparisons, each measured in one run on one machine, same model and same inputs:
 
 1. **Overhead** - p50 latency of one ~60-token text at concurrency 1: ``POST /v1/sentiment`` on the
-   facade vs a direct ``tritonclient`` (asyncio HTTP) call that sends already-tokenized input. The two
-   alternate request by request, so background load hits both alike.
+   facade vs a direct ``tritonclient`` (asyncio HTTP) call that sends already-tokenized input, and as a
+   reference a minimal ASGI proxy (:func:`proxy_app`) that forwards the same token ids: the cost of the
+   extra HTTP hop alone. They alternate request by request, so background load hits all alike.
 2. **Throughput vs the original design** - requests/s at concurrency 32 with mixed-length movie
    reviews: the facade (tokenize + Triton with dynamic batching) vs FastAPI calling a ``transformers``
    text-classification pipeline in-process with the same weights (:func:`baseline_app`).
@@ -49,6 +50,7 @@ MIN_DURATION_S = 8.0
 PAIR_LAYOUT = 2
 """Bumped when publishing changes what a version holds (2: model.int8.onnx, configs/cpu.pbtxt, 32-step buckets)."""
 BASELINE_INT8_ENV = "MTC_BENCH_BASELINE_INT8"
+PROXY_TRITON_ENV = "MTC_BENCH_PROXY_TRITON"
 FALLBACK_REVIEWS = (
     "A beautiful, moving film with a career-best performance from the lead.",
     "Two hours of my life I will never get back. The plot makes no sense and the dialogue is wooden.",
@@ -174,6 +176,69 @@ def baseline_app() -> Any:
     return app
 
 
+def proxy_app() -> Callable[[Any, Any, Any], Awaitable[None]]:
+    """Reference for the overhead comparison (uvicorn factory): the least a Python service in front of Triton does.
+
+    Plain ASGI, no framework: ``POST`` a JSON body ``{"model", "inputs": {name: token ids}, "output"}``, get
+    ``{"probabilities": ...}`` back, the tensors forwarded with ``tritonclient`` (asyncio HTTP) as the facade
+    does. No validation, tokenization, metrics, limits or error handling: what it costs over a direct call is
+    the extra HTTP hop itself (uvicorn, the event loop, one more process to wake), which any facade written in
+    Python pays on the same host. Triton's address (host:port) comes from ``MTC_BENCH_PROXY_TRITON``.
+    """
+    import tritonclient.http.aio as aio
+
+    from frontend_api.text import softmax
+
+    url = os.environ[PROXY_TRITON_ENV]
+    clients: list[Any] = []
+
+    async def reply(send: Any, document: object) -> None:
+        body = json.dumps(document).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    clients.append(aio.InferenceServerClient(url))
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    for client in clients:
+                        await client.close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["method"] != "POST":
+            await reply(send, {"status": "ok"})  # the readiness probe
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        request = json.loads(b"".join(chunks))
+        feeds = {name: np.asarray(ids, dtype=np.int64) for name, ids in request["inputs"].items()}
+        output = aio.InferRequestedOutput(request["output"], binary_data=True)
+        result = await clients[0].infer(request["model"], infer_inputs(feeds), outputs=[output])
+        await reply(send, {"probabilities": softmax(result.as_numpy(request["output"])).tolist()})
+
+    return app
+
+
+def infer_inputs(feeds: Mapping[str, np.ndarray]) -> list[Any]:
+    """``tritonclient`` inputs (asyncio HTTP, binary tensor data) for named int64 arrays."""
+    import tritonclient.http.aio as aio
+
+    inputs = []
+    for name, array in feeds.items():
+        tensor = aio.InferInput(name, list(array.shape), "INT64")
+        tensor.set_data_from_numpy(array, binary_data=True)
+        inputs.append(tensor)
+    return inputs
+
+
 # --- servers -----------------------------------------------------------------------------------------------
 
 
@@ -214,36 +279,46 @@ def facade_for(
 
 
 @contextmanager
-def transformers_baseline(checkpoint: Path, log_dir: Path, *, int8: bool = False) -> Iterator[str]:
-    """The original design as a process (:func:`baseline_app`, ``int8``: with torch dynamic int8); yields its URL."""
+def factory_server(name: str, factory: str, log_dir: Path, env: Mapping[str, str]) -> Iterator[str]:
+    """A uvicorn process serving ``factory`` (``module:function``) on a free port; yields its base URL."""
     from serving.triton import free_port
 
     port = free_port()
     process = ManagedProcess(
-        name="transformers baseline" + (" int8" if int8 else ""),
+        name=name,
         command=python_module(
-            "uvicorn",
-            "bench.facade:baseline_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
+            "uvicorn", factory, "--factory", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"
         ),
         ready_url=f"http://127.0.0.1:{port}/healthz",
-        log_file=log_dir / f"transformers-baseline{'-int8' if int8 else ''}.log",
-        env={
-            BASELINE_CHECKPOINT_ENV: str(checkpoint),
-            BASELINE_INT8_ENV: "1" if int8 else "0",
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-        },
+        log_file=log_dir / f"{name.replace(' ', '-')}.log",
+        env=dict(env),
         cwd=PROJECT_ROOT,
         startup_timeout=300,
     )
     with process:
         yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def transformers_baseline(checkpoint: Path, log_dir: Path, *, int8: bool = False) -> Iterator[str]:
+    """The original design as a process (:func:`baseline_app`, ``int8``: with torch dynamic int8); yields its URL."""
+    env = {
+        BASELINE_CHECKPOINT_ENV: str(checkpoint),
+        BASELINE_INT8_ENV: "1" if int8 else "0",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    name = "transformers baseline" + (" int8" if int8 else "")
+    with factory_server(name, "bench.facade:baseline_app", log_dir, env) as url:
+        yield url
+
+
+@contextmanager
+def proxy_for(triton: TritonServer, log_dir: Path) -> Iterator[str]:
+    """The minimal proxy (:func:`proxy_app`) in front of ``triton`` as a process; yields its URL."""
+    env = {PROXY_TRITON_ENV: f"{triton.host}:{triton.http_port}"}
+    with factory_server("minimal proxy", "bench.facade:proxy_app", log_dir, env) as url:
+        yield url
 
 
 THROUGHPUT_SERVERS = {
@@ -345,14 +420,7 @@ def triton_sender(client: Any, model: str, requests: Sequence[dict[str, np.ndarr
     """Direct ``tritonclient`` (asyncio HTTP) inference with already-tokenized input."""
     import tritonclient.http.aio as aio
 
-    prepared = []
-    for feeds in requests:
-        inputs = []
-        for name, array in feeds.items():
-            tensor = aio.InferInput(name, list(array.shape), "INT64")
-            tensor.set_data_from_numpy(array, binary_data=True)
-            inputs.append(tensor)
-        prepared.append(inputs)
+    prepared = [infer_inputs(feeds) for feeds in requests]
     outputs = [aio.InferRequestedOutput("logits", binary_data=True)]
 
     async def send(n: int) -> None:
@@ -403,25 +471,39 @@ def _load_summary(result: LoadResult) -> dict[str, Any]:
 
 
 async def compare_overhead(
-    facade_url: str, triton: TritonServer, version_dir: Path, texts: Sequence[str], *, requests: int = 300
+    facade_url: str,
+    triton: TritonServer,
+    version_dir: Path,
+    texts: Sequence[str],
+    *,
+    proxy_url: str | None = None,
+    requests: int = 300,
 ) -> dict[str, Any]:
-    """Facade vs direct tritonclient, p50 at concurrency 1 for one ~60-token text (alternating)."""
+    """Facade vs direct tritonclient, p50 at concurrency 1 for one ~60-token text (alternating).
+
+    ``proxy_url``: also the minimal proxy (:func:`proxy_app`) with the same token ids, in the same rotation.
+    """
     import tritonclient.http.aio as aio
 
     encoder = Encoder(version_dir)
     text, n_tokens = pick_text(texts, encoder)
+    feeds = encoder.encode_one(text)
     client = aio.InferenceServerClient(f"{triton.host}:{triton.http_port}")
     try:
         async with aiohttp.ClientSession() as session:
             senders = {
                 "facade": http_sender(session, f"{facade_url}/v1/sentiment", [{"texts": [text]}]),
-                "direct": triton_sender(client, "sentiment", [encoder.encode_one(text)]),
+                "direct": triton_sender(client, "sentiment", [feeds]),
             }
+            if proxy_url is not None:
+                inputs = {name: array.tolist() for name, array in feeds.items()}
+                body = {"model": "sentiment", "inputs": inputs, "output": SENTIMENT.output.name}
+                senders["proxy"] = http_sender(session, f"{proxy_url}/infer", [body])
             latencies = await alternating_latency(senders, requests)
     finally:
         await client.close()
     facade, direct = _stats(latencies["facade"]), _stats(latencies["direct"])
-    return {
+    result = {
         "text_tokens": n_tokens,
         "padded_to": encoder.bucket(n_tokens),
         "facade": facade,
@@ -429,6 +511,11 @@ async def compare_overhead(
         "p50_ratio": round(facade["p50_ms"] / direct["p50_ms"], 3),
         "target_ratio": 1.15,
     }
+    if "proxy" in latencies:
+        proxy = _stats(latencies["proxy"])
+        result["minimal_proxy"] = proxy
+        result["proxy_p50_ratio"] = round(proxy["p50_ms"] / direct["p50_ms"], 3)
+    return result
 
 
 async def _closed_loop(
@@ -556,9 +643,25 @@ def markdown(results: dict[str, Any]) -> str:
             f"{f['p99_ms']:.2f} |",
             f"| direct tritonclient (pre-tokenized) | {d['requests']} | {d['p50_ms']:.2f} | {d['p95_ms']:.2f} | "
             f"{d['p99_ms']:.2f} |",
+        ]
+        proxy = overhead.get("minimal_proxy")
+        if proxy:
+            lines.append(
+                f"| reference: minimal ASGI proxy (pre-tokenized) | {proxy['requests']} | {proxy['p50_ms']:.2f} | "
+                f"{proxy['p95_ms']:.2f} | {proxy['p99_ms']:.2f} |"
+            )
+        lines += [
             "",
             f"p50 ratio facade / direct: **{overhead['p50_ratio']:.3f}** (target <= {overhead['target_ratio']}).",
         ]
+        if proxy:
+            total, hop = f["p50_ms"] - d["p50_ms"], proxy["p50_ms"] - d["p50_ms"]
+            lines.append(
+                "The minimal proxy (plain ASGI on uvicorn, JSON token ids in, the same tritonclient call; no "
+                f"framework, validation, tokenization or metrics) is at **{overhead['proxy_p50_ratio']:.3f}**: of "
+                f"the facade's {total:.2f} ms over the direct call, {hop:.2f} ms is the extra Python HTTP hop itself "
+                f"and {total - hop:.2f} ms the facade's own work (validation, tokenization, FastAPI, metrics)."
+            )
     throughput = results.get("throughput")
     if throughput:
         lines += [
@@ -700,10 +803,17 @@ def _measure(
     notes.append(f"Inputs: reviews from {review_source}; tweets from {tweet_source}.")
     with facade_for(triton, repository, log_dir, tasks, padding="buckets", name="facade-bench") as facade_url:
         if "sentiment" in tasks:
-            print("==> facade overhead vs direct tritonclient", flush=True)
-            results["overhead"] = asyncio.run(
-                compare_overhead(facade_url, triton, published_version_dir(repository, "sentiment"), reviews)
-            )
+            print("==> facade overhead vs direct tritonclient (and a minimal proxy)", flush=True)
+            with proxy_for(triton, log_dir) as proxy_url:
+                results["overhead"] = asyncio.run(
+                    compare_overhead(
+                        facade_url,
+                        triton,
+                        published_version_dir(repository, "sentiment"),
+                        reviews,
+                        proxy_url=proxy_url,
+                    )
+                )
             if checkpoint_pair is not None:
                 print("==> throughput vs FastAPI + transformers pipeline", flush=True)
                 results["throughput"] = throughput_with_references(

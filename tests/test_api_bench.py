@@ -69,7 +69,9 @@ def test_report_section_states_ratios_against_the_targets() -> None:
             "padded_to": 64,
             "facade": {"requests": 10, "p50_ms": 11.0, "p95_ms": 12.0, "p99_ms": 13.0},
             "direct_tritonclient": {"requests": 10, "p50_ms": 10.0, "p95_ms": 11.0, "p99_ms": 12.0},
+            "minimal_proxy": {"requests": 10, "p50_ms": 10.25, "p95_ms": 11.5, "p99_ms": 12.5},
             "p50_ratio": 1.1,
+            "proxy_p50_ratio": 1.025,
             "target_ratio": 1.15,
         },
         "throughput": {
@@ -125,6 +127,9 @@ def test_report_section_states_ratios_against_the_targets() -> None:
     assert "Concurrency 32: buckets / fixed mean req/s = **2.0x**." in text
     assert any("bucketed padding gives x2.0" in line for line in headlines(results))
     assert "p50 ratio facade / direct: **1.100** (target <= 1.15)" in text
+    assert "| reference: minimal ASGI proxy (pre-tokenized) | 10 | 10.25 | 11.50 | 12.50 |" in text
+    assert "is at **1.025**: of the facade's 1.00 ms over the direct call, 0.25 ms is the extra" in text
+    assert "0.75 ms the facade's own work" in text
     assert "Throughput ratio facade / original: **3.0x**" in text
     assert "config.pbtxt (fp32, one instance): 4.5 req/s, 1.50x the original." in text
     assert any("x1.100" in line for line in headlines(results))

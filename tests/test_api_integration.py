@@ -141,6 +141,23 @@ def test_text_probabilities_match_onnx_runtime_on_the_same_model(stack: Stack) -
             assert prediction["label"] == SENTIMENT.labels[int(np.argmax(row))]
 
 
+def test_the_benchmarks_minimal_proxy_answers_what_the_facade_answers(stack: Stack, tmp_path: Path) -> None:
+    """bench/facade.py's overhead reference forwards token ids to the same Triton: same probabilities."""
+    from bench.facade import Encoder, proxy_for
+
+    text = "A beautiful, moving film with a career-best performance from the lead."
+    facade = httpx.post(f"{stack.api_url}/v1/sentiment", json={"texts": [text]}, timeout=30)
+    assert facade.status_code == 200, facade.text
+    expected = [facade.json()["predictions"][0]["probabilities"][label] for label in SENTIMENT.labels]
+    feeds = Encoder(stack.repository / "sentiment" / "1").encode_one(text)
+    body = {"model": "sentiment", "inputs": {k: v.tolist() for k, v in feeds.items()}, "output": SENTIMENT.output.name}
+    with proxy_for(stack.triton, tmp_path) as proxy_url:
+        response = httpx.post(f"{proxy_url}/infer", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    (got,) = response.json()["probabilities"]
+    assert got == pytest.approx(expected, abs=1e-6)
+
+
 def photo(color: tuple[int, int, int]) -> bytes:
     buffer = io.BytesIO()
     image = Image.new("RGB", (320, 240), color)
