@@ -37,10 +37,11 @@ import aiohttp
 import numpy as np
 from pydantic import BaseModel
 
-from bench.loadgen import LoadResult, percentile, run_load
+from bench.inputs import TextEncoder
+from bench.loadgen import LoadResult, Send, percentile, run_load, triton_sender
 from serving.processes import ManagedProcess, python_module
 from serving.triton import PROJECT_ROOT, TritonServer
-from taskspec import DISASTER, INT8_MODEL_FILE, PREPROCESSING_FILE, SENTIMENT, TOKENIZER_FILE, TaskSpec
+from taskspec import DISASTER, INT8_MODEL_FILE, SENTIMENT, TaskSpec
 
 CACHE = PROJECT_ROOT / ".cache" / "bench-facade"
 BASELINE_CHECKPOINT_ENV = "MTC_BENCH_BASELINE_CHECKPOINT"
@@ -188,6 +189,7 @@ def proxy_app() -> Callable[[Any, Any, Any], Awaitable[None]]:
     import tritonclient.http.aio as aio
 
     from frontend_api.text import softmax
+    from frontend_api.triton_client import infer_inputs
 
     url = os.environ[PROXY_TRITON_ENV]
     clients: list[Any] = []
@@ -225,18 +227,6 @@ def proxy_app() -> Callable[[Any, Any, Any], Awaitable[None]]:
         await reply(send, {"probabilities": softmax(result.as_numpy(request["output"])).tolist()})
 
     return app
-
-
-def infer_inputs(feeds: Mapping[str, np.ndarray]) -> list[Any]:
-    """``tritonclient`` inputs (asyncio HTTP, binary tensor data) for named int64 arrays."""
-    import tritonclient.http.aio as aio
-
-    inputs = []
-    for name, array in feeds.items():
-        tensor = aio.InferInput(name, list(array.shape), "INT64")
-        tensor.set_data_from_numpy(array, binary_data=True)
-        inputs.append(tensor)
-    return inputs
 
 
 # --- servers -----------------------------------------------------------------------------------------------
@@ -346,32 +336,14 @@ def load_texts(spec: TaskSpec, limit: int = 64) -> tuple[list[str], str]:
     return list(FALLBACK_REVIEWS), "built-in sentences"
 
 
-class Encoder:
-    """The published tokenizer and buckets of one version (for the direct-Triton client and statistics)."""
-
-    def __init__(self, version_dir: Path) -> None:
-        from tokenizers import Tokenizer
-
-        doc = json.loads((version_dir / PREPROCESSING_FILE).read_text())
-        self.buckets: tuple[int, ...] = tuple(sorted(doc["text"]["buckets"]))
-        self.tokenizer = Tokenizer.from_file(str(version_dir / TOKENIZER_FILE))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length=self.buckets[-1])
+class Encoder(TextEncoder):
+    """The published tokenizer and buckets of one version, with the counts the statistics need."""
 
     def n_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text).ids)
 
-    def bucket(self, n: int) -> int:
-        return next((b for b in self.buckets if n <= b), self.buckets[-1])
-
     def encode_one(self, text: str) -> dict[str, np.ndarray]:
-        ids = self.tokenizer.encode(text).ids
-        length = self.bucket(len(ids))
-        input_ids = np.zeros((1, length), np.int64)
-        mask = np.zeros((1, length), np.int64)
-        input_ids[0, : len(ids)] = ids
-        mask[0, : len(ids)] = 1
-        return {"input_ids": input_ids, "attention_mask": mask}
+        return self.encode([text])
 
 
 def pick_text(texts: Sequence[str], encoder: Encoder, target: int = TARGET_TOKENS) -> tuple[str, int]:
@@ -401,8 +373,6 @@ def padding_statistics(texts: Sequence[str], encoder: Encoder) -> dict[str, floa
 
 # --- senders -----------------------------------------------------------------------------------------------
 
-Send = Callable[[int], Awaitable[object]]
-
 
 def http_sender(session: aiohttp.ClientSession, url: str, bodies: Sequence[dict[str, Any]]) -> Send:
     """POST ``bodies[n % len]`` to ``url``; a non-200 answer raises (and counts as an error)."""
@@ -412,21 +382,6 @@ def http_sender(session: aiohttp.ClientSession, url: str, bodies: Sequence[dict[
             payload = await response.read()
             if response.status != 200:
                 raise RuntimeError(f"HTTP {response.status}: {payload[:200]!r}")
-
-    return send
-
-
-def triton_sender(client: Any, model: str, requests: Sequence[dict[str, np.ndarray]]) -> Send:
-    """Direct ``tritonclient`` (asyncio HTTP) inference with already-tokenized input."""
-    import tritonclient.http.aio as aio
-
-    prepared = [infer_inputs(feeds) for feeds in requests]
-    outputs = [aio.InferRequestedOutput("logits", binary_data=True)]
-
-    async def send(n: int) -> None:
-        result = await client.infer(model, prepared[n % len(prepared)], outputs=outputs)
-        if result.as_numpy("logits") is None:
-            raise RuntimeError("no logits")
 
     return send
 
@@ -485,7 +440,7 @@ async def compare_overhead(
     """
     import tritonclient.http.aio as aio
 
-    encoder = Encoder(version_dir)
+    encoder = Encoder(version_dir, SENTIMENT)
     text, n_tokens = pick_text(texts, encoder)
     feeds = encoder.encode_one(text)
     client = aio.InferenceServerClient(f"{triton.host}:{triton.http_port}")
@@ -493,7 +448,7 @@ async def compare_overhead(
         async with aiohttp.ClientSession() as session:
             senders = {
                 "facade": http_sender(session, f"{facade_url}/v1/sentiment", [{"texts": [text]}]),
-                "direct": triton_sender(client, "sentiment", [feeds]),
+                "direct": triton_sender(client, "sentiment", SENTIMENT, [feeds]),
             }
             if proxy_url is not None:
                 inputs = {name: array.tolist() for name, array in feeds.items()}
@@ -553,7 +508,7 @@ async def compare_throughput(
     direct_feeds = None
     review_padding = None
     if triton is not None and version_dir is not None:
-        encoder = Encoder(version_dir)
+        encoder = Encoder(version_dir, SENTIMENT)
         direct_feeds = [encoder.encode_one(r) for r in reviews]
         review_padding = padding_statistics(reviews, encoder)
         runs["direct"] = []
@@ -569,7 +524,7 @@ async def compare_throughput(
         if triton is not None and direct_feeds is not None:
             client = aio.InferenceServerClient(f"{triton.host}:{triton.http_port}", conn_limit=concurrency * 2)
             try:
-                send = triton_sender(client, "sentiment", direct_feeds)
+                send = triton_sender(client, "sentiment", SENTIMENT, direct_feeds)
                 runs["direct"].append(
                     await run_load(send, concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s)
                 )
@@ -824,7 +779,7 @@ def _measure(
             with facade_for(
                 triton, repository, log_dir, tasks, padding="max_length", name="facade-bench-fixed"
             ) as fixed:
-                encoder = Encoder(published_version_dir(repository, "disaster"))
+                encoder = Encoder(published_version_dir(repository, "disaster"), DISASTER)
                 results["padding"] = asyncio.run(
                     compare_padding(facade_url, fixed, tweets, encoder, duration_s=duration_s, warmup_s=warmup_s)
                 )

@@ -119,11 +119,15 @@ class TextEncoder:
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.buckets[-1])
 
+    def bucket(self, n_tokens: int) -> int:
+        """The length a text of ``n_tokens`` is padded to: the smallest bucket that holds it."""
+        return next((b for b in self.buckets if n_tokens <= b), self.buckets[-1])
+
     def encode(self, texts: list[str], *, fixed: bool = False) -> dict[str, np.ndarray]:
         """``input_ids``/``attention_mask`` padded to the bucket of the longest text (or the max length)."""
         encodings = self.tokenizer.encode_batch(texts)
         longest = max(len(e.ids) for e in encodings)
-        length = self.buckets[-1] if fixed else next((b for b in self.buckets if longest <= b), self.buckets[-1])
+        length = self.buckets[-1] if fixed else self.bucket(longest)
         ids = np.zeros((len(texts), length), dtype=np.int64)
         mask = np.zeros((len(texts), length), dtype=np.int64)
         for row, encoding in enumerate(encodings):

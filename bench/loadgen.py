@@ -13,12 +13,35 @@ import asyncio
 import math
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from taskspec import TaskSpec
 
 Send = Callable[[int], Awaitable[object]]
 """One request: called with a running request number (use it to pick an input), awaited."""
+
+
+def triton_sender(client: Any, model: str, spec: TaskSpec, requests: Sequence[Mapping[str, np.ndarray]]) -> Send:
+    """A ``send(n)`` that infers request ``n % len(requests)`` (``spec``'s input tensors) on ``model`` through
+    ``client`` (``tritonclient.http.aio``); an answer without ``spec``'s output raises."""
+    from tritonclient.http import InferRequestedOutput
+
+    from frontend_api.triton_client import infer_inputs
+
+    prepared = [infer_inputs({t.name: feeds[t.name] for t in spec.inputs}) for feeds in requests]
+    outputs = [InferRequestedOutput(spec.output.name, binary_data=True)]
+
+    async def send(n: int) -> None:
+        result = await client.infer(model, prepared[n % len(prepared)], outputs=outputs)
+        if result.as_numpy(spec.output.name) is None:
+            raise RuntimeError(f"{model} returned no {spec.output.name}")
+
+    return send
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

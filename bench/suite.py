@@ -32,7 +32,7 @@ import httpx
 import numpy as np
 
 from bench.inputs import Samples, TextEncoder, image_tensor, load_samples
-from bench.loadgen import LoadResult, Send, run_load
+from bench.loadgen import LoadResult, Send, run_load, triton_sender
 from bench.servers import (
     batches_between,
     executed_batches,
@@ -176,29 +176,6 @@ def triton_requests(spec: TaskSpec, version_dir: Path, samples: Samples) -> list
         return [encoder.encode([text]) for text in samples.texts]
     (pixels,) = spec.inputs
     return [{pixels.name: image_tensor(data, spec)} for data in samples.images]
-
-
-def triton_sender(client: Any, model: str, spec: TaskSpec, requests: Sequence[dict[str, np.ndarray]]) -> Send:
-    """An async ``send(n)`` that infers request ``n % len(requests)`` on ``model``."""
-    import tritonclient.http.aio as aio
-
-    prepared = []
-    for feeds in requests:
-        inputs = []
-        for tensor in spec.inputs:
-            array = feeds[tensor.name]
-            item = aio.InferInput(tensor.name, list(array.shape), tensor.wire_dtype)
-            item.set_data_from_numpy(array)
-            inputs.append(item)
-        prepared.append(inputs)
-    outputs = [aio.InferRequestedOutput(spec.output.name)]
-
-    async def send(n: int) -> None:
-        result = await client.infer(model, prepared[n % len(prepared)], outputs=outputs)
-        if result.as_numpy(spec.output.name) is None:
-            raise RuntimeError(f"{model} returned no {spec.output.name}")
-
-    return send
 
 
 def facade_sender(

@@ -116,6 +116,16 @@ def parse_statistics(document: Mapping[str, Any]) -> list[TritonModelStats]:
     return rows
 
 
+def infer_inputs(arrays: Mapping[str, np.ndarray]) -> list[InferInput]:
+    """Named arrays as ``tritonclient`` HTTP inputs (binary tensor data, Triton dtype from the array's)."""
+    tensors = []
+    for name, array in arrays.items():
+        tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array, binary_data=True)
+        tensors.append(tensor)
+    return tensors
+
+
 class TritonHttpClient:
     """:class:`TritonBackend` over Triton's HTTP/REST protocol (binary tensor data), asyncio.
 
@@ -170,11 +180,7 @@ class TritonHttpClient:
         return versions
 
     async def infer(self, model: str, version: str, inputs: Mapping[str, np.ndarray], output: str) -> InferOutput:
-        tensors = []
-        for name, array in inputs.items():
-            tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array, binary_data=True)
-            tensors.append(tensor)
+        tensors = infer_inputs(inputs)
         outputs = [InferRequestedOutput(output, binary_data=True)]
         result = await self._call(
             f"an inference request to {model!r}",

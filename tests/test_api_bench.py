@@ -20,12 +20,13 @@ from bench.facade import (
     pick_text,
 )
 from frontend_api.testing import make_artifact_repository
+from taskspec import DISASTER
 
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory: pytest.TempPathFactory) -> Encoder:
     repo = make_artifact_repository(tmp_path_factory.mktemp("bench-artifacts"), tasks=["disaster"])
-    return Encoder(repo / "disaster" / "1")
+    return Encoder(repo / "disaster" / "1", DISASTER)
 
 
 def test_pick_text_finds_a_text_near_the_target_length(encoder: Encoder) -> None:

@@ -149,7 +149,7 @@ def test_the_benchmarks_minimal_proxy_answers_what_the_facade_answers(stack: Sta
     facade = httpx.post(f"{stack.api_url}/v1/sentiment", json={"texts": [text]}, timeout=30)
     assert facade.status_code == 200, facade.text
     expected = [facade.json()["predictions"][0]["probabilities"][label] for label in SENTIMENT.labels]
-    feeds = Encoder(stack.repository / "sentiment" / "1").encode_one(text)
+    feeds = Encoder(stack.repository / "sentiment" / "1", SENTIMENT).encode_one(text)
     body = {"model": "sentiment", "inputs": {k: v.tolist() for k, v in feeds.items()}, "output": SENTIMENT.output.name}
     with proxy_for(stack.triton, tmp_path) as proxy_url:
         response = httpx.post(f"{proxy_url}/infer", json=body, timeout=30)
