@@ -28,7 +28,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -505,31 +505,29 @@ async def compare_throughput(
 
     bodies = [{"texts": [r]} for r in reviews]
     runs: dict[str, list[LoadResult]] = {"facade": [], "transformers": [], **{name: [] for name in references or {}}}
-    direct_feeds = None
     review_padding = None
-    if triton is not None and version_dir is not None:
-        encoder = Encoder(version_dir, SENTIMENT)
-        direct_feeds = [encoder.encode_one(r) for r in reviews]
-        review_padding = padding_statistics(reviews, encoder)
-        runs["direct"] = []
-    for _ in range(rounds):
-        runs["facade"].append(
-            await _closed_loop(f"{facade_url}/v1/sentiment", bodies, concurrency, duration_s, warmup_s, "facade")
-        )
-        runs["transformers"].append(
-            await _closed_loop(f"{baseline_url}/predict", bodies, concurrency, duration_s, warmup_s, "transformers")
-        )
-        for name, url in (references or {}).items():
-            runs[name].append(await _closed_loop(url, bodies, concurrency, duration_s, warmup_s, name))
-        if triton is not None and direct_feeds is not None:
+    async with AsyncExitStack() as stack:
+        direct: Send | None = None
+        if triton is not None and version_dir is not None:
+            encoder = Encoder(version_dir, SENTIMENT)
+            review_padding = padding_statistics(reviews, encoder)
             client = aio.InferenceServerClient(f"{triton.host}:{triton.http_port}", conn_limit=concurrency * 2)
-            try:
-                send = triton_sender(client, "sentiment", SENTIMENT, direct_feeds)
+            stack.push_async_callback(client.close)
+            direct = triton_sender(client, "sentiment", SENTIMENT, [encoder.encode_one(r) for r in reviews])
+            runs["direct"] = []
+        for _ in range(rounds):
+            runs["facade"].append(
+                await _closed_loop(f"{facade_url}/v1/sentiment", bodies, concurrency, duration_s, warmup_s, "facade")
+            )
+            runs["transformers"].append(
+                await _closed_loop(f"{baseline_url}/predict", bodies, concurrency, duration_s, warmup_s, "transformers")
+            )
+            for name, url in (references or {}).items():
+                runs[name].append(await _closed_loop(url, bodies, concurrency, duration_s, warmup_s, name))
+            if direct is not None:
                 runs["direct"].append(
-                    await run_load(send, concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s)
+                    await run_load(direct, concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s)
                 )
-            finally:
-                await client.close()
     summary = {name: [_load_summary(r) for r in results] for name, results in runs.items()}
     rps = {name: statistics.fmean(r.throughput_rps for r in results) for name, results in runs.items()}
     return {

@@ -72,6 +72,11 @@ def _host_port(url: httpx.URL) -> tuple[str, int]:
     return url.host.lower().rstrip("."), port
 
 
+def _key(host: str, port: int) -> str:
+    """``host:port`` as the allow-lists spell it (``[v6]:port`` for an IPv6 address)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _norm(entry: str, default_port: int) -> str:
     entry = entry.strip().lower()
     if entry.startswith("["):  # [v6]:port
@@ -101,12 +106,11 @@ class UrlPolicy:
         self.public_to_internal: dict[str, httpx.URL] = {}
         if settings.s3_endpoint_url:
             endpoint = httpx.URL(settings.s3_endpoint_url)
-            host, port = _host_port(endpoint)
-            self.s3_endpoints = {f"{host}:{port}"}
+            self.s3_endpoints = {_key(*_host_port(endpoint))}
             if settings.s3_public_endpoint_url:
-                public_host, public_port = _host_port(httpx.URL(settings.s3_public_endpoint_url))
-                self.s3_endpoints.add(f"{public_host}:{public_port}")
-                self.public_to_internal[f"{public_host}:{public_port}"] = endpoint
+                public = _key(*_host_port(httpx.URL(settings.s3_public_endpoint_url)))
+                self.s3_endpoints.add(public)
+                self.public_to_internal[public] = endpoint
         else:
             region = settings.s3_region
             self.s3_endpoints = {"s3.amazonaws.com:443", f"s3.{region}.amazonaws.com:443"}
@@ -131,7 +135,7 @@ class UrlPolicy:
         if url.userinfo:
             raise UrlNotAllowed("URLs with credentials are not allowed")
         host, port = _host_port(url)
-        host_port = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        host_port = _key(host, port)
         connect_host, connect_port, connect_scheme = host, port, url.scheme
         internal = self.public_to_internal.get(host_port)
         if internal is not None:
@@ -139,10 +143,9 @@ class UrlPolicy:
             # Host header, which the request keeps. The operator configured both, so they share one trust.
             connect_host, connect_port = _host_port(internal)
             connect_scheme = internal.scheme
-        connect_host_port = (
-            f"[{connect_host}]:{connect_port}" if ":" in connect_host else f"{connect_host}:{connect_port}"
+        trusted = host_port in self.http_hosts or (
+            internal is not None and _key(connect_host, connect_port) in self.http_hosts
         )
-        trusted = host_port in self.http_hosts or (internal is not None and connect_host_port in self.http_hosts)
         if url.scheme == "http" and not trusted:
             raise UrlNotAllowed(f"plain http is not allowed for {host_port} (https only)")
         if not self._host_allowed(url, host_port):
