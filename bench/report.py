@@ -18,6 +18,15 @@ if TYPE_CHECKING:
     from bench.suite import BatchingPoint, BenchResults, StageBreakdown
 
 PRE_STAGES = ("tokenize", "fetch", "preprocess")
+STAGE_PARTS = (
+    "preprocessing",
+    "Triton queue",
+    "Triton compute",
+    "Triton call (HTTP, (de)serialisation)",
+    "rest of the facade",
+    "outside the facade (HTTP, uvicorn, client)",
+)
+"""The parts of a request that :func:`stage_columns` splits the client's latency into, in table/plot order."""
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -119,33 +128,20 @@ def stage_table(stages: list[StageBreakdown]) -> list[str]:
     ]
     for stage in stages:
         c = stage_columns(stage)
-        lines.append(
-            f"| {stage.concurrency} | {_fmt(c['client'], 2)} | {_fmt(c['facade total'], 2)} | "
-            f"{_fmt(c['preprocessing'], 2)} | {_fmt(c['Triton queue'], 2)} | {_fmt(c['Triton compute'], 2)} | "
-            f"{_fmt(c['Triton call (HTTP, (de)serialisation)'], 2)} | {_fmt(c['rest of the facade'], 2)} | "
-            f"{_fmt(c['outside the facade (HTTP, uvicorn, client)'], 2)} |"
-        )
+        cells = " | ".join(_fmt(c[name], 2) for name in ("client", "facade total", *STAGE_PARTS))
+        lines.append(f"| {stage.concurrency} | {cells} |")
     return lines
 
 
 def plot_stages(task: str, stages: list[StageBreakdown], path: Path) -> None:
-    parts = [
-        "preprocessing",
-        "Triton queue",
-        "Triton compute",
-        "Triton call (HTTP, (de)serialisation)",
-        "rest of the facade",
-        "outside the facade (HTTP, uvicorn, client)",
-    ]
     fig, ax = plt.subplots(figsize=(8, 3.8))
     labels = [str(s.concurrency) for s in stages]
+    columns = [stage_columns(stage) for stage in stages]
     bottom = [0.0] * len(stages)
-    for part in parts:
+    for part in STAGE_PARTS:
         shares = []
-        for stage in stages:
-            columns = stage_columns(stage)
-            value = columns[part]
-            total = columns["client"]
+        for c in columns:
+            value, total = c[part], c["client"]
             shares.append(100.0 * max(0.0, value) / total if total and not math.isnan(value) else 0.0)
         ax.bar(labels, shares, bottom=bottom, label=part)
         bottom = [b + v for b, v in zip(bottom, shares, strict=True)]

@@ -25,7 +25,7 @@ from export.triton_config import (
     parse_model_config,
     read_model_config,
 )
-from taskspec import PREPROCESSING_FILE, TOKENIZER_FILE, CpuServing, TaskSpec, get_task
+from taskspec import MODEL_FILE, PREPROCESSING_FILE, TOKENIZER_FILE, CpuServing, TaskSpec, get_task
 
 
 def _check_onnx(spec: TaskSpec, path: Path) -> list[str]:
@@ -78,7 +78,7 @@ def validate_task(repository: Path, spec: TaskSpec) -> list[str]:
             if saved.get("truncation") is not None or saved.get("padding") is not None:
                 problems.append(f"{tokenizer} has truncation/padding enabled (the facade pads itself)")
         problems += _check_raw_text(repository, spec)
-    problems += _check_onnx(spec, version / "model.onnx")
+    problems += _check_onnx(spec, version / MODEL_FILE)
     if spec.cpu is not None:
         problems += _check_cpu_variant(spec, spec.cpu, model_dir, version)
     return problems
