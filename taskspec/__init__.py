@@ -28,6 +28,9 @@ TOKENIZER_FILE = "tokenizer.json"
 PREPROCESSING_FILE = "preprocessing.json"
 METRICS_FILE = "metrics.json"
 MODEL_CARD_FILE = "model_card.md"
+MANIFEST_FILE = "manifest.json"
+"""``<task>/<version>/manifest.json``: SHA-256 and size of every file of the version, and its digest
+(format and reader: :mod:`taskspec.manifest`)."""
 
 TritonDType = Literal["TYPE_INT64", "TYPE_INT32", "TYPE_FP32", "TYPE_FP16", "TYPE_STRING"]
 Modality = Literal["text", "image"]
