@@ -4,6 +4,8 @@
 # the NVIDIA container toolkit (installs what is missing), fetches the project, writes .env and
 # starts the stack with the AWS override (model repository in S3, credentials from the instance
 # profile). Progress: /var/log/mtc-setup.log; `cloud-init status --wait` blocks until it is done.
+# No secret is in this script: the API keys and the dashboard login are read from the SSM parameter
+# ${secrets_parameter} (SecureString) by deploy/with_secrets.py at every start of mtc.service.
 set -euo pipefail
 exec > >(tee -a /var/log/mtc-setup.log) 2>&1
 echo "==> mtc setup started $$(date -u +%FT%TZ)"
@@ -53,6 +55,12 @@ systemctl restart docker
 # The GPU must be visible from a container before Triton is started on it.
 docker run --rm --gpus all ubuntu:22.04 nvidia-smi -L
 
+# The AWS CLI reads the secrets parameter (the Deep Learning Base AMI ships it).
+if ! command -v aws >/dev/null; then
+    apt-get update -q
+    apt-get install -y -q awscli
+fi
+
 # 4. The project.
 if [ ! -d "$$APP_DIR/.git" ]; then
     apt-get install -y -q git
@@ -60,7 +68,8 @@ if [ ! -d "$$APP_DIR/.git" ]; then
 fi
 cd "$$APP_DIR"
 
-# 5. Settings. No credentials: Triton and the facade use the instance profile (IMDSv2).
+# 5. Settings. No credentials: Triton and the facade use the instance profile (IMDSv2); the API keys
+#    and the dashboard login come from the secrets parameter at start (section 6).
 #    MinIO does not run in AWS mode; its required variables only need a value.
 umask 077
 cat > .env <<ENV
@@ -86,8 +95,8 @@ After=docker.service network-online.target
 Type=oneshot
 RemainAfterExit=yes
 WorkingDirectory=$$APP_DIR
-ExecStart=/usr/bin/docker compose -f docker-compose.yml -f docker-compose.aws.yml up -d --build --wait
-ExecStop=/usr/bin/docker compose -f docker-compose.yml -f docker-compose.aws.yml down
+ExecStart=/usr/bin/python3 deploy/with_secrets.py --parameter ${secrets_parameter} --region ${region} -- /usr/bin/docker compose -f docker-compose.yml -f docker-compose.aws.yml up -d --build --wait
+ExecStop=/usr/bin/python3 deploy/with_secrets.py --parameter ${secrets_parameter} --region ${region} -- /usr/bin/docker compose -f docker-compose.yml -f docker-compose.aws.yml down
 TimeoutStartSec=1800
 
 [Install]
