@@ -228,9 +228,17 @@ def instance_policy(config: DeployConfig, account: str) -> dict[str, Any]:
         "Version": "2012-10-17",
         "Statement": [
             {
+                # Its own statement: a GetBucketLocation request has no s3:prefix, so the condition below
+                # would deny it.
+                "Sid": "FindTheBuckets",
+                "Effect": "Allow",
+                "Action": ["s3:GetBucketLocation"],
+                "Resource": [models, uploads],
+            },
+            {
                 "Sid": "ListModelRepository",
                 "Effect": "Allow",
-                "Action": ["s3:ListBucket", "s3:GetBucketLocation"],
+                "Action": ["s3:ListBucket"],
                 "Resource": [models],
                 "Condition": {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}},
             },

@@ -70,7 +70,8 @@ cd "$$APP_DIR"
 
 # 5. Settings. No credentials: Triton and the facade use the instance profile (IMDSv2); the API keys
 #    and the dashboard login come from the secrets parameter at start (section 6).
-#    MinIO does not run in AWS mode; its required variables only need a value.
+#    MinIO does not run in AWS mode; its required variables only need a value (random, in case someone
+#    starts it by hand).
 umask 077
 cat > .env <<ENV
 AWS_DEFAULT_REGION=${region}
@@ -82,6 +83,9 @@ MTC_DASHBOARD_ORIGINS=$$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-secon
     | xargs -I{} curl -fsS -H 'X-aws-ec2-metadata-token: {}' http://169.254.169.254/latest/meta-data/public-ipv4 || echo localhost):5006
 MINIO_ROOT_USER=unused-in-aws-mode
 MINIO_ROOT_PASSWORD=$$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+MINIO_TRITON_PASSWORD=$$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+MINIO_API_PASSWORD=$$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+MINIO_PUBLISHER_PASSWORD=$$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 ENV
 
 # 6. Start, and start again on every boot.

@@ -122,6 +122,7 @@ def test_provision_creates_a_locked_down_gpu_instance(aws: boto3.Session) -> Non
     resources = {r for s in policy["Statement"] for r in s["Resource"]}
     assert resources == {
         "arn:aws:s3:::models-bkt",
+        "arn:aws:s3:::uploads-bkt",
         "arn:aws:s3:::models-bkt/model_repository/*",
         "arn:aws:s3:::uploads-bkt/uploads/*",
         f"arn:aws:ssm:{REGION}:{DEFAULT_ACCOUNT_ID}:parameter/mtc/demo/secrets",
@@ -372,7 +373,7 @@ def test_the_role_writes_only_under_the_uploads_prefix_and_reads_only_its_own_se
     for statement in statements(aws, "mtc-demo"):
         assert statement["Effect"] == "Allow"
         if "Condition" in statement:  # only the listing is narrowed by a condition (the s3:prefix)
-            assert statement["Action"] == ["s3:ListBucket", "s3:GetBucketLocation"]
+            assert statement["Action"] == ["s3:ListBucket"]
         for action in statement["Action"]:
             granted.setdefault(action, set()).update(statement["Resource"])
     assert granted["s3:PutObject"] == {"arn:aws:s3:::uploads-bkt/uploads/*"}  # never the models, never the bucket
