@@ -2,11 +2,17 @@
 
 What :func:`provision` creates, every resource tagged ``mtc:deployment=<name>``:
 
+- the deployment's secrets: two API keys (clients, the dashboard) and the dashboard's login, generated
+  here (``secrets.token_urlsafe``) and stored as one SSM Parameter Store SecureString
+  ``/mtc/<name>/secrets`` (a JSON object of environment variables). The instance reads it at every start
+  (``deploy/with_secrets.py``); no secret is in the user data, on the instance's disk or in this output;
 - an IAM role + instance profile ``mtc-<name>`` whose only permissions are reading the model
-  repository (``s3://<models_bucket>/<prefix>/*``) and reading/writing the uploads bucket (the facade
-  signs presigned upload/download URLs with these credentials);
+  repository (``s3://<models_bucket>/<prefix>/*``), putting and getting objects under
+  ``s3://<uploads_bucket>/uploads/`` (the facade signs presigned upload/download URLs with these
+  credentials) and reading that one parameter;
 - a security group ``mtc-<name>`` that opens only the facade (8080) and the dashboard (5006) to the
-  given CIDR, plus SSH (22) when an SSH CIDR is given. Triton's ports stay private;
+  allowed CIDR (the caller's own address by default, never the internet unless asked for), plus SSH
+  (22) when an SSH CIDR is given. Triton's ports stay private;
 - the instance: a GPU type (``g5.xlarge`` by default) on the newest *Deep Learning Base OSS Nvidia
   Driver GPU AMI (Ubuntu 22.04)*, IMDSv2 required with a hop limit of 1, an encrypted gp3 root volume,
   and user data (``deploy/userdata.sh``) that checks Docker and the NVIDIA container toolkit and
@@ -18,10 +24,14 @@ created or deleted here: they hold the models and outlive any one instance.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import secrets
 import string
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,8 +43,9 @@ if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_iam import IAMClient
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_ssm import SSMClient
 else:
-    EC2Client = IAMClient = S3Client = Any
+    EC2Client = IAMClient = S3Client = SSMClient = Any
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +57,14 @@ DEFAULT_AMI_OWNERS = ("amazon",)
 API_PORT = 8080
 DASHBOARD_PORT = 5006
 SSH_PORT = 22
+UPLOADS_PREFIX = "uploads/"
+"""Where the facade puts presigned uploads (``frontend_api.uploads``: ``uploads/<uuid>.<ext>``); the role may
+put and get objects there and nowhere else in the uploads bucket."""
+CHECKIP_URL = "https://checkip.amazonaws.com"
+"""Answers with the caller's public IPv4 address: the default allowed CIDR is that address /32."""
+PUBLIC_PREFIX_LENGTH = 8
+"""A CIDR broader than this (0.0.0.0/0, ::/0, a /7 ...) counts as the internet: ``allow_public`` must be set."""
+DASHBOARD_USER = "admin"
 
 
 class DeployError(RuntimeError):
@@ -59,11 +78,13 @@ class DeployConfig:
     name: str
     models_bucket: str
     uploads_bucket: str
+    allowed_cidr: str
+    """Who may reach the API and the dashboard (the CLI's default: the caller's public address /32)."""
+    allow_public: bool = False
+    """Required to open the API and the dashboard to a CIDR broader than a /8 (e.g. 0.0.0.0/0)."""
     region: str = "us-east-1"
     models_prefix: str = "model_repository"
     instance_type: str = "g5.xlarge"
-    allowed_cidr: str = "0.0.0.0/0"
-    """Who may reach the API and the dashboard. Narrow it to your own address when you can."""
     ssh_cidr: str | None = None
     """Open port 22 to this CIDR; None keeps SSH closed (use SSM Session Manager instead)."""
     key_name: str | None = None
@@ -81,6 +102,15 @@ class DeployConfig:
     def resource_name(self) -> str:
         return f"mtc-{self.name}"
 
+    @property
+    def secrets_parameter(self) -> str:
+        return secrets_parameter_name(self.name)
+
+
+def secrets_parameter_name(name: str) -> str:
+    """The SSM parameter holding a deployment's secrets."""
+    return f"/mtc/{name}/secrets"
+
 
 @dataclass
 class Deployment:
@@ -94,10 +124,17 @@ class Deployment:
     instance_profile_name: str | None = None
     instance_profile_arn: str | None = None
     public_ip: str | None = None
+    secrets_parameter: str | None = None
 
     def exists(self) -> bool:
         """Whether any resource of this deployment is still there."""
-        return bool(self.instance_ids or self.security_group_ids or self.role_name or self.instance_profile_name)
+        return bool(
+            self.instance_ids
+            or self.security_group_ids
+            or self.role_name
+            or self.instance_profile_name
+            or self.secrets_parameter
+        )
 
     def urls(self) -> dict[str, str]:
         host = self.public_ip or "<public-ip>"
@@ -109,7 +146,11 @@ def _tags(config: DeployConfig) -> list[dict[str, str]]:
 
 
 def render_user_data(config: DeployConfig) -> str:
-    """The first-boot script with this deployment's settings filled in (unknown placeholders raise)."""
+    """The first-boot script with this deployment's settings filled in (unknown placeholders raise).
+
+    It names the secrets parameter, never a secret: user data is readable by anyone who may describe
+    the instance, and by every process on it through the metadata service.
+    """
     template = string.Template(USERDATA_TEMPLATE.read_text())
     return template.substitute(
         region=config.region,
@@ -118,11 +159,68 @@ def render_user_data(config: DeployConfig) -> str:
         uploads_bucket=config.uploads_bucket,
         repo_url=config.repo_url,
         git_ref=config.git_ref,
+        secrets_parameter=config.secrets_parameter,
     )
 
 
-def instance_policy(config: DeployConfig) -> dict[str, Any]:
-    """Least privilege for the instance: read the model repository, read/write uploads; nothing else."""
+def check_allowed_cidr(cidr: str, *, allow_public: bool) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The allowed CIDR as a network; a malformed one, or one broader than a /8 without ``allow_public``,
+    raises :class:`DeployError`."""
+    try:
+        network = ipaddress.ip_network(cidr.strip(), strict=True)
+    except ValueError as exc:
+        raise DeployError(f"--allowed-cidr {cidr!r} is not a CIDR such as 203.0.113.7/32 ({exc})") from None
+    if network.prefixlen < PUBLIC_PREFIX_LENGTH and not allow_public:
+        raise DeployError(
+            f"--allowed-cidr {network} opens the API and the dashboard to (nearly) the whole internet; "
+            "use your own address (the default), or add --i-know-this-is-public if that is what you want"
+        )
+    return network
+
+
+def discover_caller_cidr(url: str = CHECKIP_URL, *, timeout_s: float = 10.0) -> str:
+    """The caller's public address as a /32 (or /128), as ``url`` reports it (checkip's plain-text answer)."""
+    if not url.startswith(("https://", "http://")):
+        raise DeployError(f"--checkip-url {url!r} must be an http(s) URL")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            answer = response.read(64).decode("ascii", "replace").strip()
+    except (urllib.error.URLError, OSError) as exc:
+        raise DeployError(
+            f"could not find your public address at {url} ({exc}); pass --allowed-cidr <your-ip>/32"
+        ) from None
+    try:
+        address = ipaddress.ip_address(answer)
+    except ValueError:
+        raise DeployError(
+            f"{url} answered {answer[:40]!r}, not an IP address; pass --allowed-cidr <your-ip>/32"
+        ) from None
+    return f"{address}/{address.max_prefixlen}"
+
+
+def generate_secrets() -> dict[str, str]:
+    """Fresh credentials, as the environment variables the facade and the dashboard read.
+
+    Two API keys, so the dashboard's can be revoked apart from the one handed to clients (the first);
+    the dashboard's login (it is served beyond loopback) and the key that signs its login cookie.
+    """
+    client_key, dashboard_key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    return {
+        "MTC_API_API_KEYS": json.dumps([client_key, dashboard_key]),
+        "MTC_DASHBOARD_API_KEY": dashboard_key,
+        "MTC_DASHBOARD_USERNAME": DASHBOARD_USER,
+        "MTC_DASHBOARD_PASSWORD": secrets.token_urlsafe(18),
+        "MTC_DASHBOARD_COOKIE_SECRET": secrets.token_urlsafe(48),
+    }
+
+
+def parameter_arn(region: str, account: str, name: str) -> str:
+    return f"arn:aws:ssm:{region}:{account}:parameter/{name.lstrip('/')}"
+
+
+def instance_policy(config: DeployConfig, account: str) -> dict[str, Any]:
+    """Least privilege for the instance: read the model repository, put/get uploads under their prefix,
+    read this deployment's secrets parameter; nothing else."""
     models = f"arn:aws:s3:::{config.models_bucket}"
     uploads = f"arn:aws:s3:::{config.uploads_bucket}"
     prefix = config.models_prefix.strip("/")
@@ -130,9 +228,17 @@ def instance_policy(config: DeployConfig) -> dict[str, Any]:
         "Version": "2012-10-17",
         "Statement": [
             {
+                # Its own statement: a GetBucketLocation request has no s3:prefix, so the condition below
+                # would deny it.
+                "Sid": "FindTheBuckets",
+                "Effect": "Allow",
+                "Action": ["s3:GetBucketLocation"],
+                "Resource": [models, uploads],
+            },
+            {
                 "Sid": "ListModelRepository",
                 "Effect": "Allow",
-                "Action": ["s3:ListBucket", "s3:GetBucketLocation"],
+                "Action": ["s3:ListBucket"],
                 "Resource": [models],
                 "Condition": {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}},
             },
@@ -146,7 +252,15 @@ def instance_policy(config: DeployConfig) -> dict[str, Any]:
                 "Sid": "PresignedUploads",
                 "Effect": "Allow",
                 "Action": ["s3:PutObject", "s3:GetObject"],
-                "Resource": [f"{uploads}/*"],
+                "Resource": [f"{uploads}/{UPLOADS_PREFIX}*"],
+            },
+            {
+                # The SecureString uses the AWS managed key aws/ssm, whose key policy lets the account's
+                # principals decrypt through SSM: no kms:Decrypt grant is needed here.
+                "Sid": "ReadDeploymentSecrets",
+                "Effect": "Allow",
+                "Action": ["ssm:GetParameter"],
+                "Resource": [parameter_arn(config.region, account, config.secrets_parameter)],
             },
         ],
     }
@@ -179,7 +293,13 @@ def find_ami(ec2: EC2Client, config: DeployConfig) -> str:
 
 
 def check_buckets(s3: S3Client, config: DeployConfig) -> None:
-    """Fail before creating anything when a bucket is missing (a typo costs a GPU-hour otherwise)."""
+    """Fail before creating anything when a bucket is missing (a typo costs a GPU-hour otherwise), or when
+    models and uploads share one: anyone may upload, and the model repository holds code Triton runs."""
+    if config.models_bucket == config.uploads_bucket:
+        raise DeployError(
+            f"the models bucket and the uploads bucket are both {config.models_bucket!r}: use two buckets "
+            "(uploads come from anyone with an API key; the model repository must stay read-only)"
+        )
     for bucket in (config.models_bucket, config.uploads_bucket):
         try:
             s3.head_bucket(Bucket=bucket)
@@ -207,34 +327,56 @@ def _create_security_group(ec2: EC2Client, config: DeployConfig, vpc_id: str) ->
         TagSpecifications=[{"ResourceType": "security-group", "Tags": _tags(config)}],
     )
     group_id = str(group["GroupId"])
-    rules = [(API_PORT, config.allowed_cidr, "REST API"), (DASHBOARD_PORT, config.allowed_cidr, "dashboard")]
+    allowed = check_allowed_cidr(config.allowed_cidr, allow_public=config.allow_public)
+    rules = [(API_PORT, allowed, "REST API"), (DASHBOARD_PORT, allowed, "dashboard")]
     if config.ssh_cidr:
-        rules.append((SSH_PORT, config.ssh_cidr, "SSH"))
-    ec2.authorize_security_group_ingress(
-        GroupId=group_id,
-        IpPermissions=[
-            {
-                "IpProtocol": "tcp",
-                "FromPort": port,
-                "ToPort": port,
-                "IpRanges": [{"CidrIp": cidr, "Description": what}],
-            }
-            for port, cidr, what in rules
-        ],
-    )
+        rules.append((SSH_PORT, check_allowed_cidr(config.ssh_cidr, allow_public=False), "SSH"))
+    permissions: list[Any] = []
+    for port, network, what in rules:
+        permission: dict[str, Any] = {"IpProtocol": "tcp", "FromPort": port, "ToPort": port}
+        if network.version == 4:
+            permission["IpRanges"] = [{"CidrIp": str(network), "Description": what}]
+        else:
+            permission["Ipv6Ranges"] = [{"CidrIpv6": str(network), "Description": what}]
+        permissions.append(permission)
+    ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=permissions)
     return group_id
 
 
-def _create_instance_profile(iam: IAMClient, config: DeployConfig) -> tuple[str, str]:
+def _store_secrets(ssm: SSMClient, config: DeployConfig) -> str:
+    """Generate the deployment's secrets and keep them in one SecureString; returns its name."""
+    ssm.put_parameter(
+        Name=config.secrets_parameter,
+        Description=f"mtc platform {config.name}: API keys and dashboard login (environment variables, JSON)",
+        Value=json.dumps(generate_secrets()),
+        Type="SecureString",
+        Tags=_tags(config),
+    )
+    return config.secrets_parameter
+
+
+def read_secrets(name: str, *, session: boto3.Session | None = None, region: str = "us-east-1") -> dict[str, str]:
+    """The environment variables stored for deployment ``name`` (decrypted; needs ssm:GetParameter)."""
+    session = session or boto3.Session(region_name=region)
+    ssm: SSMClient = session.client("ssm", region_name=region)
+    try:
+        value = ssm.get_parameter(Name=secrets_parameter_name(name), WithDecryption=True)["Parameter"]["Value"]
+    except ssm.exceptions.ParameterNotFound:
+        raise DeployError(f"deployment {name!r} has no secrets parameter in {region}") from None
+    return {str(k): str(v) for k, v in json.loads(value).items()}
+
+
+def _create_instance_profile(iam: IAMClient, config: DeployConfig, account: str) -> tuple[str, str]:
     name = config.resource_name
     tags = [{"Key": t["Key"], "Value": t["Value"]} for t in _tags(config)]
     iam.create_role(
         RoleName=name,
         AssumeRolePolicyDocument=json.dumps(EC2_TRUST_POLICY),
-        Description=f"mtc platform {config.name}: read the model repository, sign upload URLs",
+        Description=f"mtc platform {config.name}: read the model repository and its secrets, sign upload URLs",
         Tags=tags,
     )
-    iam.put_role_policy(RoleName=name, PolicyName="model-buckets", PolicyDocument=json.dumps(instance_policy(config)))
+    policy = json.dumps(instance_policy(config, account))
+    iam.put_role_policy(RoleName=name, PolicyName="model-buckets", PolicyDocument=policy)
     profile = iam.create_instance_profile(InstanceProfileName=name, Tags=tags)["InstanceProfile"]
     iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
     return name, str(profile["Arn"])
@@ -298,16 +440,22 @@ def provision(
     ec2: EC2Client = session.client("ec2", region_name=config.region)
     iam: IAMClient = session.client("iam", region_name=config.region)
     s3: S3Client = session.client("s3", region_name=config.region)
+    ssm: SSMClient = session.client("ssm", region_name=config.region)
 
+    check_allowed_cidr(config.allowed_cidr, allow_public=config.allow_public)
+    if config.ssh_cidr:
+        check_allowed_cidr(config.ssh_cidr, allow_public=False)
     if find_deployment(config.name, session=session, region=config.region).exists():
         raise DeployError(f"deployment {config.name!r} already exists: tear it down first or pick another name")
     check_buckets(s3, config)
     ami = find_ami(ec2, config)
     vpc_id, _ = _default_vpc(ec2, config.subnet_id)
+    account = str(session.client("sts", region_name=config.region).get_caller_identity()["Account"])
 
     deployment = Deployment(name=config.name, region=config.region)
     try:
-        deployment.role_name, deployment.instance_profile_arn = _create_instance_profile(iam, config)
+        deployment.secrets_parameter = _store_secrets(ssm, config)
+        deployment.role_name, deployment.instance_profile_arn = _create_instance_profile(iam, config, account)
         deployment.instance_profile_name = deployment.role_name
         deployment.security_group_ids.append(_create_security_group(ec2, config, vpc_id))
         instance_id = _run_instance(ec2, config, ami, deployment.security_group_ids[0], deployment.instance_profile_arn)
@@ -355,6 +503,14 @@ def find_deployment(name: str, *, session: boto3.Session | None = None, region: 
             deployment.instance_profile_arn = str(profile["Arn"])
     except iam.exceptions.NoSuchEntityException:
         pass
+    ssm: SSMClient = session.client("ssm", region_name=region)
+    parameter = secrets_parameter_name(name)
+    try:
+        tags = ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=parameter)["TagList"]
+        if any(t["Key"] == TAG_KEY and t["Value"] == name for t in tags):
+            deployment.secrets_parameter = parameter
+    except ssm.exceptions.InvalidResourceId:
+        pass
     return deployment
 
 
@@ -381,4 +537,6 @@ def teardown(name: str, *, session: boto3.Session | None = None, region: str = "
         for policy_name in iam.list_role_policies(RoleName=found.role_name)["PolicyNames"]:
             iam.delete_role_policy(RoleName=found.role_name, PolicyName=policy_name)
         iam.delete_role(RoleName=found.role_name)
+    if found.secrets_parameter:
+        session.client("ssm", region_name=region).delete_parameter(Name=found.secrets_parameter)
     return found

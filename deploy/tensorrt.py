@@ -1,10 +1,13 @@
 """Optional TensorRT plans: the config and the ``trtexec`` shapes for one task's published model.
 
 ``deploy/build_trt_plan.sh`` runs ``trtexec`` inside NGC's TensorRT container of the same release as
-the Triton image and writes, next to the ONNX model it was built from::
+the Triton image on the latest version's ``model.onnx``, and publishes the result as the next version
+(published versions are immutable: ``python -m deploy.tensorrt publish-plan``)::
 
-    <task>/<version>/model.plan            the engine (GPU model and TensorRT version specific)
-    <task>/<version>/model.plan.json       what it was built with (TensorRT version, GPU, shapes)
+    <task>/<version+1>/...                 every file of <version>, and:
+    <task>/<version+1>/model.plan          the engine (GPU model and TensorRT version specific)
+    <task>/<version+1>/model.plan.json     what it was built with (TensorRT version, GPU, shapes)
+    <task>/<version+1>/manifest.json       sealing all of them
     <task>/configs/tensorrt.pbtxt          platform tensorrt_plan, KIND_GPU, same tensors and batching
 
 Triton uses the plan only when started with ``--model-config-name=tensorrt``; without the flag (CPU
@@ -28,6 +31,7 @@ from export.triton_config import build_model_config, render_model_config
 from taskspec import TaskSpec, get_task
 
 PLAN_FILE = "model.plan"
+PLAN_INFO_FILE = "model.plan.json"
 CONFIG_NAME = "tensorrt"
 FP16_CONFIG_NAME = "gpu"
 """``configs/gpu.pbtxt``: the ONNX model with ONNX Runtime's TensorRT FP16 accelerator (no plan to build)."""
@@ -106,6 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     fp16 = sub.add_parser("fp16-config", help="write <repository>/<task>/configs/gpu.pbtxt (ORT TensorRT FP16)")
     fp16.add_argument("task")
     fp16.add_argument("--repository", type=Path, default=Path("model_repository"))
+    plan = sub.add_parser("publish-plan", help="publish <version> + a plan built from it as the next version")
+    plan.add_argument("task")
+    plan.add_argument("--from-version", type=Path, required=True, help="the version folder the plan was built from")
+    plan.add_argument("--plan", type=Path, required=True, help="the engine trtexec wrote")
+    plan.add_argument("--info", type=Path, required=True, help="model.plan.json: TensorRT version, GPU, shapes")
     args = parser.parse_args(argv)
     spec = get_task(args.task)
     if args.command == "shapes":
@@ -113,6 +122,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"--minShapes={s['min']} --optShapes={s['opt']} --maxShapes={s['max']}")
     elif args.command == "config":
         print(write_tensorrt_config(spec, args.repository / spec.name))
+    elif args.command == "publish-plan":
+        from export.errors import ExportError
+        from export.publish import publish_derived
+
+        try:
+            print(publish_derived(spec, args.from_version, {PLAN_FILE: args.plan, PLAN_INFO_FILE: args.info}))
+        except (ExportError, OSError) as exc:
+            parser.exit(2, f"error: {exc}\n")
     else:
         print(write_fp16_accelerator_config(spec, args.repository / spec.name))
     return 0

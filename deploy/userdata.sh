@@ -4,6 +4,8 @@
 # the NVIDIA container toolkit (installs what is missing), fetches the project, writes .env and
 # starts the stack with the AWS override (model repository in S3, credentials from the instance
 # profile). Progress: /var/log/mtc-setup.log; `cloud-init status --wait` blocks until it is done.
+# No secret is in this script: the API keys and the dashboard login are read from the SSM parameter
+# ${secrets_parameter} (SecureString) by deploy/with_secrets.py at every start of mtc.service.
 set -euo pipefail
 exec > >(tee -a /var/log/mtc-setup.log) 2>&1
 echo "==> mtc setup started $$(date -u +%FT%TZ)"
@@ -53,6 +55,12 @@ systemctl restart docker
 # The GPU must be visible from a container before Triton is started on it.
 docker run --rm --gpus all ubuntu:22.04 nvidia-smi -L
 
+# The AWS CLI reads the secrets parameter (the Deep Learning Base AMI ships it).
+if ! command -v aws >/dev/null; then
+    apt-get update -q
+    apt-get install -y -q awscli
+fi
+
 # 4. The project.
 if [ ! -d "$$APP_DIR/.git" ]; then
     apt-get install -y -q git
@@ -60,8 +68,10 @@ if [ ! -d "$$APP_DIR/.git" ]; then
 fi
 cd "$$APP_DIR"
 
-# 5. Settings. No credentials: Triton and the facade use the instance profile (IMDSv2).
-#    MinIO does not run in AWS mode; its required variables only need a value.
+# 5. Settings. No credentials: Triton and the facade use the instance profile (IMDSv2); the API keys
+#    and the dashboard login come from the secrets parameter at start (section 6).
+#    MinIO does not run in AWS mode; its required variables only need a value (random, in case someone
+#    starts it by hand).
 umask 077
 cat > .env <<ENV
 AWS_DEFAULT_REGION=${region}
@@ -73,6 +83,9 @@ MTC_DASHBOARD_ORIGINS=$$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-secon
     | xargs -I{} curl -fsS -H 'X-aws-ec2-metadata-token: {}' http://169.254.169.254/latest/meta-data/public-ipv4 || echo localhost):5006
 MINIO_ROOT_USER=unused-in-aws-mode
 MINIO_ROOT_PASSWORD=$$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+MINIO_TRITON_PASSWORD=$$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+MINIO_API_PASSWORD=$$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+MINIO_PUBLISHER_PASSWORD=$$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 ENV
 
 # 6. Start, and start again on every boot.
@@ -86,8 +99,8 @@ After=docker.service network-online.target
 Type=oneshot
 RemainAfterExit=yes
 WorkingDirectory=$$APP_DIR
-ExecStart=/usr/bin/docker compose -f docker-compose.yml -f docker-compose.aws.yml up -d --build --wait
-ExecStop=/usr/bin/docker compose -f docker-compose.yml -f docker-compose.aws.yml down
+ExecStart=/usr/bin/python3 deploy/with_secrets.py --parameter ${secrets_parameter} --region ${region} -- /usr/bin/docker compose -f docker-compose.yml -f docker-compose.aws.yml up -d --build --wait
+ExecStop=/usr/bin/python3 deploy/with_secrets.py --parameter ${secrets_parameter} --region ${region} -- /usr/bin/docker compose -f docker-compose.yml -f docker-compose.aws.yml down
 TimeoutStartSec=1800
 
 [Install]

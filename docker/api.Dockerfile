@@ -1,5 +1,6 @@
 # The REST facade (FastAPI + uvicorn). Slim on purpose: the `api` extra has no torch, and only
-# the packages the facade imports are copied in (taskspec, frontend_api).
+# the packages it runs are copied in: taskspec, frontend_api, and export for compose's models-init job
+# (`python -m export push` needs boto3 only; training and ONNX export are never imported here).
 # Build context: the repository root (see docker-compose.yml).
 FROM python:3.11-slim
 
@@ -13,11 +14,18 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY taskspec/ taskspec/
 COPY frontend_api/ frontend_api/
+COPY export/ export/
 RUN pip install ".[api]" \
     && useradd --create-home --uid 10001 mtc
+
+# Inside the container the facade listens on every interface (the port is published by compose):
+# beyond loopback, so `python -m frontend_api` refuses to start without MTC_API_API_KEYS.
+ENV MTC_API_HOST=0.0.0.0 \
+    MTC_API_PORT=8080
 
 USER mtc
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=5 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
-CMD ["uvicorn", "frontend_api.app:app", "--host", "0.0.0.0", "--port", "8080", "--proxy-headers"]
+# The checked launcher: settings validated (keys, bind address) before anything listens.
+CMD ["python", "-m", "frontend_api"]

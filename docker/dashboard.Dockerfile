@@ -19,6 +19,9 @@ USER mtc
 EXPOSE 5006
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=5 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5006/app', timeout=2)"]
-# Websocket origins come from MTC_DASHBOARD_ORIGINS (comma-separated host:port list) at run time;
-# Bokeh takes one --allow-websocket-origin flag per origin.
-CMD ["sh", "-c", "set --; for origin in $(echo \"${MTC_DASHBOARD_ORIGINS:-localhost:5006}\" | tr ',' ' '); do set -- \"$@\" --allow-websocket-origin \"$origin\"; done; exec panel serve dashboard/app.py --address 0.0.0.0 --port 5006 \"$@\""]
+# Inside the container the page is served on every interface (the port is published by compose): beyond
+# loopback, so `python -m dashboard` refuses to start without MTC_DASHBOARD_USERNAME / _PASSWORD.
+# Websocket origins come from MTC_DASHBOARD_ORIGINS (comma-separated host:port list) at run time.
+ENV MTC_DASHBOARD_ADDRESS=0.0.0.0 \
+    MTC_DASHBOARD_PORT=5006
+CMD ["python", "-m", "dashboard"]

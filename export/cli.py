@@ -2,7 +2,8 @@
 
     python -m export build --profile quick --tasks sentiment,disaster,pose
     python -m export validate [--repository DIR]
-    python -m export push | pull [--url s3://bucket/prefix]
+    python -m export push [--url s3://bucket/prefix] [--create-bucket] [--force]
+    python -m export pull [--url s3://bucket/prefix]
 
 A problem the user can fix (unknown task, missing dataset, wrong checkpoint, bad flag) prints one
 ``error: ...`` line on stderr and exits with status 2; ``validate`` exits with 1 when it finds a
@@ -23,6 +24,8 @@ from export.recipes import PROFILES
 from taskspec import TASKS
 
 EXIT_USAGE = 2
+DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+"""Same as ``export.build.DEFAULT_REPOSITORY`` (a test checks), without importing torch for push/pull/validate."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,7 +60,6 @@ def _checkpoints(values: Sequence[str], tasks: Sequence[str]) -> dict[str, str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    from export.build import DEFAULT_REPOSITORY
     from export.data import DATA_DIR_ENV, DEFAULT_DATA_DIR
 
     main = _Parser(prog="python -m export", description="Build, validate and sync the Triton model repository.")
@@ -98,7 +100,13 @@ def parser() -> argparse.ArgumentParser:
         sync.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
         sync.add_argument("--url", default=None, help="s3://bucket/prefix (default: $MTC_S3_URL)")
         sync.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: $MTC_S3_ENDPOINT_URL)")
-        sync.add_argument("--create-bucket", action="store_true", help="push: create the bucket if missing")
+        if name == "push":
+            sync.add_argument("--create-bucket", action="store_true", help="create the bucket if missing")
+            sync.add_argument(
+                "--force",
+                action="store_true",
+                help="overwrite files of versions already published in the bucket (refused without it)",
+            )
     return main
 
 
@@ -159,7 +167,7 @@ def _sync(args: argparse.Namespace) -> int:
         if args.command == "push":
             if args.create_bucket:
                 s3sync.ensure_bucket(client, s3sync.S3Location.parse(settings.url).bucket)
-            report = s3sync.push(args.repository, settings.url, client)
+            report = s3sync.push(args.repository, settings.url, client, force=args.force)
         else:
             report = s3sync.pull(settings.url, args.repository, client)
     except (ValueError, FileNotFoundError) as exc:

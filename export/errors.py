@@ -26,3 +26,15 @@ class ExportValidationError(ExportError):
 
 class PublishError(ExportError):
     """A model cannot be written into the model repository."""
+
+
+class UnsafeKeyError(ExportError):
+    """``pull`` found object keys that would be written outside the target folder; nothing was written."""
+
+
+class ImmutableVersionError(ExportError):
+    """``push`` would change a file of a published version; nothing was uploaded (``--force`` overrides)."""
+
+
+class ManifestMismatchError(ExportError):
+    """A version's files do not match its ``manifest.json`` (sha256, size or file list); nothing was written."""

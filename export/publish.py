@@ -11,11 +11,16 @@ Layout (file names from taskspec)::
     <repository>/<task>/<n>/tokenizer.json      text tasks; truncation and padding disabled
     <repository>/<task>/<n>/metrics.json        when given
     <repository>/<task>/<n>/model_card.md       when given
+    <repository>/<task>/<n>/manifest.json       sha256 + size of every other file, and their digest
+                                                (format: :mod:`taskspec.manifest`)
 
-A version is assembled in a hidden temporary folder inside ``<task>/`` (same file system) and
-renamed to ``<n+1>`` in one step, so Triton (poll mode), ``export push`` and the facade never see
-a half-written version, and an existing version is never overwritten. Text tasks also refresh
-their raw-text model ``<task>_text`` (see :mod:`export.raw_text`).
+A version is assembled in a hidden temporary folder inside ``<task>/`` (same file system), sealed
+with its manifest and renamed to ``<n+1>`` in one step, so Triton (poll mode), ``export push`` and
+the facade never see a half-written version, and an existing version is never overwritten. A
+published version is immutable: ``export push`` refuses to change one in the bucket, the facade
+keys its artifact cache by the manifest's digest. Text tasks also refresh their raw-text model
+``<task>_text`` (see :mod:`export.raw_text`), whose single version is rewritten in place and has
+no manifest.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from export.errors import PublishError
 from export.raw_text import publish_raw_text
 from export.triton_config import write_model_config
 from taskspec import (
+    MANIFEST_FILE,
     METRICS_FILE,
     MODEL_CARD_FILE,
     MODEL_FILE,
@@ -39,6 +45,7 @@ from taskspec import (
     TOKENIZER_FILE,
     TaskSpec,
 )
+from taskspec.manifest import verify_version, version_files, write_manifest
 
 
 def versions(model_dir: Path) -> list[int]:
@@ -116,15 +123,14 @@ def publish(
         if card is not None:
             (staging / MODEL_CARD_FILE).write_text(card)
         for name, source in (extra_files or {}).items():
-            if Path(name).name != name or name in {MODEL_FILE, PREPROCESSING_FILE, TOKENIZER_FILE}:
+            if Path(name).name != name or name in {MODEL_FILE, PREPROCESSING_FILE, TOKENIZER_FILE, MANIFEST_FILE}:
                 raise PublishError(f"extra file name {name!r} is not a plain, free file name")
             shutil.copyfile(source, staging / name)
         if spec.cpu is not None and not (staging / spec.cpu.model_file).is_file():
             from export.evaluate import quantize_int8
 
             quantize_int8(onnx_path, staging / spec.cpu.model_file)
-        os.chmod(staging, 0o755)  # mkdtemp makes it 0700; Triton in a container may run as another user
-        version_dir = _rename_to_next_version(staging, model_dir)
+        version_dir = _seal_and_rename(staging, model_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -132,6 +138,41 @@ def publish(
     if spec.modality == "text":
         publish_raw_text(spec, repository, version_dir)
     return version_dir
+
+
+def publish_derived(spec: TaskSpec, source: Path, extra_files: Mapping[str, Path]) -> Path:
+    """A new version of ``spec``'s model: the files of the published version ``source`` plus ``extra_files``
+    (name in the version folder -> source file), e.g. a TensorRT plan built from its ``model.onnx``.
+
+    Published versions are immutable (their manifest, the facade's cache key, promises their content),
+    so a file derived from one is published as the next version, never added to it. ``source`` must
+    match its manifest when it has one.
+    """
+    if (source / MANIFEST_FILE).is_file() and (problems := verify_version(source)):
+        raise PublishError(f"{source} does not match its manifest: {'; '.join(problems)}")
+    model_dir = source.parent
+    if model_dir.name != spec.model_name or not source.name.isdigit():
+        raise PublishError(f"{source} is not a version folder of {spec.model_name}")
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    try:
+        for name, path in version_files(source):
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, staging / name)
+        for name, path in extra_files.items():
+            if Path(name).name != name or name == MANIFEST_FILE or (staging / name).exists():
+                raise PublishError(f"extra file name {name!r} is not a plain, free file name")
+            shutil.copyfile(path, staging / name)
+        return _seal_and_rename(staging, model_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _seal_and_rename(staging: Path, model_dir: Path) -> Path:
+    """Write the manifest of every file in ``staging`` and make it the next version."""
+    write_manifest(staging)  # last: it seals every file written before
+    os.chmod(staging, 0o755)  # mkdtemp makes it 0700; Triton in a container may run as another user
+    return _rename_to_next_version(staging, model_dir)
 
 
 def _rename_to_next_version(staging: Path, model_dir: Path) -> Path:

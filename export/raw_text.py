@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.triton_config import render_model_config
+from export.triton_config import render_model_config, set_queue_policy
 from taskspec import CONFIG_FILE, LABELS_FILE, PREPROCESSING_FILE, TOKENIZER_FILE, TaskSpec
 
 TEMPLATE = Path(__file__).resolve().parent / "triton_models" / "raw_text" / "model.py"
@@ -56,7 +56,7 @@ def build_raw_text_config(spec: TaskSpec) -> mc.ModelConfig:
     )
     # Tokenizing is CPU work on every host; the token-level model it calls is placed by Triton.
     config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.KIND_CPU, count=1)
-    config.dynamic_batching.max_queue_delay_microseconds = spec.batching.max_queue_delay_us
+    set_queue_policy(config, spec)  # a bounded queue here too: direct tritonclient users shed load the same way
     config.parameters["model_name"].string_value = spec.model_name
     return config
 

@@ -76,7 +76,7 @@ def build_model_config(spec: TaskSpec, *, tensorrt_fp16: bool = False, cpu: bool
         config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.KIND_AUTO, count=spec.instance_count)
         threads = spec.intra_op_threads
     config.dynamic_batching.preferred_batch_size.extend(spec.batching.preferred_batch_sizes)
-    config.dynamic_batching.max_queue_delay_microseconds = spec.batching.max_queue_delay_us
+    set_queue_policy(config, spec)
     if threads:
         config.parameters["intra_op_thread_count"].string_value = str(threads)
     if tensorrt_fp16:
@@ -87,8 +87,39 @@ def build_model_config(spec: TaskSpec, *, tensorrt_fp16: bool = False, cpu: bool
     return config
 
 
+def set_queue_policy(config: mc.ModelConfig, spec: TaskSpec) -> None:
+    """Dynamic batching's queue delay and queue policy from ``spec.batching`` (see ``BatchingSpec``).
+
+    ``REJECT`` drops a request that waited past its timeout instead of running it for a caller that
+    has gone; ``allow_timeout_override`` lets each request carry its own (the facade's remaining
+    deadline); ``max_queue_size`` rejects at once what would only queue behind a few batches' worth.
+    """
+    batching = config.dynamic_batching
+    batching.max_queue_delay_microseconds = spec.batching.max_queue_delay_us
+    policy = batching.default_queue_policy
+    policy.timeout_action = mc.ModelQueuePolicy.TimeoutAction.REJECT
+    policy.default_timeout_microseconds = spec.batching.queue_timeout_us
+    policy.allow_timeout_override = True
+    policy.max_queue_size = spec.batching.max_queue_size
+
+
+_QUEUE_POLICY_OPEN = "  default_queue_policy {\n"
+
+
 def render_model_config(config: mc.ModelConfig) -> str:
-    return str(text_format.MessageToString(config))
+    """The text format of ``config``, with a queue policy's ``timeout_action: REJECT`` written out.
+
+    REJECT is the enum's zero value, which proto3 text never prints; a reader of config.pbtxt should
+    not have to know that a missing line means "reject" (it parses to the same message either way).
+    """
+    text = str(text_format.MessageToString(config))
+    if (
+        config.HasField("dynamic_batching")
+        and config.dynamic_batching.HasField("default_queue_policy")
+        and config.dynamic_batching.default_queue_policy.timeout_action == mc.ModelQueuePolicy.TimeoutAction.REJECT
+    ):
+        text = text.replace(_QUEUE_POLICY_OPEN, _QUEUE_POLICY_OPEN + "    timeout_action: REJECT\n", 1)
+    return text
 
 
 def parse_model_config(text: str) -> mc.ModelConfig:
@@ -136,6 +167,13 @@ def check_model_config(spec: TaskSpec, model_dir: Path) -> list[str]:
         problems.append(f"outputs {got_outputs} != {[(out.name, out.dtype, list(out.dims))]}")
     if not config.HasField("dynamic_batching"):
         problems.append("dynamic_batching is missing")
+    else:
+        want = mc.ModelConfig()
+        set_queue_policy(want, spec)
+        got_policy = config.dynamic_batching.default_queue_policy
+        if got_policy != want.dynamic_batching.default_queue_policy:
+            got = text_format.MessageToString(got_policy, as_one_line=True)
+            problems.append(f"default_queue_policy {{{got}}} differs from the spec")
     label_file = config.output[0].label_filename if config.output else ""
     labels_path = model_dir / label_file if label_file else None
     if labels_path is None or not labels_path.is_file():

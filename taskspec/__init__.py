@@ -28,6 +28,9 @@ TOKENIZER_FILE = "tokenizer.json"
 PREPROCESSING_FILE = "preprocessing.json"
 METRICS_FILE = "metrics.json"
 MODEL_CARD_FILE = "model_card.md"
+MANIFEST_FILE = "manifest.json"
+"""``<task>/<version>/manifest.json``: SHA-256 and size of every file of the version, and its digest
+(format and reader: :mod:`taskspec.manifest`)."""
 
 TritonDType = Literal["TYPE_INT64", "TYPE_INT32", "TYPE_FP32", "TYPE_FP16", "TYPE_STRING"]
 Modality = Literal["text", "image"]
@@ -104,13 +107,35 @@ class ImagePreprocessing:
     std: tuple[float, float, float]
 
 
+DEFAULT_QUEUE_TIMEOUT_US = 10_000_000
+"""How long a request may wait in Triton's queue when its caller sets no timeout of its own: the
+facade's default deadline for one Triton call (``MTC_API_TRITON_TIMEOUT_S`` = 10 s). Work queued
+longer than that has no one waiting for it any more, so Triton drops it instead of running it."""
+DEFAULT_MAX_QUEUE_SIZE = 256
+"""Requests one model's queue holds before Triton rejects new ones: a few batches' worth."""
+
+
 @dataclass(frozen=True)
 class BatchingSpec:
-    """Triton dynamic batching for one model."""
+    """Triton dynamic batching for one model, and the policy of its queue.
+
+    The queue policy (``dynamic_batching.default_queue_policy`` in config.pbtxt) sheds load where the
+    work is: past ``max_queue_size`` waiting requests Triton rejects new ones at once, and a request
+    that waited ``queue_timeout_us`` (or the timeout its caller set: ``allow_timeout_override``) is
+    rejected instead of run (``timeout_action: REJECT``). Both counts are Triton requests, not rows.
+    """
 
     max_batch_size: int
     preferred_batch_sizes: tuple[int, ...]
     max_queue_delay_us: int
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    """Most requests waiting in the queue; one more is rejected at once (never 0: Triton reads it as unbounded)."""
+    queue_timeout_us: int = DEFAULT_QUEUE_TIMEOUT_US
+    """Longest wait in the queue of a request that sets no timeout (``default_timeout_microseconds``)."""
+
+    def __post_init__(self) -> None:
+        if self.max_queue_size < 1 or self.queue_timeout_us < 1:
+            raise ValueError("max_queue_size and queue_timeout_us must be positive (0 means unbounded to Triton)")
 
 
 @dataclass(frozen=True)
@@ -197,7 +222,16 @@ def _text_task(
             TensorSpec("attention_mask", "TYPE_INT64", (-1,)),
         ),
         output=TensorSpec("logits", "TYPE_FP32", (len(labels),)),
-        batching=BatchingSpec(max_batch_size=64, preferred_batch_sizes=(8, 16, 32), max_queue_delay_us=2000),
+        batching=BatchingSpec(
+            max_batch_size=64,
+            preferred_batch_sizes=(8, 16, 32),
+            max_queue_delay_us=2000,
+            # Four full batches of one-text requests, the facade's whole in-flight limit
+            # (MTC_API_MAX_IN_FLIGHT = 256): about 3.6 s of work at the 72 req/s a 2-core CPU host
+            # serves sentiment (int8, configs/cpu.pbtxt), inside the 10 s deadline; a deeper queue
+            # only holds work that would time out.
+            max_queue_size=4 * 64,
+        ),
         text=TextPreprocessing(buckets=buckets),
         cpu=CpuServing(),
         examples=examples,
@@ -253,7 +287,15 @@ POSE = TaskSpec(
     labels=POSE_LABELS,
     inputs=(TensorSpec("pixel_values", "TYPE_FP32", (3, 224, 224)),),
     output=TensorSpec("logits", "TYPE_FP32", (len(POSE_LABELS),)),
-    batching=BatchingSpec(max_batch_size=16, preferred_batch_sizes=(4, 8, 16), max_queue_delay_us=2000),
+    batching=BatchingSpec(
+        max_batch_size=16,
+        preferred_batch_sizes=(4, 8, 16),
+        max_queue_delay_us=2000,
+        # Four full batches: a facade request carries up to 16 images in one Triton request, so 64
+        # queued requests can already be ~1,000 images: ~28 s at the 36 images/s of a 2-core CPU host,
+        # so the 10 s queue timeout, not the size, is what bounds pose there.
+        max_queue_size=4 * 16,
+    ),
     image=ImagePreprocessing(size=224, mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0)),
     export_atol=1e-3,
 )

@@ -68,3 +68,37 @@ def test_fp16_accelerator_config_is_the_onnx_config_plus_tensorrt_fp16(tmp_path:
     assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
     config.ClearField("optimization")
     assert config == build_model_config(spec)
+
+
+def test_a_plan_is_published_as_the_next_version_never_added_to_a_published_one(tmp_path: Path) -> None:
+    import sys
+
+    from taskspec.manifest import read_manifest, verify_version, write_manifest
+
+    source = tmp_path / "repo" / "pose" / "3"
+    source.mkdir(parents=True)
+    (source / "model.onnx").write_bytes(b"onnx weights")
+    (source / "preprocessing.json").write_text("{}\n")
+    before = write_manifest(source)
+    (tmp_path / "model.plan").write_bytes(b"engine")
+    (tmp_path / "info.json").write_text('{"tensorrt": "10.5"}\n')
+
+    def publish_plan(version: Path) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "deploy.tensorrt", "publish-plan", "pose", "--from-version", str(version)]
+        command += ["--plan", str(tmp_path / "model.plan"), "--info", str(tmp_path / "info.json")]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+
+    result = publish_plan(source)
+    assert result.returncode == 0, result.stderr
+    published = Path(result.stdout.strip())
+    assert published == source.parent / "4"
+    assert read_manifest(source) == before and verify_version(source) == []  # the source is untouched
+    assert sorted(read_manifest(published).files) == [
+        "model.onnx", "model.plan", "model.plan.json", "preprocessing.json"
+    ]  # fmt: skip
+    assert verify_version(published) == [] and (published / PLAN_FILE).read_bytes() == b"engine"
+
+    (source / "model.onnx").write_bytes(b"other weights")  # a tampered source is not republished
+    refused = publish_plan(source)
+    assert refused.returncode == 2 and "does not match its manifest" in refused.stderr
+    assert not (source.parent / "5").exists()

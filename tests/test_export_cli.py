@@ -124,3 +124,11 @@ def test_pull_from_an_empty_prefix_is_a_one_line_error(s3_endpoint: str, tmp_pat
     assert_one_line_error(result, "nothing under s3://cli-empty/nothing")
     bad_url = run_cli("pull", "--url", "https://example.com/models", env=env)
     assert_one_line_error(bad_url, "not an s3://bucket/prefix URL")
+
+
+def test_cli_default_repository_is_the_builds() -> None:
+    """The command line does not import export.build (torch) for push/pull: its default must still agree."""
+    from export.build import DEFAULT_REPOSITORY
+    from export.cli import DEFAULT_REPOSITORY as CLI_DEFAULT
+
+    assert CLI_DEFAULT == DEFAULT_REPOSITORY

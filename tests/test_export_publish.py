@@ -190,3 +190,27 @@ def test_image_publish_has_no_cpu_variant(pose_onnx: Path, tmp_path: Path) -> No
     version = publish(POSE, pose_onnx, tmp_path / "repo")
     assert not (version / "model.int8.onnx").exists()
     assert not (tmp_path / "repo" / "pose" / "configs").exists()
+
+
+def test_publish_seals_each_version_with_a_manifest(pose_onnx: Path, tmp_path: Path) -> None:
+    """The exact manifest.json format the facade keys its artifact cache by."""
+    import hashlib
+
+    from taskspec.manifest import read_manifest, verify_version
+
+    version = publish(POSE, pose_onnx, tmp_path / "repo", metrics={"accuracy": 0.5}, card="# card\n")
+    document = json.loads((version / "manifest.json").read_text())
+    assert set(document) == {"format", "files", "digest"} and document["format"] == 1
+    on_disk = sorted(p.name for p in version.iterdir() if p.name != "manifest.json")
+    assert sorted(document["files"]) == on_disk == ["metrics.json", "model.onnx", "model_card.md", "preprocessing.json"]
+    for name, entry in document["files"].items():
+        data = (version / name).read_bytes()
+        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    canonical = json.dumps(document["files"], sort_keys=True, separators=(",", ":"))
+    assert document["digest"] == hashlib.sha256(canonical.encode()).hexdigest()
+    assert read_manifest(version).digest == document["digest"] and verify_version(version) == []
+
+    second = publish(POSE, pose_onnx, tmp_path / "repo", metrics={"accuracy": 0.6})
+    assert read_manifest(second).digest != document["digest"]  # other metrics, other content
+    with pytest.raises(PublishError, match="free file name"):
+        publish(POSE, pose_onnx, tmp_path / "repo", extra_files={"manifest.json": pose_onnx})

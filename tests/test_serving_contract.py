@@ -139,3 +139,57 @@ def test_make_run_rebuilds_text_models_published_without_their_cpu_file(tmp_path
     (tmp_path / "disaster" / "2" / "model.onnx").write_bytes(b"weights")
     (tmp_path / "disaster" / "2" / INT8_MODEL_FILE).write_bytes(b"int8")
     assert missing_models(tmp_path) == []
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS + sorted(REPOSITORY.glob("*/configs/*.pbtxt")), ids=str)
+def test_every_committed_config_bounds_its_queue_and_rejects_stale_work(path: Path) -> None:
+    """Work the facade gave up on (its deadline is 10 s) must be dropped by Triton, not run."""
+    policy = parse_model_config(path.read_text()).dynamic_batching.default_queue_policy
+    assert policy.timeout_action == mc.ModelQueuePolicy.TimeoutAction.REJECT
+    assert 0 < policy.default_timeout_microseconds <= 10_000_000
+    assert policy.allow_timeout_override, "the facade passes its remaining deadline per request"
+    assert 0 < policy.max_queue_size <= 4 * parse_model_config(path.read_text()).max_batch_size
+
+
+@pytest.mark.parametrize("spec", TASKS.values(), ids=lambda s: s.name)
+def test_generated_text_spells_out_the_queue_policy(spec: TaskSpec) -> None:
+    expected = (
+        "  default_queue_policy {\n"
+        "    timeout_action: REJECT\n"
+        f"    default_timeout_microseconds: {spec.batching.queue_timeout_us}\n"
+        "    allow_timeout_override: true\n"
+        f"    max_queue_size: {spec.batching.max_queue_size}\n"
+        "  }\n"
+    )
+    configs = [build_model_config(spec)] + ([build_model_config(spec, cpu=True)] if spec.cpu else [])
+    if spec.modality == "text":
+        from export.raw_text import build_raw_text_config
+
+        configs.append(build_raw_text_config(spec))
+    for config in configs:
+        text = render_model_config(config)
+        assert expected in text.split("dynamic_batching {\n", 1)[1]
+        assert parse_model_config(text) == config
+
+
+def test_queue_policy_comes_from_the_task_spec() -> None:
+    import dataclasses
+
+    spec = get_task("pose")
+    assert (spec.batching.max_queue_size, spec.batching.queue_timeout_us) == (64, 10_000_000)
+    assert get_task("sentiment").batching.max_queue_size == 256
+    changed = dataclasses.replace(
+        spec, batching=dataclasses.replace(spec.batching, max_queue_size=8, queue_timeout_us=2_000_000)
+    )
+    policy = build_model_config(changed).dynamic_batching.default_queue_policy
+    assert (policy.max_queue_size, policy.default_timeout_microseconds) == (8, 2_000_000)
+    with pytest.raises(ValueError, match="0 means unbounded"):
+        dataclasses.replace(spec.batching, max_queue_size=0)
+
+
+def test_check_reports_a_config_without_the_queue_policy(tmp_path: Path) -> None:
+    spec = get_task("pose")
+    write_model_config(spec, tmp_path / spec.name)
+    config_path = tmp_path / spec.name / "config.pbtxt"
+    config_path.write_text(config_path.read_text().replace("max_queue_size: 64", "max_queue_size: 0"))
+    assert [p for p in check_model_config(spec, tmp_path / spec.name) if "default_queue_policy" in p]
