@@ -1,5 +1,5 @@
 # The REST facade (FastAPI + uvicorn). Slim on purpose: the `api` extra has no torch, and only
-# the packages the facade imports are copied in (taskspec, frontend_api).
+# the packages the facade imports are copied in (taskspec, preprocess, frontend_api).
 # Build context: the repository root (see docker-compose.yml).
 FROM python:3.11-slim
 
@@ -12,6 +12,7 @@ WORKDIR /app
 
 COPY pyproject.toml README.md ./
 COPY taskspec/ taskspec/
+COPY preprocess/ preprocess/
 COPY frontend_api/ frontend_api/
 RUN pip install ".[api]" \
     && useradd --create-home --uid 10001 mtc
