@@ -73,8 +73,7 @@ def test_int8_agreement_and_inputs_match_the_model(tiny_repository: Path, tmp_pa
     assert same == 1.0
 
     pose = get_task("pose")
-    (request,) = triton_requests(pose, version_dir, load_samples(pose, limit=1))
-    pixels = request["pixel_values"]
+    pixels = triton_requests(pose, version_dir, load_samples(pose, limit=1))[0]["pixel_values"]
     assert pixels.shape == (1, 3, 224, 224) and pixels.dtype == np.float32
     assert pixels.min() >= -1.0 and pixels.max() <= 1.0  # (x - 127) / 128 on 0-255
     session = ort.InferenceSession(str(tiny_repository / "pose" / "1" / MODEL_FILE), providers=["CPUExecutionProvider"])
