@@ -37,8 +37,8 @@ import aiohttp
 import numpy as np
 from pydantic import BaseModel
 
-from bench.inputs import TextEncoder
 from bench.loadgen import LoadResult, Send, percentile, run_load, triton_sender
+from preprocess.text import TextEncoder
 from serving.processes import ManagedProcess, python_module
 from serving.triton import PROJECT_ROOT, TritonServer
 from taskspec import DISASTER, INT8_MODEL_FILE, SENTIMENT, TaskSpec
@@ -188,8 +188,8 @@ def proxy_app() -> Callable[[Any, Any, Any], Awaitable[None]]:
     """
     import tritonclient.http.aio as aio
 
-    from frontend_api.text import softmax
     from frontend_api.triton_client import infer_inputs
+    from preprocess.probabilities import softmax
 
     url = os.environ[PROXY_TRITON_ENV]
     clients: list[Any] = []
@@ -336,17 +336,7 @@ def load_texts(spec: TaskSpec, limit: int = 64) -> tuple[list[str], str]:
     return list(FALLBACK_REVIEWS), "built-in sentences"
 
 
-class Encoder(TextEncoder):
-    """The published tokenizer and buckets of one version, with the counts the statistics need."""
-
-    def n_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text).ids)
-
-    def encode_one(self, text: str) -> dict[str, np.ndarray]:
-        return self.encode([text])
-
-
-def pick_text(texts: Sequence[str], encoder: Encoder, target: int = TARGET_TOKENS) -> tuple[str, int]:
+def pick_text(texts: Sequence[str], encoder: TextEncoder, target: int = TARGET_TOKENS) -> tuple[str, int]:
     """The text whose token count is closest to ``target`` (a sentence is cut from a longer one if needed)."""
     candidates = list(texts)
     for text in texts:  # prefixes of long texts widen the choice
@@ -356,11 +346,11 @@ def pick_text(texts: Sequence[str], encoder: Encoder, target: int = TARGET_TOKEN
     return best, encoder.n_tokens(best)
 
 
-def padding_statistics(texts: Sequence[str], encoder: Encoder) -> dict[str, float]:
+def padding_statistics(texts: Sequence[str], encoder: TextEncoder) -> dict[str, float]:
     """Mean real tokens per text and the share of padding under each strategy (one text per request)."""
     lengths = [encoder.n_tokens(t) for t in texts]
-    bucketed = [encoder.bucket(n) for n in lengths]
-    fixed = encoder.buckets[-1]
+    bucketed = [encoder.padded_length(n) for n in lengths]
+    fixed = encoder.preprocessing.max_length
     return {
         "texts": len(texts),
         "mean_tokens": round(statistics.fmean(lengths), 1),
@@ -440,9 +430,9 @@ async def compare_overhead(
     """
     import tritonclient.http.aio as aio
 
-    encoder = Encoder(version_dir, SENTIMENT)
+    encoder = TextEncoder.from_version_dir(version_dir)
     text, n_tokens = pick_text(texts, encoder)
-    feeds = encoder.encode_one(text)
+    feeds = encoder.batch([text]).inputs(SENTIMENT.input_names)
     client = aio.InferenceServerClient(f"{triton.host}:{triton.http_port}")
     try:
         async with aiohttp.ClientSession() as session:
@@ -460,7 +450,7 @@ async def compare_overhead(
     facade, direct = _stats(latencies["facade"]), _stats(latencies["direct"])
     result = {
         "text_tokens": n_tokens,
-        "padded_to": encoder.bucket(n_tokens),
+        "padded_to": encoder.padded_length(n_tokens),
         "facade": facade,
         "direct_tritonclient": direct,
         "p50_ratio": round(facade["p50_ms"] / direct["p50_ms"], 3),
@@ -509,11 +499,13 @@ async def compare_throughput(
     async with AsyncExitStack() as stack:
         direct: Send | None = None
         if triton is not None and version_dir is not None:
-            encoder = Encoder(version_dir, SENTIMENT)
+            encoder = TextEncoder.from_version_dir(version_dir)
             review_padding = padding_statistics(reviews, encoder)
             client = aio.InferenceServerClient(f"{triton.host}:{triton.http_port}", conn_limit=concurrency * 2)
             stack.push_async_callback(client.close)
-            direct = triton_sender(client, "sentiment", SENTIMENT, [encoder.encode_one(r) for r in reviews])
+            direct = triton_sender(
+                client, "sentiment", SENTIMENT, [encoder.batch([r]).inputs(SENTIMENT.input_names) for r in reviews]
+            )
             runs["direct"] = []
         for _ in range(rounds):
             runs["facade"].append(
@@ -548,7 +540,7 @@ async def compare_padding(
     bucket_url: str,
     fixed_url: str,
     tweets: Sequence[str],
-    encoder: Encoder,
+    encoder: TextEncoder,
     *,
     duration_s: float,
     warmup_s: float,
@@ -777,7 +769,7 @@ def _measure(
             with facade_for(
                 triton, repository, log_dir, tasks, padding="max_length", name="facade-bench-fixed"
             ) as fixed:
-                encoder = Encoder(published_version_dir(repository, "disaster"), DISASTER)
+                encoder = TextEncoder.from_version_dir(published_version_dir(repository, "disaster"))
                 results["padding"] = asyncio.run(
                     compare_padding(facade_url, fixed, tweets, encoder, duration_s=duration_s, warmup_s=warmup_s)
                 )

@@ -1,6 +1,7 @@
 """Benchmark inputs: real texts and photos when the shared datasets are present, stand-ins otherwise.
 
-Latency depends on input length (text tasks are padded to a length bucket), so the samples come
+Raw inputs only: they become tensors through :mod:`preprocess`, as in the facade. Latency depends on
+input length (text tasks are padded to a length bucket), so the samples come
 from the tasks' own validation data where available (``../shared/datasets``, read-only, never
 copied into the repository). On a machine without it, a fixed set of sentences of varied length and
 scikit-image's bundled photos are used, and the report says which.
@@ -11,13 +12,12 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from taskspec import PREPROCESSING_FILE, TOKENIZER_FILE, TaskSpec
+from taskspec import TaskSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
@@ -102,52 +102,3 @@ def load_samples(spec: TaskSpec, limit: int = 64) -> Samples:
         return Samples(texts=tuple(texts), source=f"{len(texts)} texts from {DATASETS.name}/ ({spec.name})")
     except (OSError, KeyError):
         return Samples(texts=FALLBACK_TEXTS, source="built-in sentences (dataset not found)")
-
-
-class TextEncoder:
-    """Tokenize and pad exactly as the facade does, from the published ``tokenizer.json``."""
-
-    def __init__(self, version_dir: Path, spec: TaskSpec) -> None:
-        from tokenizers import Tokenizer
-
-        assert spec.text is not None
-        self.spec = spec
-        self.text = spec.text
-        preprocessing = json.loads((version_dir / PREPROCESSING_FILE).read_text())
-        self.buckets: tuple[int, ...] = tuple(preprocessing.get("text", {}).get("buckets", spec.text.buckets))
-        self.tokenizer = Tokenizer.from_file(str(version_dir / TOKENIZER_FILE))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length=self.buckets[-1])
-
-    def bucket(self, n_tokens: int) -> int:
-        """The length a text of ``n_tokens`` is padded to: the smallest bucket that holds it."""
-        return next((b for b in self.buckets if n_tokens <= b), self.buckets[-1])
-
-    def encode(self, texts: list[str], *, fixed: bool = False) -> dict[str, np.ndarray]:
-        """``input_ids``/``attention_mask`` padded to the bucket of the longest text (or the max length)."""
-        encodings = self.tokenizer.encode_batch(texts)
-        longest = max(len(e.ids) for e in encodings)
-        length = self.buckets[-1] if fixed else self.bucket(longest)
-        ids = np.zeros((len(texts), length), dtype=np.int64)
-        mask = np.zeros((len(texts), length), dtype=np.int64)
-        for row, encoding in enumerate(encodings):
-            n = min(len(encoding.ids), length)
-            ids[row, :n] = encoding.ids[:n]
-            mask[row, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask}
-
-
-def image_tensor(data: bytes, spec: TaskSpec) -> np.ndarray:
-    """``pixel_values`` (1, 3, size, size) float32 from JPEG bytes, per the task's preprocessing."""
-    from PIL import Image
-
-    assert spec.image is not None
-    image = (
-        Image.open(io.BytesIO(data))
-        .convert("RGB")
-        .resize((spec.image.size, spec.image.size), Image.Resampling.BILINEAR)
-    )
-    array = np.asarray(image, dtype=np.float32)
-    mean = np.asarray(spec.image.mean, dtype=np.float32)
-    std = np.asarray(spec.image.std, dtype=np.float32)
-    return ((array - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)

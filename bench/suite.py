@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.inputs import Samples, TextEncoder, image_tensor, load_samples
+from bench.inputs import Samples, load_samples
 from bench.loadgen import LoadResult, Send, run_load, triton_sender
 from bench.servers import (
     batches_between,
@@ -43,6 +43,9 @@ from bench.servers import (
     triton_split_ms,
 )
 from bench.variants import VariantRepository, build_variant_repository
+from preprocess.image import DEFAULT_MAX_PIXELS, decode_batch
+from preprocess.probabilities import softmax
+from preprocess.text import TextEncoder
 from serving.triton import PROJECT_ROOT, TritonServer
 from taskspec import MODEL_FILE, TaskSpec, get_task
 
@@ -172,10 +175,11 @@ def prepare_repository(
 def triton_requests(spec: TaskSpec, version_dir: Path, samples: Samples) -> list[dict[str, np.ndarray]]:
     """One single-item request per sample, preprocessed as the facade does (bucketed padding)."""
     if spec.modality == "text":
-        encoder = TextEncoder(version_dir, spec)
-        return [encoder.encode([text]) for text in samples.texts]
+        encoder = TextEncoder.from_version_dir(version_dir)
+        return [encoder.batch([text]).inputs(spec.input_names) for text in samples.texts]
+    assert spec.image is not None
     (pixels,) = spec.inputs
-    return [{pixels.name: image_tensor(data, spec)} for data in samples.images]
+    return [{pixels.name: decode_batch([data], spec.image, DEFAULT_MAX_PIXELS)} for data in samples.images]
 
 
 def facade_sender(
@@ -316,8 +320,6 @@ async def measure_batching(
 def int8_agreement(fp32: Path, int8: Path, requests: Sequence[dict[str, np.ndarray]]) -> tuple[float, float]:
     """Share of inputs whose top class is the same, and the largest probability difference."""
     import onnxruntime as ort
-
-    from frontend_api.text import softmax
 
     def probabilities(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
         if path not in sessions:  # one session per model, not one per input

@@ -1,5 +1,5 @@
 # The REST facade (FastAPI + uvicorn). Slim on purpose: the `api` extra has no torch, and only
-# the packages it runs are copied in: taskspec, frontend_api, and export for compose's models-init job
+# the packages it runs are copied in: taskspec, preprocess, frontend_api, and export for compose's models-init job
 # (`python -m export push` needs boto3 only; training and ONNX export are never imported here).
 # Build context: the repository root (see docker-compose.yml).
 FROM python:3.11-slim
@@ -13,6 +13,7 @@ WORKDIR /app
 
 COPY pyproject.toml README.md ./
 COPY taskspec/ taskspec/
+COPY preprocess/ preprocess/
 COPY frontend_api/ frontend_api/
 COPY export/ export/
 RUN pip install ".[api]" \

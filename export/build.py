@@ -23,17 +23,16 @@ import torch
 
 from export.data import PROJECT_ROOT, Dataset, DataSource, ImageSplit, TextSplit, load_dataset, stratified_split
 from export.errors import CheckpointError, ExportError
-from export.evaluate import quantize_int8, split_logits
-from export.features import extract_features, normalize
+from export.evaluate import image_inputs, quantize_int8, split_logits
+from export.features import extract_features
 from export.metrics import classification_metrics, model_card
 from export.models import EfficientNetFeatures, ImageClassifier, load_text_classifier
 from export.onnx_export import DEFAULT_OPSET, export_onnx, validate_onnx
+from export.pipeline import text_batch
 from export.publish import publish, save_tokenizer
 from export.recipes import ImageRecipe, Profile, TextRecipe, recipe_for
 from export.train import (
-    encode_texts,
     finetune_image,
-    pad_batch,
     resolve_device,
     seed_everything,
     stratified_sample,
@@ -239,7 +238,7 @@ def build_text_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bui
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot load a text classifier from {checkpoint_dir}: {exc}") from exc
     result = train_text(
-        module, tokenizer_file, train, val, spec.labels, recipe,
+        module, tokenizer_file, spec.text, train, val, spec.labels, recipe,
         device=device, seed=options.seed, progress=options.progress, max_steps=options.max_steps,
     )  # fmt: skip
 
@@ -252,18 +251,10 @@ def build_text_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bui
             metrics["val"] = {"accuracy": last["val_accuracy"], "n": len(val)}
 
     # Trace at the smallest bucket; check at the largest with other texts and another batch size.
-    sample_ids, sample_mask = pad_batch(
-        encode_texts(tokenizer_file, test.texts[:2], spec.text.buckets[0]), spec.text.buckets[0]
-    )
-    check_rows = encode_texts(tokenizer_file, test.texts[:8], spec.text.max_length)
-    check_ids, check_mask = pad_batch(check_rows, spec.text.max_length)
+    sample = text_batch(tokenizer_file.parent, test.texts[:2], spec.text.buckets[0], preprocessing=spec.text)
+    check = text_batch(tokenizer_file.parent, test.texts[:8], spec.text.max_length, preprocessing=spec.text)
     onnx_path = workdir / "model.onnx"
-    metrics["export"] = _export_check(
-        result.module, spec,
-        {"input_ids": sample_ids, "attention_mask": sample_mask},
-        {"input_ids": check_ids, "attention_mask": check_mask},
-        onnx_path,
-    )  # fmt: skip
+    metrics["export"] = _export_check(result.module, spec, sample, check, onnx_path)
     extra = _evaluate(spec, onnx_path, test, metrics, options, workdir, tokenizer_file)
     card = model_card(spec.title, spec.labels, metrics)
     version_dir = publish(
@@ -325,13 +316,10 @@ def build_image_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bu
         train={"accuracy": round(float(np.mean(train_pred == train.labels)), 4), "n": len(train)},
         val={"accuracy": round(best_val, 4), "n": len(val)},
     )
-    from export.data import decode_image
-
-    sample = normalize(np.stack([decode_image(p, spec.image.size) for p in test.paths[:1]]), spec.image)
-    check = normalize(np.stack([decode_image(p, spec.image.size) for p in test.paths[1:5]]), spec.image)
+    sample, check = image_inputs(spec, test.paths[:1]), image_inputs(spec, test.paths[1:5])
     name = spec.inputs[0].name
     onnx_path = workdir / "model.onnx"
-    metrics["export"] = _export_check(model, spec, {name: sample}, {name: check}, onnx_path)
+    metrics["export"] = _export_check(model, spec, {name: next(sample)}, {name: next(check)}, onnx_path)
     extra = _evaluate(spec, onnx_path, test, metrics, options, workdir, None)
     card = model_card(spec.title, spec.labels, metrics)
     version_dir = publish(spec, onnx_path, options.repository, metrics=metrics, card=card, extra_files=extra)

@@ -220,12 +220,3 @@ def load_dataset(
     if source == "hub":
         return load_hub(task, cache_dir or PROJECT_ROOT / ".cache" / "hub")
     return load_local(task, resolve_data_dir(data_dir))
-
-
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """RGB uint8 array (size, size, 3), resized like the facade does (bilinear, no crop)."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8)

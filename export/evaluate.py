@@ -1,23 +1,24 @@
 """Evaluate an exported ONNX model on held-out data exactly as it will be served.
 
-Text is tokenized with the published ``tokenizer.json``, truncated to the spec's maximum length and
-padded to the spec's length buckets (what the facade and the raw-text model do); images are
-resized to the spec's size and scaled with its mean/std. The numbers in the model card are those
-of the ONNX file that is published, not of the PyTorch module it came from.
+The inputs come from :mod:`preprocess`, the code the facade and the raw-text models run: text is
+tokenized with the published ``tokenizer.json`` per the spec's preprocessing and each text padded to
+its length bucket; images are decoded, turned upright, resized and normalised per the spec. The
+numbers in the model card are those of the ONNX file that is published, not of the PyTorch module
+it came from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
-from export.data import ImageSplit, TextSplit, decode_image
-from export.features import normalize
-from export.train import encode_texts, pad_batch
+from export.data import ImageSplit, TextSplit
+from preprocess.image import normalize, read_resized
+from preprocess.text import TextEncoder, TokenBatch
 from taskspec import TaskSpec
 
 
@@ -25,6 +26,15 @@ def _session(onnx_path: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def text_inputs(
+    tokenizer_file: Path, spec: TaskSpec, texts: Sequence[str], *, batch_size: int = 32
+) -> list[TokenBatch]:
+    """The batches :func:`text_logits` feeds: each text padded to its bucket, at most ``batch_size`` rows."""
+    assert spec.text is not None
+    encoder = TextEncoder.from_file(tokenizer_file, spec.text)
+    return [chunk for group in encoder.groups(texts) for chunk in group.chunks(batch_size)]
 
 
 def text_logits(
@@ -37,36 +47,33 @@ def text_logits(
     progress: bool = True,
 ) -> np.ndarray:
     """Logits of ``texts`` through ``onnx_path``, tokenized and bucketed like the facade."""
-    assert spec.text is not None
-    encoded = encode_texts(tokenizer_file, texts, spec.text.max_length)
     session = _session(onnx_path)
     logits = np.zeros((len(texts), spec.num_labels), dtype=np.float32)
-    by_bucket: dict[int, list[int]] = {}
-    for i, row in enumerate(encoded):
-        by_bucket.setdefault(spec.text.bucket_for(len(row)), []).append(i)
-    batches = [
-        (bucket, rows[start : start + batch_size])
-        for bucket, rows in sorted(by_bucket.items())
-        for start in range(0, len(rows), batch_size)
-    ]
-    for bucket, rows in tqdm(batches, desc=f"evaluate {spec.name}", unit="batch", disable=not progress):
-        ids, mask = pad_batch([encoded[i] for i in rows], bucket)
-        (out,) = session.run([spec.output.name], {"input_ids": ids, "attention_mask": mask})
-        logits[rows] = out
+    batches = text_inputs(tokenizer_file, spec, texts, batch_size=batch_size)
+    for batch in tqdm(batches, desc=f"evaluate {spec.name}", unit="batch", disable=not progress):
+        (out,) = session.run([spec.output.name], batch.inputs(spec.input_names))
+        logits[list(batch.indices)] = out
     return logits
+
+
+def image_inputs(spec: TaskSpec, paths: Sequence[Path], *, batch_size: int = 16) -> Iterator[np.ndarray]:
+    """The ``pixel_values`` batches :func:`image_logits` feeds, per the spec's preprocessing (decoded lazily)."""
+    assert spec.image is not None
+    for start in range(0, len(paths), batch_size):
+        resized = [read_resized(path, spec.image.size) for path in paths[start : start + batch_size]]
+        yield normalize(np.stack(resized), spec.image)
 
 
 def image_logits(
     onnx_path: Path, spec: TaskSpec, paths: Sequence[Path], *, batch_size: int = 16, progress: bool = True
 ) -> np.ndarray:
     """Logits of the images at ``paths`` through ``onnx_path``, preprocessed like the facade."""
-    assert spec.image is not None
     session = _session(onnx_path)
     chunks = []
-    starts = range(0, len(paths), batch_size)
-    for start in tqdm(starts, desc=f"evaluate {spec.name}", unit="batch", disable=not progress):
-        pixels = np.stack([decode_image(p, spec.image.size) for p in paths[start : start + batch_size]])
-        (out,) = session.run([spec.output.name], {spec.inputs[0].name: normalize(pixels, spec.image)})
+    batches = image_inputs(spec, paths, batch_size=batch_size)
+    total = -(-len(paths) // batch_size)
+    for pixels in tqdm(batches, total=total, desc=f"evaluate {spec.name}", unit="batch", disable=not progress):
+        (out,) = session.run([spec.output.name], {spec.inputs[0].name: pixels})
         chunks.append(out)
     return np.concatenate(chunks) if chunks else np.zeros((0, spec.num_labels), np.float32)
 

@@ -3,8 +3,10 @@
 Training the pose head on frozen EfficientNet-Lite0 features needs every training image through
 the backbone once (twice with horizontal flips). ONNX Runtime runs that about 8x faster than eager
 PyTorch on a small CPU, so the backbone is exported once and the features are computed with it.
-Features are cached under ``.cache/features/`` keyed by the backbone weights, the image list and
-the preprocessing, so a rebuild with the same data skips the work.
+Images go through :mod:`preprocess.image` (decode, EXIF orientation, RGB, resize, normalise), as
+served. Features are cached under ``.cache/features/`` keyed by the backbone weights, the image list,
+the preprocessing parameters and the source of :mod:`preprocess.image` (a change to how images are
+preprocessed recomputes them), so a rebuild with the same data skips the work.
 """
 
 from __future__ import annotations
@@ -21,17 +23,12 @@ import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
-from export.data import PROJECT_ROOT, decode_image
+import preprocess.image
+from export.data import PROJECT_ROOT
+from preprocess.image import normalize, read_resized
 from taskspec import ImagePreprocessing
 
 DEFAULT_CACHE = PROJECT_ROOT / ".cache" / "features"
-
-
-def normalize(images: np.ndarray, image: ImagePreprocessing) -> np.ndarray:
-    """uint8 NHWC RGB -> float32 NCHW with the spec's ``(x - mean) / std``."""
-    mean = np.asarray(image.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(image.std, dtype=np.float32).reshape(1, 3, 1, 1)
-    return (images.transpose(0, 3, 1, 2).astype(np.float32) - mean) / std
 
 
 def backbone_session(backbone: torch.nn.Module, size: int, workdir: Path) -> ort.InferenceSession:
@@ -56,6 +53,7 @@ def backbone_session(backbone: torch.nn.Module, size: int, workdir: Path) -> ort
 def _cache_key(weights_id: str, paths: Sequence[Path], image: ImagePreprocessing, flip: bool) -> str:
     digest = hashlib.sha256()
     digest.update(f"{weights_id}|{image}|flip={flip}|v1".encode())
+    digest.update(Path(preprocess.image.__file__).read_bytes())
     for path in paths:
         stat = path.stat()
         digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
@@ -85,7 +83,7 @@ def extract_features(
         batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
         # JPEG decoding overlaps with ONNX Runtime (which releases the GIL) in a second thread.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            decode = lambda chunk: np.stack([decode_image(p, image.size) for p in chunk])  # noqa: E731
+            decode = lambda chunk: np.stack([read_resized(p, image.size) for p in chunk])  # noqa: E731
             pending = pool.submit(decode, batches[0]) if batches else None
             for index in tqdm(range(len(batches)), desc=desc, unit="batch", disable=not progress):
                 assert pending is not None

@@ -18,7 +18,8 @@ import torch
 
 from export.onnx_export import DEFAULT_OPSET, ValidationReport, export_onnx, validate_onnx
 from export.publish import publish
-from taskspec import TaskSpec
+from preprocess.text import TextEncoder
+from taskspec import TOKENIZER_FILE, TaskSpec, TextPreprocessing
 
 
 @dataclass(frozen=True)
@@ -34,20 +35,16 @@ class Published:
         return int(self.version_dir.name)
 
 
-def text_batch(tokenizer_dir: Path, texts: list[str], length: int, *, pad_id: int = 0) -> dict[str, np.ndarray]:
-    """``input_ids`` / ``attention_mask`` of ``texts`` padded (or truncated) to ``length``, as the facade does."""
-    from tokenizers import Tokenizer
+def text_batch(
+    tokenizer_dir: Path, texts: list[str], length: int, *, preprocessing: TextPreprocessing | None = None
+) -> dict[str, np.ndarray]:
+    """``input_ids`` / ``attention_mask`` of ``texts`` cut and padded to ``length``: trace and validation batches.
 
-    tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=length)
-    ids = np.full((len(texts), length), pad_id, dtype=np.int64)
-    mask = np.zeros((len(texts), length), dtype=np.int64)
-    for row, encoding in enumerate(tokenizer.encode_batch(texts)):
-        n = len(encoding.ids)
-        ids[row, :n] = encoding.ids
-        mask[row, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+    Tokenized by :mod:`preprocess.text` with ``tokenizer_dir``'s ``tokenizer.json`` as ``preprocessing``
+    declares (default: the text tasks' lowercase and head truncation), cut at ``length``.
+    """
+    text = (preprocessing or TextPreprocessing(buckets=(length,))).truncated_at(length)
+    return TextEncoder.from_file(tokenizer_dir / TOKENIZER_FILE, text).batch(texts, "max_length").inputs()
 
 
 def export_validate_publish(

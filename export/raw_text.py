@@ -7,11 +7,14 @@ ONNX model ``<task>``, and applies a softmax. Layout written by :func:`publish_r
     <task>_text/config.pbtxt         backend "python", input text, outputs label + probabilities
     <task>_text/labels.txt
     <task>_text/1/model.py           copy of export/triton_models/raw_text/model.py
+    <task>_text/1/preprocess/*.py    copies of the packages model.py imports (:data:`SHIPPED_PACKAGES`):
+    <task>_text/1/taskspec/*.py      the stub's environment has numpy and tokenizers, not this project
     <task>_text/1/tokenizer.json     copies of the token model's published artifacts
+    <task>_text/1/preprocessing.json
 
 The model-level files are in git (generated, contract-tested); the version folder is a build output,
-written whole by every publish of ``<task>``, so the template is the only ``model.py`` in git.
-    <task>_text/1/preprocessing.json
+written whole by every publish of ``<task>``, so the template and the packages' sources are the only
+copies in git (``export validate`` checks that the published ones equal them).
 
 The raw-text model has one version that always calls the latest version of ``<task>``; its
 tokenizer files are replaced (atomically, file by file) whenever ``<task>`` is published.
@@ -26,10 +29,14 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+import preprocess
+import taskspec
 from export.triton_config import render_model_config, set_queue_policy
 from taskspec import CONFIG_FILE, LABELS_FILE, PREPROCESSING_FILE, TOKENIZER_FILE, TaskSpec
 
 TEMPLATE = Path(__file__).resolve().parent / "triton_models" / "raw_text" / "model.py"
+SHIPPED_PACKAGES = (preprocess, taskspec)
+"""The packages the template imports, published next to it in the version folder."""
 RAW_TEXT_VERSION = 1
 INPUT_NAME = "text"
 LABEL_OUTPUT = "label"
@@ -61,14 +68,32 @@ def build_raw_text_config(spec: TaskSpec) -> mc.ModelConfig:
     return config
 
 
+def shipped_code() -> dict[str, Path]:
+    """Path in the raw-text version folder -> source file: ``model.py`` and the packages it imports."""
+    files = {"model.py": TEMPLATE}
+    for package in SHIPPED_PACKAGES:
+        assert package.__file__ is not None
+        root = Path(package.__file__).parent
+        files.update({f"{package.__name__}/{source.name}": source for source in sorted(root.glob("*.py"))})
+    return files
+
+
 def write_raw_text_model(spec: TaskSpec, repository: Path) -> Path:
-    """Write the config, labels and ``model.py`` of ``<task>_text``; returns the model folder."""
+    """Write the config, labels, ``model.py`` and the packages it imports of ``<task>_text``; returns the folder."""
     model_dir = repository / spec.raw_text_model_name
     version_dir = model_dir / str(RAW_TEXT_VERSION)
     version_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / LABELS_FILE).write_text("\n".join(spec.labels) + "\n")
     (model_dir / CONFIG_FILE).write_text(HEADER + render_model_config(build_raw_text_config(spec)))
-    _replace_file(TEMPLATE, version_dir / "model.py")
+    code = shipped_code()
+    for relative, source in code.items():
+        target = version_dir / relative
+        target.parent.mkdir(exist_ok=True)
+        _replace_file(source, target)
+    for package in SHIPPED_PACKAGES:  # a module removed from the sources goes from the copy too
+        for stale in (version_dir / package.__name__).glob("*.py"):
+            if f"{package.__name__}/{stale.name}" not in code:
+                stale.unlink()
     return model_dir
 
 

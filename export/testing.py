@@ -42,12 +42,17 @@ def tiny_card(spec: TaskSpec, seed: int) -> str:
     )
 
 
-def publish_tiny_model(spec: TaskSpec, repository: Path, *, seed: int = 0) -> Published:
-    """Build, export, validate and publish one tiny random model for ``spec``."""
+def publish_tiny_model(
+    spec: TaskSpec, repository: Path, *, seed: int = 0, tokenizer_dir: Path | None = None
+) -> Published:
+    """Build, export, validate and publish one tiny random model for ``spec``.
+
+    Text tasks publish the ``tokenizer.json`` of ``tokenizer_dir`` (default: :func:`default_tokenizer_dir`).
+    """
     metrics = {"task": spec.name, "profile": "tiny", "seed": seed, "note": "random weights, for tests"}
     if spec.modality == "text":
         assert spec.text is not None
-        tokenizer_dir = default_tokenizer_dir()
+        tokenizer_dir = tokenizer_dir or default_tokenizer_dir()
         buckets = spec.text.buckets
         sample = text_batch(tokenizer_dir, TINY_TEXTS[:2], buckets[0])
         validation = text_batch(tokenizer_dir, TINY_TEXTS, buckets[-1])
@@ -77,14 +82,20 @@ def publish_tiny_model(spec: TaskSpec, repository: Path, *, seed: int = 0) -> Pu
     )
 
 
-def build_tiny_repository(root: Path, tasks: Sequence[str] = ("sentiment", "disaster", "pose"), seed: int = 0) -> Path:
+def build_tiny_repository(
+    root: Path,
+    tasks: Sequence[str] = ("sentiment", "disaster", "pose"),
+    seed: int = 0,
+    *,
+    tokenizer_dir: Path | None = None,
+) -> Path:
     """Publish tiny random models for ``tasks`` into ``root / "model_repository"``; return that folder.
 
     ``root`` is a scratch folder owned by the caller (e.g. from pytest's ``tmp_path_factory``).
-    Text tasks also get their raw-text model ``<task>_text``.
+    Text tasks also get their raw-text model ``<task>_text``; ``tokenizer_dir`` as in :func:`publish_tiny_model`.
     """
     repository = root / "model_repository"
     repository.mkdir(parents=True, exist_ok=True)
     for name in tasks:
-        publish_tiny_model(get_task(name), repository, seed=seed)
+        publish_tiny_model(get_task(name), repository, seed=seed, tokenizer_dir=tokenizer_dir)
     return repository

@@ -20,12 +20,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from export.data import ImageSplit, TextSplit, decode_image
-from export.features import normalize
+from export.data import ImageSplit, TextSplit
 from export.metrics import classification_metrics
 from export.models import ImageClassifier
 from export.recipes import ImageRecipe, TextRecipe
-from taskspec import ImagePreprocessing
+from preprocess.image import normalize, read_image, read_resized, resize
+from preprocess.text import TextEncoder
+from taskspec import ImagePreprocessing, TextPreprocessing
 
 
 def seed_everything(seed: int) -> None:
@@ -70,30 +71,6 @@ class TrainResult:
     seconds: float
 
 
-def encode_texts(tokenizer_file: Path, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Token ids with [CLS]/[SEP], truncated to ``max_length``, unpadded."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=max_length)
-    return [e.ids for e in tokenizer.encode_batch(list(texts))]
-
-
-def pad_batch(
-    rows: Sequence[Sequence[int]], length: int | None = None, pad_id: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad ``rows`` to ``length`` (the longest row by default): ``input_ids``, ``attention_mask``."""
-    length = length or max(len(r) for r in rows)
-    ids = np.full((len(rows), length), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), length), dtype=np.int64)
-    for i, row in enumerate(rows):
-        n = min(len(row), length)
-        ids[i, :n] = row[:n]
-        mask[i, :n] = 1
-    return ids, mask
-
-
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffled batches of similar lengths: less padding per step, still a random order.
 
@@ -120,9 +97,13 @@ def _linear_schedule(total: int, warmup: int) -> Callable[[int], float]:
 
 
 def predict_text_torch(
-    module: nn.Module, encoded: Sequence[Sequence[int]], device: torch.device, batch_size: int = 64
+    module: nn.Module,
+    encoder: TextEncoder,
+    encoded: Sequence[Sequence[int]],
+    device: torch.device,
+    batch_size: int = 64,
 ) -> np.ndarray:
-    """Logits of already-encoded texts (sorted by length internally so padding stays small)."""
+    """Logits of texts already encoded by ``encoder`` (sorted by length internally so padding stays small)."""
     module.eval()
     order = np.argsort([len(r) for r in encoded])
     logits = np.zeros((len(encoded), 0), dtype=np.float32)
@@ -130,8 +111,9 @@ def predict_text_torch(
     with torch.no_grad(), _autocast(device):
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            ids, mask = pad_batch([encoded[i] for i in index])
-            out = module(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)).float().cpu().numpy()
+            batch = encoder.pad([encoded[i] for i in index])
+            ids, mask = torch.from_numpy(batch.input_ids).to(device), torch.from_numpy(batch.attention_mask).to(device)
+            out = module(ids, mask).float().cpu().numpy()
             chunks.append((index, out))
     if chunks:
         logits = np.zeros((len(encoded), chunks[0][1].shape[1]), dtype=np.float32)
@@ -143,6 +125,7 @@ def predict_text_torch(
 def train_text(
     module: nn.Module,
     tokenizer_file: Path,
+    preprocessing: TextPreprocessing,
     train: TextSplit,
     val: TextSplit,
     labels: Sequence[str],
@@ -153,11 +136,17 @@ def train_text(
     progress: bool = True,
     max_steps: int | None = None,
 ) -> TrainResult:
-    """Fine-tune ``module`` (``(input_ids, attention_mask) -> logits``) on ``train``; report ``val`` each epoch."""
+    """Fine-tune ``module`` (``(input_ids, attention_mask) -> logits``) on ``train``; report ``val`` each epoch.
+
+    Texts are tokenized as served (``preprocessing``: lowercase, truncation, pad id) but cut at the
+    recipe's ``max_length``, which may be shorter than the served one (faster; the model still sees
+    the head of each text), and each step pads to its longest row.
+    """
     seed_everything(seed)
     started = time.monotonic()
-    encoded = encode_texts(tokenizer_file, train.texts, recipe.max_length)
-    val_encoded = encode_texts(tokenizer_file, val.texts, recipe.max_length)
+    encoder = TextEncoder.from_file(tokenizer_file, preprocessing.truncated_at(recipe.max_length))
+    encoded = encoder.token_ids(train.texts)
+    val_encoded = encoder.token_ids(val.texts)
     module.to(device)
     frozen_layers = tuple(f"encoder.layer.{i}." for i in range(recipe.freeze_layers))
     for name, parameter in module.named_parameters():
@@ -206,10 +195,12 @@ def train_text(
         for index in batches:
             if step >= total:
                 break
-            ids, mask = pad_batch([encoded[i] for i in index])
+            batch = encoder.pad([encoded[i] for i in index])
             y = targets[index].to(device)
             with _autocast(device):
-                logits = module(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
+                logits = module(
+                    torch.from_numpy(batch.input_ids).to(device), torch.from_numpy(batch.attention_mask).to(device)
+                )
             loss = nn.functional.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
@@ -222,7 +213,7 @@ def train_text(
             loss_sum += loss.item() * len(index)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        val_logits = predict_text_torch(module, val_encoded, device)
+        val_logits = predict_text_torch(module, encoder, val_encoded, device)
         val_metrics = classification_metrics(val.labels, val_logits.argmax(axis=1), labels) if len(val) else {}
         record = {
             "epoch": float(epoch + 1),
@@ -304,7 +295,7 @@ def train_head(
 
 
 class _AugmentedImages(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
-    """Random resized crops (scale 0.6-1) and horizontal flips, then the spec's resize and scaling."""
+    """Random resized crops (scale 0.6-1) and horizontal flips between the served decode and resize/normalise."""
 
     def __init__(self, split: ImageSplit, image: ImagePreprocessing, seed: int, train: bool) -> None:
         self.split, self.image, self.seed, self.train = split, image, seed, train
@@ -314,26 +305,20 @@ class _AugmentedImages(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
         return len(self.split)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
         label = int(self.split.labels[index])
         if not self.train:
-            pixels = decode_image(self.split.paths[index], self.image.size)[None]
-            return torch.from_numpy(normalize(pixels, self.image)[0]), label
+            pixels = read_resized(self.split.paths[index], self.image.size)
+            return torch.from_numpy(normalize(pixels, self.image)), label
         rng = random.Random(hash((self.seed, self.epoch, index)))
-        with Image.open(self.split.paths[index]) as raw:
-            rgb = raw.convert("RGB")
-            w, h = rgb.size
-            scale = rng.uniform(0.6, 1.0)
-            cw, ch = max(1, int(w * math.sqrt(scale))), max(1, int(h * math.sqrt(scale)))
-            left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
-            crop = rgb.crop((left, top, left + cw, top + ch)).resize(
-                (self.image.size, self.image.size), Image.Resampling.BILINEAR
-            )
-            if rng.random() < 0.5:
-                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            pixels = np.asarray(crop, dtype=np.uint8)[None]
-        return torch.from_numpy(normalize(pixels, self.image)[0]), label
+        rgb = read_image(self.split.paths[index])
+        w, h = rgb.size
+        scale = rng.uniform(0.6, 1.0)
+        cw, ch = max(1, int(w * math.sqrt(scale))), max(1, int(h * math.sqrt(scale)))
+        left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        pixels = resize(rgb.crop((left, top, left + cw, top + ch)), self.image.size)
+        if rng.random() < 0.5:
+            pixels = pixels[:, ::-1]  # horizontal flip
+        return torch.from_numpy(normalize(pixels, self.image)), label
 
 
 def finetune_image(

@@ -17,7 +17,7 @@ import numpy as np
 
 from export.onnx_export import MIN_OPSET, onnx_opset
 from export.publish import latest_version_dir
-from export.raw_text import RAW_TEXT_VERSION, TEMPLATE, build_raw_text_config
+from export.raw_text import RAW_TEXT_VERSION, build_raw_text_config, shipped_code
 from export.triton_config import (
     build_model_config,
     check_model_config,
@@ -111,8 +111,10 @@ def _check_raw_text(repository: Path, spec: TaskSpec) -> list[str]:
         return problems
     if read_model_config(folder) != build_raw_text_config(spec):
         problems.append(f"{folder}/config.pbtxt differs from export.raw_text")
-    if (version / "model.py").read_bytes() != TEMPLATE.read_bytes():
-        problems.append(f"{version}/model.py differs from {TEMPLATE}")
+    for relative, source in shipped_code().items():  # model.py and the preprocess/taskspec code it runs
+        copy = version / relative
+        if not copy.is_file() or copy.read_bytes() != source.read_bytes():
+            problems.append(f"{copy} differs from {source} (republish the model)")
     return problems
 
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from tokenizers import Tokenizer
-
 from frontend_api.errors import ModelNotReady, StorageUnavailable
+from preprocess.text import TextEncoder
 from taskspec import PREPROCESSING_FILE, TOKENIZER_FILE, ImagePreprocessing, TaskSpec, TextPreprocessing
 
 
@@ -73,9 +72,8 @@ def make_source(repository: str, s3_client: Any | None) -> ArtifactSource:
 @dataclass(frozen=True)
 class TextArtifacts:
     labels: tuple[str, ...]
-    preprocessing: TextPreprocessing
-    tokenizer: Tokenizer
-    pad_id: int
+    encoder: TextEncoder
+    """The version's tokenizer set up per its preprocessing (:mod:`preprocess.text`)."""
 
 
 @dataclass(frozen=True)
@@ -87,14 +85,6 @@ class ImageArtifacts:
 Artifacts = TextArtifacts | ImageArtifacts
 
 
-def _pad_id(tokenizer: Tokenizer) -> int:
-    for token in ("[PAD]", "<pad>"):
-        token_id = tokenizer.token_to_id(token)
-        if token_id is not None:
-            return int(token_id)
-    return 0
-
-
 def parse_artifacts(spec: TaskSpec, version: str, preprocessing: bytes, tokenizer: bytes | None) -> Artifacts:
     """Build the artifacts of one version from the bytes of its files; raises :class:`ModelNotReady`."""
     where = f"{spec.name}/{version}"
@@ -104,31 +94,11 @@ def parse_artifacts(spec: TaskSpec, version: str, preprocessing: bytes, tokenize
         if len(labels) != spec.num_labels:
             raise ValueError(f"{len(labels)} labels, the task has {spec.num_labels}")
         if spec.modality == "text":
-            text = doc["text"]
-            buckets = tuple(sorted(int(b) for b in text["buckets"]))
-            if not buckets or buckets[0] < 2:
-                raise ValueError(f"bad length buckets {buckets}")
             if tokenizer is None:
                 raise ValueError(f"{TOKENIZER_FILE} is missing")
-            tok = Tokenizer.from_str(tokenizer.decode("utf-8"))
-            # The published tokenizer has truncation and padding off; the facade pads to buckets itself.
-            tok.no_padding()
-            tok.enable_truncation(max_length=buckets[-1])
-            return TextArtifacts(
-                labels=labels,
-                preprocessing=TextPreprocessing(buckets=buckets, lowercase=bool(text.get("lowercase", True))),
-                tokenizer=tok,
-                pad_id=_pad_id(tok),
-            )
-        image = doc["image"]
-        mean = tuple(float(x) for x in image["mean"])
-        std = tuple(float(x) for x in image["std"])
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"bad normalisation mean={mean} std={std}")
-        return ImageArtifacts(
-            labels=labels,
-            preprocessing=ImagePreprocessing(size=int(image["size"]), mean=mean, std=std),  # type: ignore[arg-type]
-        )
+            text = TextPreprocessing.from_document(doc["text"])
+            return TextArtifacts(labels=labels, encoder=TextEncoder(tokenizer.decode("utf-8"), text))
+        return ImageArtifacts(labels=labels, preprocessing=ImagePreprocessing.from_document(doc["image"]))
     except ModelNotReady:
         raise
     except Exception as exc:  # bad JSON, missing keys, or a tokenizer file `tokenizers` rejects (plain Exception)

@@ -15,8 +15,8 @@ Fetching a URL a client chose is a server-side request forgery surface. Every UR
 
 :class:`ImageFetcher` then refuses redirects (never followed), applies connect/read timeouts and
 an overall deadline, checks the content type and the declared length, and stops reading past the
-byte cap. :func:`decode_image` checks magic bytes, refuses too many pixels before decoding, and
-turns Pillow's decompression-bomb warning into an error.
+byte cap. Decoding is :mod:`preprocess.image` (magic bytes, pixel cap, decompression bombs, EXIF
+orientation, resize, normalisation); :func:`decode_batch` reports its refusals as :class:`BadImage`.
 """
 
 from __future__ import annotations
@@ -25,17 +25,17 @@ import asyncio
 import ipaddress
 import socket
 import time
-import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from io import BytesIO
 
 import httpx
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+import preprocess.image
 from frontend_api.errors import BadImage, ImageHostError, ImageTooLarge, UrlNotAllowed
 from frontend_api.settings import ApiSettings
+from preprocess.errors import InvalidImage
+from preprocess.image import sniff_format as sniff_format
 from taskspec import ImagePreprocessing
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -43,13 +43,6 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 ACCEPTED_CONTENT_TYPES = frozenset(
     {"image/jpeg", "image/png", "image/webp", "image/gif", "application/octet-stream", "binary/octet-stream"}
-)
-# Magic bytes -> Pillow format: only these decoders ever run on downloaded bytes.
-_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
 )
 
 
@@ -171,16 +164,6 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def sniff_format(data: bytes) -> str | None:
-    """Pillow format name from magic bytes (JPEG, PNG, WEBP, GIF), or None."""
-    for magic, name in _MAGIC:
-        if data.startswith(magic):
-            return name
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    return None
-
-
 class ImageFetcher:
     """Downloads images through one long-lived ``httpx.AsyncClient`` (created in the lifespan)."""
 
@@ -258,32 +241,14 @@ class ImageFetcher:
 
 
 def decode_image(data: bytes, preprocessing: ImagePreprocessing, max_pixels: int) -> np.ndarray:
-    """Bytes -> ``(3, size, size)`` float32, normalised as the model was trained. Raises :class:`BadImage`."""
-    fmt = sniff_format(data)
-    if fmt is None:
-        raise BadImage("not a JPEG, PNG, WebP or GIF image (magic bytes)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(BytesIO(data), formats=[fmt]) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise BadImage(f"the image has {width}x{height} pixels; the limit is {max_pixels}")
-                rgb = image.convert("RGB")
-        except BadImage:
-            raise
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise BadImage(f"the image cannot be decoded: {exc}") from exc
-        except Image.DecompressionBombWarning as exc:
-            raise BadImage(f"the image is a decompression bomb: {exc}") from exc
-    size = preprocessing.size
-    resized = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    pixels = np.asarray(resized, dtype=np.float32)
-    mean = np.asarray(preprocessing.mean, dtype=np.float32)
-    std = np.asarray(preprocessing.std, dtype=np.float32)
-    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
+    """Bytes -> ``(3, size, size)`` float32 (:func:`preprocess.image.decode_image`); raises :class:`BadImage`."""
+    pixels: np.ndarray = decode_batch([data], preprocessing, max_pixels)[0]
+    return pixels
 
 
 def decode_batch(bodies: Sequence[bytes], preprocessing: ImagePreprocessing, max_pixels: int) -> np.ndarray:
-    """Decode every image into one ``(n, 3, size, size)`` batch (run in a worker thread)."""
-    return np.stack([decode_image(b, preprocessing, max_pixels) for b in bodies])
+    """Decode every image into one ``(n, 3, size, size)`` batch (run in a worker thread); raises :class:`BadImage`."""
+    try:
+        return preprocess.image.decode_batch(bodies, preprocessing, max_pixels)
+    except InvalidImage as exc:
+        raise BadImage(str(exc)) from exc

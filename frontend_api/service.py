@@ -40,9 +40,9 @@ from frontend_api.schemas import (
     UploadResponse,
 )
 from frontend_api.settings import ApiSettings
-from frontend_api.text import encode, softmax
 from frontend_api.triton_client import InferOutput, TritonBackend
 from frontend_api.uploads import presign_upload
+from preprocess.probabilities import softmax
 from taskspec import TaskSpec, get_task
 
 logger = logging.getLogger("frontend_api")
@@ -126,14 +126,7 @@ class PlatformService:
         if not isinstance(artifacts, TextArtifacts):
             raise ModelNotReady(f"{spec.name}/{version} has no text preprocessing")
         t_tokenize = time.perf_counter()
-        run = functools.partial(
-            encode,
-            artifacts.tokenizer,
-            texts,
-            artifacts.preprocessing,
-            pad_id=artifacts.pad_id,
-            padding=self.settings.text_padding,
-        )
+        run = functools.partial(artifacts.encoder.groups, texts, self.settings.text_padding)
         # Short requests tokenize faster than a thread hop costs; long ones must not block the loop.
         big = sum(len(t) for t in texts) > self.settings.tokenize_in_thread_chars
         groups = await asyncio.to_thread(run) if big else run()

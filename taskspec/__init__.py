@@ -11,8 +11,9 @@ environment - the facade, the Triton stub, the exporter - can import it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 # Files of one published model, in model_repository/<task>/ (model level) and
 # model_repository/<task>/<version>/ (weights and the artifacts that travel with them).
@@ -70,17 +71,27 @@ class TensorSpec:
         return TRITON_TO_WIRE[self.dtype]
 
 
+TruncationStrategy = Literal["head"]
+"""Which tokens of a text longer than the maximum length survive. ``head``: the first ones (the
+tokenizer's closing ``[SEP]`` still ends the row). A head+tail strategy would be added here and in
+:mod:`preprocess.text`, the one place that applies it."""
+TRUNCATION_STRATEGIES: tuple[TruncationStrategy, ...] = ("head",)
+
+
 @dataclass(frozen=True)
 class TextPreprocessing:
-    """How raw text becomes ``input_ids`` / ``attention_mask``.
+    """How raw text becomes ``input_ids`` / ``attention_mask`` (applied by :mod:`preprocess.text`).
 
     ``buckets`` are the padded lengths the facade uses: Triton only batches requests whose
     shapes match, so padding to a few fixed lengths lets concurrent requests share a batch.
-    The last bucket is the model's maximum length; longer texts are truncated to it.
+    The last bucket is the model's maximum length; longer texts are cut to it as ``truncation``
+    says. ``lowercase`` lowercases the text before the tokenizer's own normalizer runs (a no-op
+    for an uncased tokenizer, which lowercases by itself).
     """
 
     buckets: tuple[int, ...]
     lowercase: bool = True
+    truncation: TruncationStrategy = "head"
 
     @property
     def max_length(self) -> int:
@@ -93,18 +104,66 @@ class TextPreprocessing:
                 return bucket
         return self.buckets[-1]
 
+    def truncated_at(self, max_length: int) -> TextPreprocessing:
+        """The same preprocessing with another maximum length (training on shorter rows than are served)."""
+        return replace(self, buckets=(*(b for b in self.buckets if b < max_length), max_length))
+
+    def to_document(self) -> dict[str, object]:
+        """The ``text`` part of ``preprocessing.json``."""
+        return {
+            "buckets": list(self.buckets),
+            "max_length": self.max_length,
+            "lowercase": self.lowercase,
+            "truncation": self.truncation,
+            "tokenizer_file": TOKENIZER_FILE,
+        }
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any]) -> TextPreprocessing:
+        """Parse the ``text`` part of a published ``preprocessing.json``; ValueError names what is wrong.
+
+        Versions published before a field existed get its default (``lowercase`` true, ``truncation`` head).
+        """
+        buckets = tuple(sorted(int(b) for b in doc["buckets"]))
+        if not buckets or buckets[0] < 2:
+            raise ValueError(f"bad length buckets {buckets}")
+        if "max_length" in doc and int(doc["max_length"]) != buckets[-1]:
+            raise ValueError(f"max_length {doc['max_length']} is not the largest bucket {buckets[-1]}")
+        lowercase = doc.get("lowercase", True)
+        if not isinstance(lowercase, bool):
+            raise ValueError(f"lowercase must be true or false, not {lowercase!r}")
+        truncation = doc.get("truncation", "head")
+        if truncation not in TRUNCATION_STRATEGIES:
+            raise ValueError(f"unknown truncation {truncation!r}; known: {', '.join(TRUNCATION_STRATEGIES)}")
+        return cls(buckets=buckets, lowercase=lowercase, truncation=truncation)
+
 
 @dataclass(frozen=True)
 class ImagePreprocessing:
-    """How a decoded RGB image becomes ``pixel_values`` (NCHW float32).
+    """How image bytes become ``pixel_values`` (NCHW float32; applied by :mod:`preprocess.image`).
 
-    The image is converted to RGB, resized to ``size`` x ``size`` (bilinear), and each
-    channel is mapped with ``(x - mean) / std`` on the 0-255 scale.
+    The image is decoded, turned upright by its EXIF orientation, converted to RGB, resized to
+    ``size`` x ``size`` (bilinear, no crop), and each channel is mapped with ``(x - mean) / std`` on
+    the 0-255 scale.
     """
 
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+
+    def to_document(self) -> dict[str, object]:
+        """The ``image`` part of ``preprocessing.json``."""
+        return {"size": self.size, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any]) -> ImagePreprocessing:
+        """Parse the ``image`` part of a published ``preprocessing.json``; ValueError names what is wrong."""
+        size = int(doc["size"])
+        mean = tuple(float(x) for x in doc["mean"])
+        std = tuple(float(x) for x in doc["std"])
+        if size < 1 or len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"bad image preprocessing size={size} mean={mean} std={std}")
+        return cls(size=size, mean=(mean[0], mean[1], mean[2]), std=(std[0], std[1], std[2]))
 
 
 DEFAULT_QUEUE_TIMEOUT_US = 10_000_000
@@ -198,14 +257,9 @@ class TaskSpec:
         """The content of ``preprocessing.json``, published next to the weights of each version."""
         doc: dict[str, object] = {"task": self.name, "labels": list(self.labels), "inputs": list(self.input_names)}
         if self.text is not None:
-            doc["text"] = {
-                "buckets": list(self.text.buckets),
-                "max_length": self.text.max_length,
-                "lowercase": self.text.lowercase,
-                "tokenizer_file": TOKENIZER_FILE,
-            }
+            doc["text"] = self.text.to_document()
         if self.image is not None:
-            doc["image"] = {"size": self.image.size, "mean": list(self.image.mean), "std": list(self.image.std)}
+            doc["image"] = self.image.to_document()
         return doc
 
 

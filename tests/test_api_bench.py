@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 from bench.facade import (
     BASELINE_CHECKPOINT_ENV,
     BASELINE_INT8_ENV,
-    Encoder,
     alternating_latency,
     baseline_app,
     headlines,
@@ -20,23 +19,23 @@ from bench.facade import (
     pick_text,
 )
 from frontend_api.testing import make_artifact_repository
-from taskspec import DISASTER
+from preprocess.text import TextEncoder
 
 
 @pytest.fixture(scope="module")
-def encoder(tmp_path_factory: pytest.TempPathFactory) -> Encoder:
+def encoder(tmp_path_factory: pytest.TempPathFactory) -> TextEncoder:
     repo = make_artifact_repository(tmp_path_factory.mktemp("bench-artifacts"), tasks=["disaster"])
-    return Encoder(repo / "disaster" / "1", DISASTER)
+    return TextEncoder.from_version_dir(repo / "disaster" / "1")
 
 
-def test_pick_text_finds_a_text_near_the_target_length(encoder: Encoder) -> None:
+def test_pick_text_finds_a_text_near_the_target_length(encoder: TextEncoder) -> None:
     long_review = " ".join(f"word{i}" for i in range(300))
     text, n_tokens = pick_text(["short", long_review], encoder, target=40)
     assert abs(n_tokens - 40) <= 3
     assert encoder.n_tokens(text) == n_tokens
 
 
-def test_padding_statistics_count_real_and_padded_tokens(encoder: Encoder) -> None:
+def test_padding_statistics_count_real_and_padded_tokens(encoder: TextEncoder) -> None:
     # [CLS] fire [SEP] = 3 tokens -> bucket 16; 20 words + 2 -> 22 tokens -> bucket 32 (buckets 16/32/64)
     stats = padding_statistics(["fire", " ".join(["flood"] * 20)], encoder)
     assert stats["mean_tokens"] == pytest.approx((3 + 22) / 2)

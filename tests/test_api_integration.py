@@ -26,7 +26,8 @@ from PIL import Image
 from export.s3sync import S3Settings, ensure_bucket, make_client, push
 from frontend_api.artifacts import TextArtifacts, parse_artifacts
 from frontend_api.images import decode_image
-from frontend_api.text import encode, softmax
+from preprocess.probabilities import softmax
+from preprocess.text import TextEncoder
 from serving.processes import ManagedProcess, python_module
 from serving.triton import PROJECT_ROOT, TritonServer, free_port
 from taskspec import MODEL_FILE, POSE, PREPROCESSING_FILE, SENTIMENT, TOKENIZER_FILE
@@ -125,7 +126,7 @@ def test_text_probabilities_match_onnx_runtime_on_the_same_model(stack: Stack) -
         SENTIMENT, "1", (version_dir / PREPROCESSING_FILE).read_bytes(), (version_dir / TOKENIZER_FILE).read_bytes()
     )
     assert isinstance(artifacts, TextArtifacts)
-    for group in encode(artifacts.tokenizer, texts, artifacts.preprocessing, pad_id=artifacts.pad_id):
+    for group in artifacts.encoder.groups(texts):
         expected = softmax(
             ort_logits(
                 stack.repository,
@@ -143,13 +144,13 @@ def test_text_probabilities_match_onnx_runtime_on_the_same_model(stack: Stack) -
 
 def test_the_benchmarks_minimal_proxy_answers_what_the_facade_answers(stack: Stack, tmp_path: Path) -> None:
     """bench/facade.py's overhead reference forwards token ids to the same Triton: same probabilities."""
-    from bench.facade import Encoder, proxy_for
+    from bench.facade import proxy_for
 
     text = "A beautiful, moving film with a career-best performance from the lead."
     facade = httpx.post(f"{stack.api_url}/v1/sentiment", json={"texts": [text]}, timeout=30)
     assert facade.status_code == 200, facade.text
     expected = [facade.json()["predictions"][0]["probabilities"][label] for label in SENTIMENT.labels]
-    feeds = Encoder(stack.repository / "sentiment" / "1", SENTIMENT).encode_one(text)
+    feeds = TextEncoder.from_version_dir(stack.repository / "sentiment" / "1").batch([text]).inputs()
     body = {"model": "sentiment", "inputs": {k: v.tolist() for k, v in feeds.items()}, "output": SENTIMENT.output.name}
     with proxy_for(stack.triton, tmp_path) as proxy_url:
         response = httpx.post(f"{proxy_url}/infer", json=body, timeout=30)

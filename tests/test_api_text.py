@@ -18,7 +18,7 @@ from frontend_api.errors import InferenceFailed
 from frontend_api.schemas import MAX_TEXT_CHARS, MAX_TEXTS
 from frontend_api.settings import ApiSettings
 from frontend_api.testing import FakeTriton, make_artifact_repository, minilm_tokenizer_file
-from frontend_api.text import encode, softmax
+from preprocess.probabilities import softmax
 from taskspec import DISASTER, PREPROCESSING_FILE
 
 PROBLEM = "application/problem+json"
@@ -75,7 +75,7 @@ def test_encode_pads_each_text_to_its_bucket_and_truncates_at_the_maximum() -> N
     )
     assert isinstance(artifacts, TextArtifacts)
     texts = ["fire", "word " * 20, "short one", "word " * 500]
-    groups = encode(artifacts.tokenizer, texts, artifacts.preprocessing, pad_id=artifacts.pad_id)
+    groups = artifacts.encoder.groups(texts)
     by_length = {g.length: g for g in groups}
     assert sorted(by_length) == [16, 32, 64]  # buckets (16, 32, 64): 3, 22, 4 and 64 (truncated) tokens
     assert by_length[16].indices == (0, 2)
@@ -96,7 +96,7 @@ def test_max_length_padding_uses_one_shape() -> None:
         DISASTER, "1", json.dumps(DISASTER.preprocessing_document()).encode(), minilm_tokenizer_file().read_bytes()
     )
     assert isinstance(artifacts, TextArtifacts)
-    groups = encode(artifacts.tokenizer, ["a", "b c d"], artifacts.preprocessing, padding="max_length")
+    groups = artifacts.encoder.groups(["a", "b c d"], "max_length")
     assert [(g.indices, g.length) for g in groups] == [((0, 1), 64)]
 
 

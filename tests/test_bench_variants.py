@@ -11,8 +11,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from bench.inputs import TextEncoder, image_tensor, load_samples
-from bench.suite import int8_agreement
+from bench.inputs import load_samples
+from bench.suite import int8_agreement, triton_requests
 from bench.variants import build_variant_repository
 from export.triton_config import check_model_config, read_model_config
 from taskspec import MODEL_FILE, get_task
@@ -61,11 +61,10 @@ def test_int8_agreement_and_inputs_match_the_model(tiny_repository: Path, tmp_pa
     spec = get_task("disaster")
     repo = build_variant_repository(tiny_repository, tmp_path / "variants", [spec])
     version_dir = repo.root / "disaster" / str(repo.versions["disaster"])
-    encoder = TextEncoder(version_dir, spec)
-    short = encoder.encode(["fire"])
-    assert short["input_ids"].shape == (1, 16)  # the smallest bucket, as the facade pads
-    assert encoder.encode(["fire"], fixed=True)["input_ids"].shape == (1, 64)
-    requests = [encoder.encode([t]) for t in load_samples(spec, limit=8).texts]
+    requests = triton_requests(spec, version_dir, load_samples(spec, limit=8))
+    assert spec.text is not None
+    padded = [r["input_ids"].shape[1] for r in requests]
+    assert padded == [spec.text.bucket_for(int(r["attention_mask"].sum())) for r in requests]  # as the facade pads
     agreement, worst = int8_agreement(
         version_dir / MODEL_FILE, repo.root / "disaster_int8" / version_dir.name / MODEL_FILE, requests
     )
@@ -74,8 +73,7 @@ def test_int8_agreement_and_inputs_match_the_model(tiny_repository: Path, tmp_pa
     assert same == 1.0
 
     pose = get_task("pose")
-    photo = load_samples(pose, limit=1).images[0]
-    pixels = image_tensor(photo, pose)
+    pixels = triton_requests(pose, version_dir, load_samples(pose, limit=1))[0]["pixel_values"]
     assert pixels.shape == (1, 3, 224, 224) and pixels.dtype == np.float32
     assert pixels.min() >= -1.0 and pixels.max() <= 1.0  # (x - 127) / 128 on 0-255
     session = ort.InferenceSession(str(tiny_repository / "pose" / "1" / MODEL_FILE), providers=["CPUExecutionProvider"])

@@ -15,7 +15,8 @@ from export.models import load_text_classifier
 from export.publish import save_tokenizer
 from export.recipes import TextRecipe
 from export.testing import default_tokenizer_dir
-from export.train import encode_texts, predict_text_torch, seed_everything, stratified_sample, train_text
+from export.train import predict_text_torch, seed_everything, stratified_sample, train_text
+from preprocess.text import TextEncoder
 from taskspec import SENTIMENT
 
 pytestmark = [
@@ -37,12 +38,15 @@ def test_text_training_loop_learns_and_is_reproducible(tmp_path: Path) -> None:
     val = _sentiment_sample(16, seed=1)
     recipe = TextRecipe(train_size=None, val_size=16, max_length=48, batch_size=16, epochs=1, lr=5e-5, freeze_layers=2)
 
+    text = SENTIMENT.text
+    assert text is not None
+
     def run() -> tuple[torch.nn.Module, list[dict[str, float]]]:
         seed_everything(3)  # the fresh head is drawn at load time; `export build` seeds before loading too
         module = load_text_classifier(default_tokenizer_dir(), 2)
         result = train_text(
-            module, tokenizer_file, train, val, SENTIMENT.labels, recipe, device=torch.device("cpu"), seed=3,
-            progress=False,
+            module, tokenizer_file, text, train, val, SENTIMENT.labels, recipe, device=torch.device("cpu"),
+            seed=3, progress=False,
         )  # fmt: skip
         return result.module, result.history
 
@@ -59,10 +63,11 @@ def test_text_training_loop_learns_and_is_reproducible(tmp_path: Path) -> None:
     assert torch.equal(
         before["encoder.embeddings.word_embeddings.weight"], after["encoder.embeddings.word_embeddings.weight"]
     )
-    encoded = encode_texts(tokenizer_file, val.texts, 48)
+    encoder = TextEncoder.from_file(tokenizer_file, text.truncated_at(48))
+    encoded = encoder.token_ids(val.texts)
     np.testing.assert_allclose(
-        predict_text_torch(first, encoded, torch.device("cpu")),
-        predict_text_torch(second, encoded, torch.device("cpu")),
+        predict_text_torch(first, encoder, encoded, torch.device("cpu")),
+        predict_text_torch(second, encoder, encoded, torch.device("cpu")),
         atol=1e-5,
     )
 

@@ -13,7 +13,7 @@ from export.data import load_local, stratified_split
 from export.errors import CheckpointError, DatasetError
 from export.metrics import classification_metrics, model_card
 from export.recipes import RECIPES, ImageRecipe, TextRecipe
-from export.train import length_grouped_batches, pad_batch, stratified_sample
+from export.train import length_grouped_batches, stratified_sample
 
 
 def test_length_grouped_batches_cover_every_example_once_with_little_padding() -> None:
@@ -37,12 +37,6 @@ def test_stratified_helpers_keep_class_shares_and_are_deterministic() -> None:
     assert np.array_equal(test, stratified_split(labels, 0.25, seed=7)[1])
     sample = stratified_sample(labels, 10, seed=3)
     assert len(sample) == 10 and np.sum(labels[sample] == 1) == 2
-
-
-def test_pad_batch_right_pads_and_masks() -> None:
-    ids, mask = pad_batch([[101, 7, 102], [101, 102]], 4)
-    assert ids.tolist() == [[101, 7, 102, 0], [101, 102, 0, 0]]
-    assert mask.tolist() == [[1, 1, 1, 0], [1, 1, 0, 0]]
 
 
 def test_classification_metrics_and_card() -> None:

@@ -305,11 +305,6 @@ def runner(session: Any, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
     return lambda: session.run(None, feeds)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return np.asarray(shifted / shifted.sum(axis=-1, keepdims=True))
-
-
 def bench_model(
     model: ModelUnderTest,
     results: Results,
@@ -320,6 +315,8 @@ def bench_model(
     deadline: float,
     scratch: Path,
 ) -> None:
+    from preprocess.probabilities import softmax
+
     fp16_path = scratch / f"{model.task}.fp16.onnx"
     if not fp16_path.exists() and any(p != "CPUExecutionProvider" for p in providers):
         to_fp16(model.path, fp16_path)
