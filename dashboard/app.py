@@ -1,4 +1,4 @@
-"""The dashboard page: ``panel serve dashboard/app.py`` serves it at ``/app``.
+"""The dashboard page; ``python -m dashboard`` serves it at ``/app`` (see :mod:`dashboard.server`).
 
 Each browser session gets its own facade client and states; a periodic callback checks that the
 facade is up (the banner) and refreshes the Monitoring tab. The facade's URL comes from
@@ -15,7 +15,7 @@ import panel as pn
 from dashboard.client import FacadeAPI, FacadeClient
 from dashboard.settings import DashboardSettings
 from dashboard.state import CONNECTION_DOWN, DashboardState
-from dashboard.views import ConnectionBanner, MonitoringView, PoseView, TextTaskView
+from dashboard.views import ConnectionBanner, MonitoringView, PoseView, TextTaskView, markdown_literal
 from taskspec import TASKS
 
 TITLE = "Multi-task classifier"
@@ -24,7 +24,7 @@ TITLE = "Multi-task classifier"
 class DashboardPage:
     """Every view of one session, assembled into a page with a tab per task and a Monitoring tab."""
 
-    def __init__(self, state: DashboardState) -> None:
+    def __init__(self, state: DashboardState, user: str | None = None) -> None:
         settings = state.settings
         self.state = state
         self._refreshing = False
@@ -44,7 +44,8 @@ class DashboardPage:
                     f"Classify movie reviews, tweets and photos with the models served by Triton.\n\n"
                     f"API: `{state.client.base_url}`\n\n"
                     "Text tabs take one text per line; the Pose tab takes a photo file or an image URL."
-                )
+                ),
+                *([pn.pane.Markdown(f"Logged in as {markdown_literal(user)} · [Log out](/logout)")] if user else []),
             ],
             sidebar_width=260,
             header_background="#2b6cb0",
@@ -67,19 +68,31 @@ class DashboardPage:
             self._refreshing = False
 
 
-def build_page(client: FacadeAPI | None = None, settings: DashboardSettings | None = None) -> DashboardPage:
-    """The page for one session (tests pass a fake client; the server builds the real one)."""
+def build_page(
+    client: FacadeAPI | None = None, settings: DashboardSettings | None = None, user: str | None = None
+) -> DashboardPage:
+    """The page for one session (tests pass a fake client; the server builds the real one).
+
+    ``user`` is the logged-in user (None without a login): the sidebar shows it with a "Log out" link.
+    """
     settings = settings or DashboardSettings()
     if client is None:
         key = settings.api_key.get_secret_value() if settings.api_key else None
         client = FacadeClient(settings.api_url, timeout_s=settings.request_timeout_s, api_key=key)
-    return DashboardPage(DashboardState(client, settings, list(TASKS.values())))
+    return DashboardPage(DashboardState(client, settings, list(TASKS.values())), user=user)
 
 
-def serve_session() -> None:
-    """What ``panel serve`` runs for each browser session."""
+def session_page(login_user: str | None = None) -> Any:
+    """What the server runs for each browser session: the page, with its periodic check scheduled.
+
+    ``login_user`` is the user the server's login admits (None: no login). A session that is not that
+    user's gets a "log in" note and no facade client, so the dashboard's API key is never used on behalf of
+    an anonymous browser, whatever Panel's guest settings say (e.g. ``PANEL_OAUTH_OPTIONAL``).
+    """
     pn.extension(notifications=False)
-    page = build_page()
+    if not session_allowed(pn.state.user, login_user):
+        return pn.pane.Markdown("You are not logged in. [Log in](/login) to use the dashboard.")
+    page = build_page(user=login_user)
     settings = page.state.settings
     pn.state.onload(page.refresh)
     interval_ms = int(min(settings.health_interval_s, settings.stats_interval_s) * 1000)
@@ -89,18 +102,16 @@ def serve_session() -> None:
     closing: set[asyncio.Task[None]] = set()
 
     def close_client(session_context: Any) -> None:
-        # Bokeh clears this script's module namespace once the session ends, so the import
-        # must be local. The server's loop is still running here: close the session's
-        # connection pool on it, holding a reference so the task is not garbage-collected.
-        import asyncio
-
+        # The server's loop is still running here: close the session's connection pool on it,
+        # holding a reference so the task is not garbage-collected.
         task = asyncio.get_running_loop().create_task(page.state.client.aclose())
         closing.add(task)
         task.add_done_callback(closing.discard)
 
     pn.state.on_session_destroyed(close_client)
-    page.template.servable(title=TITLE)
+    return page.template
 
 
-if __name__.startswith("bokeh"):
-    serve_session()
+def session_allowed(user: str | None, login_user: str | None) -> bool:
+    """Whether a session of ``user`` may use the page: always without a login, else only as the login's user."""
+    return login_user is None or (user is not None and user == login_user)
