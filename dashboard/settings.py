@@ -30,7 +30,6 @@ class DashboardSettings(BaseSettings):
     health_interval_s: float = Field(5.0, gt=0, description="How often the page checks that the facade is up")
     stats_interval_s: float = Field(5.0, gt=0, description="How often the Monitoring tab refreshes")
     max_texts: int = Field(64, gt=0, description="Most texts sent in one Classify click (one per line)")
-    max_image_mb: float = Field(10.0, gt=0, description="Largest image file the Pose tab uploads")
     default_top_k: int = Field(3, ge=1, le=15, description="How many actions the Pose tab shows by default")
 
 

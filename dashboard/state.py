@@ -150,17 +150,17 @@ class PoseState(RequestState):
     image_name = param.String(default="")
     result = param.ClassSelector(class_=PoseResult, default=None, allow_None=True)
 
-    def __init__(self, client: FacadeAPI, connection: Connection, max_image_mb: float = 10.0, top_k: int = 3) -> None:
+    def __init__(self, client: FacadeAPI, connection: Connection, top_k: int = 3) -> None:
         super().__init__(client, connection, top_k=top_k)
-        self.max_image_mb = max_image_mb
 
     async def classify_file(self, filename: str, data: bytes, content_type: str | None = None) -> None:
-        """Upload the file through a presigned URL, then classify the stored image."""
+        """Upload the file through a presigned POST, then classify the stored image.
+
+        The size limit is the facade's (its upload ticket's ``max_bytes``): the client refuses a larger
+        file before sending it, and storage would refuse it too.
+        """
         if not data:
             self.error = f"{filename or 'The file'} is empty."
-            return
-        if len(data) > self.max_image_mb * 1024 * 1024:
-            self.error = f"{filename} is {len(data) / 1024 / 1024:.1f} MB; the limit is {self.max_image_mb:g} MB."
             return
         mime = content_type or mimetypes.guess_type(filename)[0] or ""
         if mime not in IMAGE_TYPES:
@@ -212,5 +212,5 @@ class DashboardState:
             for task in tasks
             if task.modality == "text"
         }
-        self.pose = PoseState(client, self.connection, max_image_mb=settings.max_image_mb, top_k=settings.default_top_k)
+        self.pose = PoseState(client, self.connection, top_k=settings.default_top_k)
         self.monitoring = MonitoringState(client, self.connection)
