@@ -14,45 +14,79 @@ import panel as pn
 
 from dashboard.client import FacadeAPI, FacadeClient
 from dashboard.settings import DashboardSettings
-from dashboard.state import CONNECTION_DOWN, DashboardState
-from dashboard.views import ConnectionBanner, MonitoringView, PoseView, TextTaskView, markdown_literal
-from taskspec import TASKS
+from dashboard.state import CONNECTION_DOWN, DashboardState, TextTaskState
+from dashboard.views import ConnectionBanner, ImageTaskView, MonitoringView, TextTaskView, markdown_literal
 
 TITLE = "Multi-task classifier"
 
 
 class DashboardPage:
-    """Every view of one session, assembled into a page with a tab per task and a Monitoring tab."""
+    """Every view of one session: a tab per task the facade lists, then a Monitoring tab.
+
+    The task tabs are built from ``GET /v1/models`` on the first tick that reaches the facade; until then
+    (a facade down at session start) the banner says so, a note says the tabs are waiting for it, and the
+    Monitoring tab is the only one.
+    """
 
     def __init__(self, state: DashboardState, user: str | None = None) -> None:
         settings = state.settings
         self.state = state
         self._refreshing = False
         self.banner = ConnectionBanner(state.connection, state.client.base_url, settings.health_interval_s)
-        self.text_views = {name: TextTaskView(task_state) for name, task_state in state.text_tasks.items()}
-        self.pose_view = PoseView(state.pose)
+        self.models_note = pn.pane.Alert(
+            pn.bind(models_note_text, state.param.models_error),
+            alert_type="info",
+            visible=state.param.loaded.rx.not_(),
+            css_classes=["mtc-models-note"],
+            sizing_mode="stretch_width",
+        )
+        self.task_views: dict[str, TextTaskView | ImageTaskView] = {}
         self.monitoring_view = MonitoringView(state.monitoring, settings.stats_interval_s)
-        tabs: list[Any] = [view.panel for view in self.text_views.values()]
-        tabs += [self.pose_view.panel, self.monitoring_view.panel]
-        self.tabs = pn.Tabs(*tabs, dynamic=False, sizing_mode="stretch_width", css_classes=["mtc-tabs"])
+        self.tabs = self._tabs()
+        self.main = pn.Column(self.banner.panel, self.models_note, self.tabs, sizing_mode="stretch_width")
+        sidebar: list[Any] = [
+            pn.pane.Markdown(
+                "Classify texts and images with the models served by Triton: one tab per task.\n\n"
+                f"API: `{state.client.base_url}`\n\n"
+                "Text tabs take one text per line; image tabs take a photo file or an image URL."
+            )
+        ]
+        if user:
+            sidebar.append(pn.pane.Markdown(f"Logged in as {markdown_literal(user)} · [Log out](/logout)"))
         # Bootstrap, not Fast: the Fast design pulls a web font from the internet, this one is all local.
         self.template = pn.template.BootstrapTemplate(
             title=TITLE,
-            main=[pn.Column(self.banner.panel, self.tabs, sizing_mode="stretch_width")],
-            sidebar=[
-                pn.pane.Markdown(
-                    f"Classify movie reviews, tweets and photos with the models served by Triton.\n\n"
-                    f"API: `{state.client.base_url}`\n\n"
-                    "Text tabs take one text per line; the Pose tab takes a photo file or an image URL."
-                ),
-                *([pn.pane.Markdown(f"Logged in as {markdown_literal(user)} · [Log out](/logout)")] if user else []),
-            ],
+            main=[self.main],
+            sidebar=sidebar,
             sidebar_width=260,
             header_background="#2b6cb0",
         )
 
+    def build_task_tabs(self) -> None:
+        """One tab per loaded task, in the facade's order, before the Monitoring tab (once)."""
+        if self.task_views or not self.state.loaded:
+            return
+        for name, task_state in self.state.tasks.items():
+            if isinstance(task_state, TextTaskState):
+                self.task_views[name] = TextTaskView(task_state)
+            else:
+                self.task_views[name] = ImageTaskView(task_state)
+        # A new Tabs rather than new items in the old one: Bokeh 3.9 keeps a moved tab's panel stacked
+        # above the active one (invisible, but it takes the clicks meant for the active tab).
+        self.tabs = self._tabs(*(view.panel for view in self.task_views.values()))
+        self.main[self.main.objects.index(self.models_note) + 1] = self.tabs
+
+    def _tabs(self, *task_panels: Any) -> pn.Tabs:
+        return pn.Tabs(
+            *task_panels,
+            self.monitoring_view.panel,
+            dynamic=False,
+            sizing_mode="stretch_width",
+            css_classes=["mtc-tabs"],
+        )
+
     async def refresh(self) -> None:
-        """One tick: check the facade, and refresh the statistics while it is up.
+        """One tick: check the facade; while it is up, list its tasks (once) and refresh the statistics.
 
         A tick that finds the previous one still waiting (a slow facade) does nothing, so requests
         never pile up behind an unresponsive API.
@@ -62,10 +96,20 @@ class DashboardPage:
         self._refreshing = True
         try:
             await self.state.connection.check()
-            if self.state.connection.status != CONNECTION_DOWN:
-                await self.state.monitoring.refresh()
+            if self.state.connection.status == CONNECTION_DOWN:
+                return
+            if not self.state.loaded and await self.state.load_tasks():
+                self.build_task_tabs()
+            await self.state.monitoring.refresh()
         finally:
             self._refreshing = False
+
+
+def models_note_text(models_error: str) -> str:
+    """The note shown until the task tabs exist."""
+    if models_error:
+        return f"**The tasks could not be listed.** {markdown_literal(models_error)} The page asks again shortly."
+    return "Waiting for the API to list its tasks; their tabs appear here as soon as it answers."
 
 
 def build_page(
@@ -79,7 +123,7 @@ def build_page(
     if client is None:
         key = settings.api_key.get_secret_value() if settings.api_key else None
         client = FacadeClient(settings.api_url, timeout_s=settings.request_timeout_s, api_key=key)
-    return DashboardPage(DashboardState(client, settings, list(TASKS.values())), user=user)
+    return DashboardPage(DashboardState(client, settings), user=user)
 
 
 def session_page(login_user: str | None = None) -> Any:
@@ -94,10 +138,16 @@ def session_page(login_user: str | None = None) -> Any:
         return pn.pane.Markdown("You are not logged in. [Log in](/login) to use the dashboard.")
     page = build_page(user=login_user)
     settings = page.state.settings
-    pn.state.onload(page.refresh)
     interval_ms = int(min(settings.health_interval_s, settings.stats_interval_s) * 1000)
-    # Panel's annotation says coroutine object, but it takes (and awaits) a coroutine function.
-    pn.state.add_periodic_callback(cast(Any, page.refresh), period=interval_ms)
+
+    async def first_tick() -> None:
+        await page.refresh()
+        # Ticks start only once the first is over: changes an onload coroutine makes while a periodic
+        # callback runs beside it never reach the browser (Panel 1.9; the task tabs stayed missing).
+        # Panel's annotation says coroutine object, but it takes (and awaits) a coroutine function.
+        pn.state.add_periodic_callback(cast(Any, page.refresh), period=interval_ms)
+
+    pn.state.onload(first_tick)
 
     closing: set[asyncio.Task[None]] = set()
 

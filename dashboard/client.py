@@ -75,7 +75,7 @@ class TextPrediction(_Response):
 
 
 class TextResult(_Response):
-    """Response of ``POST /v1/{sentiment,disaster}``."""
+    """Response of ``POST /v1/<text task>``."""
 
     task: str
     model: ModelRef
@@ -95,8 +95,8 @@ class ImagePrediction(_Response):
     top_k: list[LabelProbability]
 
 
-class PoseResult(_Response):
-    """Response of ``POST /v1/pose``."""
+class ImageResult(_Response):
+    """Response of ``POST /v1/<image task>``."""
 
     task: str
     model: ModelRef
@@ -121,13 +121,17 @@ class UploadTicket(_Response):
 
 
 class ModelInfo(_Response):
+    """One task the facade serves (``GET /v1/models``): the page builds a tab from each."""
+
     task: str
-    title: str = ""
-    modality: str = ""
+    title: str
+    modality: str = Field(description="text or image; a tab of another kind is not built")
     model: str = ""
     version: str | None = None
-    labels: list[str] = Field(default_factory=list)
+    labels: list[str] = Field(min_length=1)
     ready: bool = False
+    max_items: int = Field(gt=0, description="Most texts or images per request")
+    examples: list[str] = Field(default_factory=list, description="Example inputs, when the facade lists them")
 
 
 class ModelStats(_Response):
@@ -170,7 +174,9 @@ class FacadeAPI(Protocol):
 
     async def upload_image(self, filename: str, content_type: str, data: bytes) -> str: ...
 
-    async def classify_images(self, image_urls: list[str], top_k: int) -> PoseResult: ...
+    async def classify_images(self, task: str, image_urls: list[str], top_k: int) -> ImageResult: ...
+
+    async def models(self) -> list[ModelInfo]: ...
 
     async def stats(self) -> list[ModelStats]: ...
 
@@ -294,13 +300,13 @@ class FacadeClient:
             raise UploadError(f"Uploading the image to storage failed ({_reason(exc)}).") from exc
         raise storage_error(stored.status_code, body, ticket.max_bytes)
 
-    async def classify_images(self, image_urls: list[str], top_k: int) -> PoseResult:
-        """``POST /v1/pose`` with image URLs the facade can fetch."""
-        response = await self._request("POST", "/v1/pose", {"image_urls": image_urls, "top_k": top_k})
-        return self._parse(PoseResult, response)
+    async def classify_images(self, task: str, image_urls: list[str], top_k: int) -> ImageResult:
+        """``POST /v1/<task>`` with image URLs the facade can fetch; the ``top_k`` best labels of each."""
+        response = await self._request("POST", f"/v1/{task}", {"image_urls": image_urls, "top_k": top_k})
+        return self._parse(ImageResult, response)
 
     async def models(self) -> list[ModelInfo]:
-        """``GET /v1/models``: each task's model, version, labels and readiness."""
+        """``GET /v1/models``: each task's title, modality, labels, request limit, version and readiness."""
         return self._parse(_ModelList, await self._request("GET", "/v1/models")).models
 
     async def stats(self) -> list[ModelStats]:

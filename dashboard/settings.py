@@ -29,8 +29,9 @@ class DashboardSettings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="Timeout of one request to the facade or to storage")
     health_interval_s: float = Field(5.0, gt=0, description="How often the page checks that the facade is up")
     stats_interval_s: float = Field(5.0, gt=0, description="How often the Monitoring tab refreshes")
-    max_texts: int = Field(64, gt=0, description="Most texts sent in one Classify click (one per line)")
-    default_top_k: int = Field(3, ge=1, le=15, description="How many actions the Pose tab shows by default")
+    default_top_k: int = Field(
+        3, ge=1, description="How many labels an image tab lists at first (at most the task's label count)"
+    )
 
 
 class ServerSettings(BaseSettings):

@@ -16,14 +16,13 @@ import param
 from bokeh.models import BasicTicker, ColumnDataSource, DataRange1d, FactorRange
 from bokeh.plotting import figure
 
-from dashboard.client import ModelRef, ModelStats, PoseResult, TextResult
+from dashboard.client import ImageResult, ModelRef, ModelStats, TextResult
 from dashboard.state import (
     CONNECTION_DOWN,
     CONNECTION_NOT_READY,
-    IMAGE_TYPES,
     Connection,
+    ImageTaskState,
     MonitoringState,
-    PoseState,
     TextTaskState,
 )
 
@@ -42,8 +41,8 @@ STYLESHEET = """
 .mtc-bar-value { width: 52px; text-align: right; font-variant-numeric: tabular-nums; color: #333; }
 .mtc-text { max-width: 520px; overflow-wrap: anywhere; }
 .mtc-muted { color: #666; font-size: 13px; }
-.mtc-pose { display: flex; gap: 24px; align-items: flex-start; flex-wrap: wrap; }
-.mtc-pose img { max-width: 360px; max-height: 360px; border-radius: 6px; border: 1px solid #ddd; }
+.mtc-image { display: flex; gap: 24px; align-items: flex-start; flex-wrap: wrap; }
+.mtc-image img { max-width: 360px; max-height: 360px; border-radius: 6px; border: 1px solid #ddd; }
 .mtc-ready { color: #2f855a; font-weight: 600; }
 .mtc-not-ready { color: #c53030; font-weight: 600; }
 """
@@ -97,17 +96,17 @@ def timings_text(model: ModelRef | None, timings_ms: Mapping[str, float]) -> str
     return " · ".join(parts)
 
 
-def result_timings_html(result: TextResult | PoseResult | None) -> str:
+def result_timings_html(result: TextResult | ImageResult | None) -> str:
     """The timings line under a result (empty before the first one)."""
     if result is None:
         return ""
     return f'<span class="mtc-muted">{html.escape(timings_text(result.model, result.timings_ms))}</span>'
 
 
-def pose_result_html(result: PoseResult | None, image_src: str, image_name: str) -> str:
-    """The classified image beside its top-k actions."""
+def image_result_html(result: ImageResult | None, image_src: str, image_name: str) -> str:
+    """The classified image beside its top-k labels."""
     if result is None or not result.predictions:
-        return '<p class="mtc-muted">Choose a photo or paste an image URL; the predicted actions appear here.</p>'
+        return '<p class="mtc-muted">Choose a photo or paste an image URL; the predicted labels appear here.</p>'
     prediction = result.predictions[0]
     top = {item.label: item.probability for item in prediction.top_k} or prediction.probabilities
     image = (
@@ -116,9 +115,9 @@ def pose_result_html(result: PoseResult | None, image_src: str, image_name: str)
         else ""
     )
     return (
-        f'<div class="mtc-pose">{image}<div class="mtc-pose-result">'
-        f'<p>Predicted action: <span class="mtc-label">{html.escape(prediction.label)}</span></p>'
-        f'<p class="mtc-muted">Top {len(top)} of {len(prediction.probabilities)} actions</p>'
+        f'<div class="mtc-image">{image}<div class="mtc-image-result">'
+        f'<p>Predicted: <span class="mtc-label">{html.escape(prediction.label)}</span></p>'
+        f'<p class="mtc-muted">Top {len(top)} of {len(prediction.probabilities)} labels</p>'
         f"{probability_bars_html(top)}"
         f'<p class="mtc-muted">{html.escape(image_name)}</p></div></div>'
     )
@@ -232,16 +231,16 @@ class ConnectionBanner:
 
 
 class TextTaskView:
-    """A Sentiment / Disaster tweets tab."""
+    """A text task's tab: a text area, Classify, example buttons, the results table."""
 
     def __init__(self, state: TextTaskState) -> None:
         self.state = state
         task = state.task
         self.text_input = pn.widgets.TextAreaInput.from_param(
             state.param.text,
-            label=f"{task.title}: one text per line",
+            label=f"{task.title}: one text per line (at most {task.max_items})",
             description=None,
-            placeholder=task.examples[0] if task.examples else "Type a text",
+            placeholder=state.examples[0] if state.examples else "Type a text",
             rows=5,
             sizing_mode="stretch_width",
             css_classes=["mtc-input"],
@@ -251,7 +250,7 @@ class TextTaskView:
         )
         self.classify_button.on_click(self._on_classify)
         self.example_buttons = []
-        for index, example in enumerate(task.examples):
+        for index, example in enumerate(state.examples):
             button = pn.widgets.Button(
                 label=_shorten(example, 60),
                 description=example,
@@ -276,14 +275,10 @@ class TextTaskView:
         self.results_area = pn.Column(
             self.results, self.timings, loading=state.param.loading, sizing_mode="stretch_width"
         )
+        examples = [pn.pane.Markdown("Examples:", margin=(12, 5, 0, 20)), *self.example_buttons]
         self.panel = pn.Column(
             self.text_input,
-            pn.FlexBox(
-                self.classify_button,
-                pn.pane.Markdown("Examples:", margin=(12, 5, 0, 20)),
-                *self.example_buttons,
-                align_items="center",
-            ),
+            pn.FlexBox(self.classify_button, *(examples if self.example_buttons else []), align_items="center"),
             self.error,
             self.results_area,
             name=task.title,
@@ -300,13 +295,15 @@ class TextTaskView:
         return handler
 
 
-class PoseView:
-    """The Pose tab: a file chooser (uploads right away) and a URL box."""
+class ImageTaskView:
+    """An image task's tab: a file chooser (uploads right away), a URL box, the top-k labels."""
 
-    def __init__(self, state: PoseState) -> None:
+    def __init__(self, state: ImageTaskState) -> None:
         self.state = state
+        task = state.task
+        # Any image: which types the facade takes is its to say (it answers the upload request).
         self.file_input = pn.widgets.FileInput(
-            accept=",".join(IMAGE_TYPES), multiple=False, css_classes=["mtc-file"], label="Photo"
+            accept="image/*", multiple=False, css_classes=["mtc-file"], label="Photo"
         )
         self.file_input.param.watch(self._on_file, "value")
         self.url_input = pn.widgets.TextInput.from_param(
@@ -321,12 +318,12 @@ class PoseView:
             label="Classify URL", color="primary", disabled=state.param.loading, css_classes=["mtc-classify-url"]
         )
         self.url_button.on_click(self._on_url)
-        self.top_k = pn.widgets.IntSlider.from_param(state.param.top_k, label="Actions shown (top k)", width=220)
+        self.top_k = pn.widgets.IntSlider.from_param(state.param.top_k, label="Labels shown (top k)", width=220)
         self.result = pn.pane.HTML(
-            pn.bind(pose_result_html, state.param.result, state.param.image_src, state.param.image_name),
+            pn.bind(image_result_html, state.param.result, state.param.image_src, state.param.image_name),
             sizing_mode="stretch_width",
             stylesheets=[STYLESHEET],
-            css_classes=["mtc-pose-pane"],
+            css_classes=["mtc-image-pane"],
         )
         self.timings = pn.pane.HTML(
             pn.bind(result_timings_html, state.param.result),
@@ -339,7 +336,7 @@ class PoseView:
             pn.Row(self.url_input, self.url_button, sizing_mode="stretch_width"),
             self.error,
             pn.Column(self.result, self.timings, loading=state.param.loading, sizing_mode="stretch_width"),
-            name="Pose",
+            name=task.title,
             sizing_mode="stretch_width",
         )
 

@@ -250,11 +250,11 @@ async def test_an_old_style_put_ticket_is_an_error_not_a_put() -> None:
     assert sent == ["POST"]  # only the ticket request
 
 
-async def test_classify_images_sends_urls_and_top_k() -> None:
-    seen: list[dict[str, object]] = []
+async def test_classify_images_posts_urls_and_top_k_to_the_tasks_route() -> None:
+    seen: list[tuple[str, dict[str, object]]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(json.loads(request.content))
+        seen.append((request.url.path, json.loads(request.content)))
         return httpx.Response(
             200,
             json={
@@ -272,9 +272,9 @@ async def test_classify_images_sends_urls_and_top_k() -> None:
             },
         )
 
-    result = await client_for(handler).classify_images(["http://storage.test/g"], top_k=2)
+    result = await client_for(handler).classify_images("pose", ["http://storage.test/g"], top_k=2)
 
-    assert seen == [{"image_urls": ["http://storage.test/g"], "top_k": 2}]
+    assert seen == [("/v1/pose", {"image_urls": ["http://storage.test/g"], "top_k": 2})]
     assert [item.label for item in result.predictions[0].top_k] == ["running", "cycling"]
 
 
@@ -324,7 +324,30 @@ async def test_models_lists_tasks_with_version_and_readiness() -> None:
     models = await client_for(lambda request: httpx.Response(200, json=body)).models()
 
     assert [(m.task, m.version, m.ready) for m in models] == [("pose", None, False), ("sentiment", "2", True)]
+    assert [(m.title, m.modality, m.max_items) for m in models] == [
+        ("Human pose / action", "image", 16),
+        ("Movie-review sentiment", "text", 64),
+    ]
     assert models[1].labels == ["negative", "positive"]
+    assert models[1].examples == []  # not listed by the facade (yet)
+
+
+async def test_a_model_without_labels_or_limit_cannot_build_a_tab() -> None:
+    body = {"models": [{"task": "x", "title": "X", "modality": "text", "labels": [], "max_items": 0}]}
+
+    with pytest.raises(ApiError, match=r"cannot read \(2 problem\(s\) in /v1/models\)"):
+        await client_for(lambda request: httpx.Response(200, json=body)).models()
+
+
+async def test_the_facades_own_models_example_is_what_the_dashboard_reads() -> None:
+    # The seam: the facade's documented /v1/models answer parses into the models the tabs are built from.
+    from frontend_api.schemas import ModelsResponse
+
+    example = ModelsResponse.model_json_schema()["examples"][0]
+    models = await client_for(lambda request: httpx.Response(200, json=example)).models()
+
+    assert [m.task for m in models] == [m["task"] for m in example["models"]]
+    assert all(m.max_items > 0 and m.labels and m.modality in ("text", "image") for m in models)
 
 
 async def test_the_api_key_goes_to_the_facade_but_not_to_storage() -> None:

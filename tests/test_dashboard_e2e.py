@@ -188,6 +188,14 @@ def test_the_page_asks_for_the_login_first(browser: Browser, stack: Stack) -> No
     context.close()
 
 
+def test_the_tabs_are_the_tasks_the_facade_lists(page: Page, stack: Stack) -> None:
+    models = httpx.get(f"{stack.api_url}/v1/models", timeout=30).json()["models"]
+
+    expect(page.locator(".bk-tab")).to_have_text([m["title"] for m in models] + ["Monitoring"])
+    sentiment = next(m for m in models if m["task"] == "sentiment")
+    expect(page.locator(".mtc-input").first).to_contain_text(f"at most {sentiment['max_items']}")
+
+
 def test_typing_a_review_and_clicking_classify_shows_a_label(page: Page) -> None:
     review = "An absolute delight: sharp writing, warm performances and a perfect ending."
     page.locator("textarea").first.fill(review + "\nThe worst film I have seen this year.")
@@ -216,10 +224,10 @@ def test_an_example_tweet_is_one_click_away(page: Page) -> None:
 
 
 def test_uploading_a_photo_shows_the_pose_result(page: Page, photo: Path) -> None:
-    open_tab(page, "Pose")
+    open_tab(page, POSE.title)
     page.locator(".mtc-file input[type=file]").set_input_files(photo)
 
-    result = page.locator(".mtc-pose")
+    result = page.locator(".mtc-image")
     expect(result.locator(".mtc-label")).to_be_visible()
     assert result.locator(".mtc-label").inner_text() in POSE.labels
     top = result.locator(".mtc-bar-row")
@@ -232,7 +240,7 @@ def test_uploading_a_photo_shows_the_pose_result(page: Page, photo: Path) -> Non
 
 
 def test_a_non_image_url_gives_a_readable_error(page: Page, stack: Stack) -> None:
-    open_tab(page, "Pose")
+    open_tab(page, POSE.title)
     page.locator(".mtc-url input").fill(f"{stack.api_url}/openapi.json")
     page.locator(".mtc-classify-url button").click()
 
@@ -280,3 +288,26 @@ def test_the_page_says_when_the_api_is_down_and_recovers(page: Page, stack: Stac
     page.locator(".mtc-classify button").first.click()
     expect(page.locator(".mtc-results .mtc-label").first).to_be_visible()
     expect(page.locator(".mtc-error").first).to_be_hidden()
+
+
+def test_a_page_opened_while_the_api_is_down_gets_its_tabs_when_it_is_back(
+    browser: Browser, stack: Stack, logged_in: Path
+) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, storage_state=logged_in)
+    page = context.new_page()
+    stack.facade.stop()
+    try:
+        page.goto(stack.dashboard_url)
+        expect(page.locator(".mtc-connection")).to_contain_text("The API is unavailable")
+        expect(page.locator(".mtc-models-note")).to_contain_text("Waiting for the API to list its tasks")
+        expect(page.locator(".bk-tab")).to_have_text(["Monitoring"])
+        screenshot(page, "6-api-down-at-start")
+    finally:
+        stack.facade.start()
+
+    expect(page.locator(".bk-tab")).to_have_text([SENTIMENT.title, DISASTER.title, POSE.title, "Monitoring"])
+    expect(page.locator(".mtc-models-note")).to_be_hidden()
+    page.locator("textarea").first.fill("Back in business")
+    page.locator(".mtc-classify button").first.click()
+    expect(page.locator(".mtc-results .mtc-label").first).to_be_visible()
+    context.close()
