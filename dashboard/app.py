@@ -15,7 +15,8 @@ import panel as pn
 from dashboard.client import FacadeAPI, FacadeClient
 from dashboard.settings import DashboardSettings
 from dashboard.state import CONNECTION_DOWN, DashboardState, TextTaskState
-from dashboard.views import ConnectionBanner, ImageTaskView, MonitoringView, TextTaskView, markdown_literal
+from dashboard.views.render import markdown_literal, models_note_text
+from dashboard.views.widgets import ConnectionBanner, ImageTaskView, MonitoringView, TextTaskView
 
 TITLE = "Multi-task classifier"
 
@@ -103,13 +104,6 @@ class DashboardPage:
             await self.state.monitoring.refresh()
         finally:
             self._refreshing = False
-
-
-def models_note_text(models_error: str) -> str:
-    """The note shown until the task tabs exist."""
-    if models_error:
-        return f"**The tasks could not be listed.** {markdown_literal(models_error)} The page asks again shortly."
-    return "Waiting for the API to list its tasks; their tabs appear here as soon as it answers."
 
 
 def build_page(

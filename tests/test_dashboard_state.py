@@ -17,8 +17,8 @@ from dashboard.state import (
     TextTaskState,
     split_texts,
 )
-from dashboard.testing import FakeFacade, model_info
 from taskspec import DISASTER, POSE, SENTIMENT, TASKS
+from tests.fakes.dashboard import FakeFacade, model_info
 
 pytestmark = pytest.mark.anyio
 

@@ -12,12 +12,8 @@ from markdown_it import MarkdownIt
 from dashboard.app import DashboardPage, build_page
 from dashboard.client import ApiError, ModelInfo, ModelRef, ModelStats, TextPrediction, TextResult
 from dashboard.settings import DashboardSettings
-from dashboard.testing import FakeFacade
-from dashboard.views import (
-    ImageTaskView,
-    TextTaskView,
-    batch_size_data,
-    count_data,
+from dashboard.views.plots import batch_size_data, count_data
+from dashboard.views.render import (
     image_result_html,
     markdown_literal,
     probability_bars_html,
@@ -25,7 +21,9 @@ from dashboard.views import (
     text_results_html,
     timings_text,
 )
+from dashboard.views.widgets import ImageTaskView, TextTaskView
 from taskspec import DISASTER, POSE, SENTIMENT
+from tests.fakes.dashboard import FakeFacade
 
 pytestmark = pytest.mark.anyio
 
