@@ -159,3 +159,11 @@ def session_page(login_user: str | None = None) -> Any:
 def session_allowed(user: str | None, login_user: str | None) -> bool:
     """Whether a session of ``user`` may use the page: always without a login, else only as the login's user."""
     return login_user is None or (user is not None and user == login_user)
+
+
+if __name__.startswith("bokeh"):
+    # `panel serve dashboard/app.py` would skip the launcher's checks (a login beyond loopback): say so
+    # instead of serving the page.
+    pn.pane.Markdown(
+        "This dashboard is served by `python -m dashboard` (see docs/dashboard.md), not `panel serve`."
+    ).servable(title=TITLE)
