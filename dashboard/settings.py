@@ -2,7 +2,9 @@
 
 :class:`DashboardSettings` is what one browser session needs (where the facade is, how often to poll);
 :class:`ServerSettings` is how ``python -m dashboard`` serves the page and who may open it. Both read the
-same prefix, so one ``.env`` file configures the whole dashboard.
+same prefix, so one ``.env`` file configures the whole dashboard. A variable set to an empty string counts
+as unset (compose's ``${VAR:-}``), so an empty password never means "no password" silently: it means no
+login, which beyond loopback is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ MIN_COOKIE_SECRET_LENGTH = 32
 class DashboardSettings(BaseSettings):
     """Where the facade is and how the page talks to it (read once per browser session)."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", env_ignore_empty=True)
 
     api_url: str = Field("http://127.0.0.1:8080", description="Base URL of the facade's REST API")
     api_key: SecretStr | None = Field(
@@ -41,7 +43,7 @@ class ServerSettings(BaseSettings):
     is set; beyond loopback the launcher refuses to start without it unless ``allow_anonymous`` is set.
     """
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", env_ignore_empty=True)
 
     address: str = Field("127.0.0.1", description="Address the page is served on; anything but loopback needs a login")
     port: int = Field(5006, ge=1, le=65535, description="Port the page is served on (at /app)")

@@ -88,6 +88,19 @@ def test_weak_or_half_set_credentials_are_a_start_up_error(values: dict[str, obj
         server_settings(**values)
 
 
+def test_empty_variables_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What compose's ${MTC_DASHBOARD_PASSWORD:-} gives when the variable is not set.
+    for name in ("PASSWORD", "USERNAME", "COOKIE_SECRET", "ORIGINS"):
+        monkeypatch.setenv(f"MTC_DASHBOARD_{name}", "")
+    monkeypatch.setenv("MTC_DASHBOARD_API_KEY", "")
+    settings = server_settings(address="0.0.0.0")
+
+    assert (settings.password, settings.cookie_secret, settings.origins) == (None, None, [])
+    assert dashboard_settings().api_key is None
+    with pytest.raises(LoginRequired):
+        check(settings, dashboard_settings())
+
+
 def test_the_password_never_shows_in_the_settings_repr() -> None:
     settings = server_settings(username=USER, password=PASSWORD)
     assert isinstance(settings.password, SecretStr)
