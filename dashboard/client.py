@@ -9,7 +9,8 @@ URL the facade hands out: the dashboard never holds storage credentials.
 from __future__ import annotations
 
 import json
-from typing import Protocol, TypeVar
+import xml.etree.ElementTree as ElementTree
+from typing import Literal, Protocol, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -39,7 +40,21 @@ class ApiError(DashboardClientError):
 
 
 class UploadError(DashboardClientError):
-    """Storage refused or did not answer the presigned upload."""
+    """The image was not uploaded: larger than the upload limit, or storage refused or did not answer."""
+
+
+# An S3 error body is well under 1 KiB; reading more of a refusal is never needed.
+STORAGE_ERROR_BYTES = 16 * 1024
+# What an S3 error code means for someone uploading a photo (others are quoted with storage's own message).
+STORAGE_ERRORS = {
+    "EntityTooLarge": "the image is larger than the upload limit",
+    "EntityTooSmall": "the image is smaller than storage accepts",
+    "AccessDenied": "the upload link was refused (it may have expired)",
+    "ExpiredToken": "the upload link expired; try again",
+    "SignatureDoesNotMatch": "the upload link's signature does not match",
+    "InvalidPolicyDocument": "the upload link's policy is invalid",
+    "NoSuchBucket": "the upload bucket does not exist",
+}
 
 
 class _Response(BaseModel):
@@ -60,7 +75,7 @@ class TextPrediction(_Response):
 
 
 class TextResult(_Response):
-    """Response of ``POST /v1/{sentiment,disaster}``."""
+    """Response of ``POST /v1/<text task>``."""
 
     task: str
     model: ModelRef
@@ -80,8 +95,8 @@ class ImagePrediction(_Response):
     top_k: list[LabelProbability]
 
 
-class PoseResult(_Response):
-    """Response of ``POST /v1/pose``."""
+class ImageResult(_Response):
+    """Response of ``POST /v1/<image task>``."""
 
     task: str
     model: ModelRef
@@ -90,23 +105,33 @@ class PoseResult(_Response):
 
 
 class UploadTicket(_Response):
-    """Response of ``POST /v1/uploads``: where to PUT the bytes and the URL to classify afterwards."""
+    """Response of ``POST /v1/uploads``: a presigned POST (form fields + size limit) and the URL to classify.
+
+    The form goes to ``upload_url`` as multipart/form-data: every entry of ``fields`` (the signed policy),
+    then the file as ``file``. Storage itself refuses a file above the policy's size limit, ``max_bytes``.
+    """
 
     upload_url: str
-    method: str = "PUT"
-    headers: dict[str, str] = Field(default_factory=dict)
+    method: Literal["POST"]
+    fields: dict[str, str]
     get_url: str
-    expires_in: int | None = None
+    key: str
+    expires_in: int
+    max_bytes: int = Field(gt=0)
 
 
 class ModelInfo(_Response):
+    """One task the facade serves (``GET /v1/models``): the page builds a tab from each."""
+
     task: str
-    title: str = ""
-    modality: str = ""
+    title: str
+    modality: str = Field(description="text or image; a tab of another kind is not built")
     model: str = ""
     version: str | None = None
-    labels: list[str] = Field(default_factory=list)
+    labels: list[str] = Field(min_length=1)
     ready: bool = False
+    max_items: int = Field(gt=0, description="Most texts or images per request")
+    examples: list[str] = Field(default_factory=list, description="Example inputs, when the facade lists them")
 
 
 class ModelStats(_Response):
@@ -149,7 +174,9 @@ class FacadeAPI(Protocol):
 
     async def upload_image(self, filename: str, content_type: str, data: bytes) -> str: ...
 
-    async def classify_images(self, image_urls: list[str], top_k: int) -> PoseResult: ...
+    async def classify_images(self, task: str, image_urls: list[str], top_k: int) -> ImageResult: ...
+
+    async def models(self) -> list[ModelInfo]: ...
 
     async def stats(self) -> list[ModelStats]: ...
 
@@ -249,25 +276,37 @@ class FacadeClient:
         return self._parse(TextResult, response)
 
     async def upload_image(self, filename: str, content_type: str, data: bytes) -> str:
-        """Ask for a presigned upload URL, PUT the bytes to storage, return the URL to classify."""
+        """Ask for a presigned POST, send the file to storage with it, return the URL to classify.
+
+        A file above the ticket's ``max_bytes`` is refused here, before any byte is sent; a refusal by
+        storage (its XML error, e.g. ``EntityTooLarge``) becomes a readable :class:`UploadError`.
+        """
         response = await self._request("POST", "/v1/uploads", {"filename": filename, "content_type": content_type})
         ticket = self._parse(UploadTicket, response)
-        headers = ticket.headers or {"Content-Type": content_type}
+        if len(data) > ticket.max_bytes:
+            raise UploadError(
+                f"{filename} is {human_size(len(data))}; the largest image you can upload is "
+                f"{human_size(ticket.max_bytes)}."
+            )
+        # The policy fields first, the file last: S3 ignores form fields that follow the file.
+        form = {"file": (filename, data, content_type)}
         try:
-            stored = await self._http.request(ticket.method, ticket.upload_url, content=data, headers=headers)
+            # No Authorization header: the API key is for the facade only, the form carries its own signature.
+            async with self._http.stream("POST", ticket.upload_url, data=ticket.fields, files=form) as stored:
+                if stored.status_code < 300:
+                    return ticket.get_url
+                body = await _read_at_most(stored, STORAGE_ERROR_BYTES)
         except httpx.HTTPError as exc:
             raise UploadError(f"Uploading the image to storage failed ({_reason(exc)}).") from exc
-        if stored.status_code >= 300:
-            raise UploadError(f"Storage refused the image upload (HTTP {stored.status_code}).")
-        return ticket.get_url
+        raise storage_error(stored.status_code, body, ticket.max_bytes)
 
-    async def classify_images(self, image_urls: list[str], top_k: int) -> PoseResult:
-        """``POST /v1/pose`` with image URLs the facade can fetch."""
-        response = await self._request("POST", "/v1/pose", {"image_urls": image_urls, "top_k": top_k})
-        return self._parse(PoseResult, response)
+    async def classify_images(self, task: str, image_urls: list[str], top_k: int) -> ImageResult:
+        """``POST /v1/<task>`` with image URLs the facade can fetch; the ``top_k`` best labels of each."""
+        response = await self._request("POST", f"/v1/{task}", {"image_urls": image_urls, "top_k": top_k})
+        return self._parse(ImageResult, response)
 
     async def models(self) -> list[ModelInfo]:
-        """``GET /v1/models``: each task's model, version, labels and readiness."""
+        """``GET /v1/models``: each task's title, modality, labels, request limit, version and readiness."""
         return self._parse(_ModelList, await self._request("GET", "/v1/models")).models
 
     async def stats(self) -> list[ModelStats]:
@@ -283,6 +322,47 @@ class FacadeClient:
                 return Health(ready=False, detail=exc.message)
             raise
         return Health(ready=True)
+
+
+def storage_error(status: int, body: bytes, max_bytes: int | None = None) -> UploadError:
+    """Turn storage's refusal (an S3 ``<Error><Code>..</Code><Message>..</Message></Error>`` body) into words."""
+    code, detail = "", ""
+    try:
+        # ElementTree resolves no external entity, expat >= 2.4.1 bounds entity expansion, and the body is
+        # capped (STORAGE_ERROR_BYTES): a hostile error body cannot make this parse expensive.
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        root = None
+    if root is not None and root.tag == "Error":
+        code = (root.findtext("Code") or "").strip()[:80]
+        detail = " ".join((root.findtext("Message") or "").split())[:300]
+    explanation = STORAGE_ERRORS.get(code, "")
+    if code == "EntityTooLarge" and max_bytes is not None:
+        explanation += f" of {human_size(max_bytes)}"
+    if detail and explanation:
+        explanation += f" ({detail.rstrip('.')})"
+    elif detail:
+        explanation = detail.rstrip(".")
+    message = f"Storage refused the image upload (HTTP {status}{', ' + code if code else ''})"
+    return UploadError(f"{message}: {explanation}." if explanation else f"{message}.")
+
+
+def human_size(size: int) -> str:
+    """``512 bytes``, ``12.5 KiB``, ``10.0 MiB``."""
+    if size < 1024:
+        return f"{size} bytes"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KiB"
+    return f"{size / 1024 / 1024:.1f} MiB"
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk[: limit - len(body)]
+        if len(body) >= limit:
+            break
+    return bytes(body)
 
 
 def _reason(exc: Exception) -> str:

@@ -19,12 +19,13 @@ from dashboard.client import (
     ApiUnavailable,
     DashboardClientError,
     FacadeAPI,
+    ImageResult,
+    ModelInfo,
     ModelStats,
-    PoseResult,
     TextResult,
 )
 from dashboard.settings import DashboardSettings
-from taskspec import TaskSpec
+from taskspec import TASKS
 
 T = TypeVar("T")
 
@@ -32,9 +33,6 @@ CONNECTION_UNKNOWN = "unknown"
 CONNECTION_UP = "up"
 CONNECTION_NOT_READY = "not_ready"
 CONNECTION_DOWN = "down"
-
-# The image types the facade's upload endpoint signs URLs for.
-IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
 
 
 def split_texts(text: str) -> list[str]:
@@ -111,16 +109,16 @@ class RequestState(param.Parameterized):
 
 
 class TextTaskState(RequestState):
-    """The Sentiment and Disaster tweets tabs: texts in, one label and probabilities per text out."""
+    """A text tab: texts in, one label and probabilities per text out."""
 
     text = param.String(default="", doc="The text area: one text per line")
     texts = param.List(default=[], item_type=str, doc="The texts of the shown result, in order")
     result = param.ClassSelector(class_=TextResult, default=None, allow_None=True)
 
-    def __init__(self, task: TaskSpec, client: FacadeAPI, connection: Connection, max_texts: int = 64) -> None:
+    def __init__(self, task: ModelInfo, client: FacadeAPI, connection: Connection) -> None:
         super().__init__(client, connection)
         self.task = task
-        self.max_texts = max_texts
+        self.examples = examples_for(task)
 
     async def classify(self) -> None:
         """Classify every line of ``text``; keeps the previous result when the request fails."""
@@ -128,48 +126,52 @@ class TextTaskState(RequestState):
         if not texts:
             self.error = "Type a text to classify (one per line for several)."
             return
-        if len(texts) > self.max_texts:
-            self.error = f"At most {self.max_texts} texts at once; you typed {len(texts)} lines."
+        if len(texts) > self.task.max_items:
+            self.error = f"At most {self.task.max_items} texts at once; you typed {len(texts)} lines."
             return
-        result = await self._call(lambda: self.client.classify_texts(self.task.name, texts))
+        result = await self._call(lambda: self.client.classify_texts(self.task.task, texts))
         if result is not None:
             self.param.update(texts=texts, result=result)
 
     async def classify_example(self, index: int) -> None:
         """Put example ``index`` of the task in the text area and classify it."""
-        self.text = self.task.examples[index]
+        self.text = self.examples[index]
         await self.classify()
 
 
-class PoseState(RequestState):
-    """The Pose tab: an uploaded file or a pasted URL in, the top-k actions out."""
+class ImageTaskState(RequestState):
+    """An image tab: an uploaded file or a pasted URL in, the top-k labels out."""
 
     image_url = param.String(default="", doc="A pasted http(s) image URL")
-    top_k = param.Integer(default=3, bounds=(1, 15))
+    top_k = param.Integer(default=1, bounds=(1, None), doc="How many labels to list (at most the task's labels)")
     image_src = param.String(default="", doc="What the page shows as the classified image (data: URL or http URL)")
     image_name = param.String(default="")
-    result = param.ClassSelector(class_=PoseResult, default=None, allow_None=True)
+    result = param.ClassSelector(class_=ImageResult, default=None, allow_None=True)
 
-    def __init__(self, client: FacadeAPI, connection: Connection, max_image_mb: float = 10.0, top_k: int = 3) -> None:
-        super().__init__(client, connection, top_k=top_k)
-        self.max_image_mb = max_image_mb
+    def __init__(self, task: ModelInfo, client: FacadeAPI, connection: Connection, top_k: int = 3) -> None:
+        super().__init__(client, connection)
+        self.task = task
+        # The facade lists at most every label of the task.
+        self.param.top_k.bounds = (1, len(task.labels))
+        self.top_k = min(top_k, len(task.labels))
 
     async def classify_file(self, filename: str, data: bytes, content_type: str | None = None) -> None:
-        """Upload the file through a presigned URL, then classify the stored image."""
+        """Upload the file through a presigned POST, then classify the stored image.
+
+        Which image types and sizes are accepted is the facade's to say: it refuses other types when asked
+        for an upload, and its upload ticket's ``max_bytes`` is enforced before sending (and by storage).
+        """
         if not data:
             self.error = f"{filename or 'The file'} is empty."
             return
-        if len(data) > self.max_image_mb * 1024 * 1024:
-            self.error = f"{filename} is {len(data) / 1024 / 1024:.1f} MB; the limit is {self.max_image_mb:g} MB."
-            return
         mime = content_type or mimetypes.guess_type(filename)[0] or ""
-        if mime not in IMAGE_TYPES:
-            self.error = f"{filename} is not a JPEG, PNG or WebP image; choose a photo in one of those formats."
+        if not mime.startswith("image/"):
+            self.error = f"{filename} is not an image; choose a photo (for example a JPEG or PNG file)."
             return
 
-        async def upload_and_classify() -> PoseResult:
+        async def upload_and_classify() -> ImageResult:
             get_url = await self.client.upload_image(filename, mime, data)
-            return await self.client.classify_images([get_url], self.top_k)
+            return await self.client.classify_images(self.task.task, [get_url], self.top_k)
 
         result = await self._call(upload_and_classify)
         if result is not None:
@@ -182,9 +184,23 @@ class PoseState(RequestState):
         if not url.startswith(("http://", "https://")):
             self.error = "Paste an image URL starting with http:// or https://."
             return
-        result = await self._call(lambda: self.client.classify_images([url], self.top_k))
+        result = await self._call(lambda: self.client.classify_images(self.task.task, [url], self.top_k))
         if result is not None:
             self.param.update(result=result, image_src=url, image_name=url.rsplit("/", 1)[-1].split("?", 1)[0])
+
+
+TaskState = TextTaskState | ImageTaskState
+
+
+def examples_for(task: ModelInfo) -> list[str]:
+    """The example inputs of a task: the facade's, or else those of the task spec of that name, if any.
+
+    ``/v1/models`` does not list examples yet; the task spec is the same declaration the facade reads.
+    """
+    if task.examples:
+        return list(task.examples)
+    spec = TASKS.get(task.task)
+    return list(spec.examples) if spec is not None else []
 
 
 class MonitoringState(RequestState):
@@ -200,17 +216,49 @@ class MonitoringState(RequestState):
             self.param.update(stats=stats, updated_at=time.strftime("%H:%M:%S"))
 
 
-class DashboardState:
-    """Every state of one browser session, sharing one client and one connection state."""
+class DashboardState(param.Parameterized):
+    """Every state of one browser session, sharing one client and one connection state.
 
-    def __init__(self, client: FacadeAPI, settings: DashboardSettings, tasks: list[TaskSpec]) -> None:
+    The task tabs are not known until the facade lists its models (:meth:`load_tasks`): a task declared on
+    the facade's side gets a tab here with no edit to the dashboard.
+    """
+
+    loaded = param.Boolean(default=False, doc="The facade listed its models and every task has a state")
+    models_error = param.String(default="", doc="Why the list of models could not be read; empty otherwise")
+
+    def __init__(self, client: FacadeAPI, settings: DashboardSettings) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
         self.client = client
         self.settings = settings
         self.connection = Connection(client)
-        self.text_tasks = {
-            task.name: TextTaskState(task, client, self.connection, max_texts=settings.max_texts)
-            for task in tasks
-            if task.modality == "text"
-        }
-        self.pose = PoseState(client, self.connection, max_image_mb=settings.max_image_mb, top_k=settings.default_top_k)
         self.monitoring = MonitoringState(client, self.connection)
+        self.tasks: dict[str, TaskState] = {}
+        self.skipped: list[ModelInfo] = []
+
+    async def load_tasks(self) -> bool:
+        """Ask ``/v1/models`` and make a state per text or image task; on failure set ``models_error``.
+
+        Once loaded, the list is not asked again in this session (a task the facade adds later appears in
+        sessions opened after that). Tasks of another modality are listed in ``skipped``.
+        """
+        try:
+            models = await self.client.models()
+        except ApiUnavailable as exc:
+            self.connection.mark_down(exc.message)
+            self.models_error = exc.message
+            return False
+        except DashboardClientError as exc:
+            self.models_error = exc.message
+            return False
+        self.connection.mark_reachable()
+        for info in models:
+            if info.modality == "text":
+                self.tasks[info.task] = TextTaskState(info, self.client, self.connection)
+            elif info.modality == "image":
+                self.tasks[info.task] = ImageTaskState(
+                    info, self.client, self.connection, top_k=self.settings.default_top_k
+                )
+            else:
+                self.skipped.append(info)
+        self.param.update(loaded=True, models_error="")
+        return True

@@ -110,50 +110,151 @@ async def test_malformed_response_is_an_error_not_a_crash() -> None:
         await client.classify_texts("sentiment", ["x"])
 
 
-async def test_upload_asks_for_a_presigned_url_then_puts_the_bytes_there() -> None:
+def ticket(max_bytes: int = 10 * 1024 * 1024) -> dict[str, object]:
+    """A ``POST /v1/uploads`` answer: a presigned POST with its policy fields and size limit."""
+    return {
+        "upload_url": "http://storage.test/uploads-bucket",
+        "method": "POST",
+        "fields": {
+            "key": "uploads/abc.jpg",
+            "Content-Type": "image/jpeg",
+            "policy": "eyJjb25kaXRpb25zIjpbXX0=",
+            "x-amz-signature": "f00d",
+        },
+        "get_url": "http://storage.test/uploads-bucket/uploads/abc.jpg?signature=get",
+        "key": "uploads/abc.jpg",
+        "expires_in": 300,
+        "max_bytes": max_bytes,
+    }
+
+
+def storage(status: int, code: str = "", message: str = "") -> Callable[[httpx.Request], httpx.Response]:
+    """The facade hands out :func:`ticket`; storage answers ``status`` (an S3 XML error when ``code``)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/uploads":
+            return httpx.Response(200, json=ticket(max_bytes=100))
+        if not code:
+            return httpx.Response(status)
+        body = f"<?xml version='1.0' encoding='UTF-8'?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+        return httpx.Response(status, text=body, headers={"content-type": "application/xml"})
+
+    return handler
+
+
+def form_parts(request: httpx.Request) -> list[tuple[str, str | None, bytes]]:
+    """(name, filename, value) of each multipart/form-data part, in the order sent."""
+    boundary = request.headers["content-type"].split("boundary=", 1)[1].encode()
+    parts = []
+    for chunk in request.content.split(b"--" + boundary)[1:-1]:
+        head, _, value = chunk.removeprefix(b"\r\n").removesuffix(b"\r\n").partition(b"\r\n\r\n")
+        disposition = head.decode().split("\r\n")[0]
+        name = disposition.split('name="', 1)[1].split('"', 1)[0]
+        filename = disposition.split('filename="', 1)[1].split('"', 1)[0] if "filename=" in disposition else None
+        parts.append((name, filename, value))
+    return parts
+
+
+async def test_upload_asks_for_a_presigned_post_then_sends_the_form_to_storage() -> None:
     requests: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         requests.append(request)
         if request.url.path == "/v1/uploads":
-            return httpx.Response(
-                200,
-                json={
-                    "upload_url": "http://storage.test/uploads/abc.jpg?signature=put",
-                    "method": "PUT",
-                    "headers": {"Content-Type": "image/jpeg"},
-                    "get_url": "http://storage.test/uploads/abc.jpg?signature=get",
-                    "expires_in": 300,
-                },
-            )
-        return httpx.Response(200)
+            return httpx.Response(200, json=ticket())
+        return httpx.Response(204)
 
     get_url = await client_for(handler).upload_image("photo.jpg", "image/jpeg", b"\xff\xd8jpeg-bytes")
 
-    assert get_url == "http://storage.test/uploads/abc.jpg?signature=get"
-    ticket_request, put = requests
+    assert get_url == "http://storage.test/uploads-bucket/uploads/abc.jpg?signature=get"
+    ticket_request, post = requests
     assert json.loads(ticket_request.content) == {"filename": "photo.jpg", "content_type": "image/jpeg"}
-    assert put.method == "PUT"
-    assert str(put.url) == "http://storage.test/uploads/abc.jpg?signature=put"
-    assert put.headers["content-type"] == "image/jpeg"
-    assert put.content == b"\xff\xd8jpeg-bytes"
+    assert post.method == "POST"
+    assert str(post.url) == "http://storage.test/uploads-bucket"
+    assert post.headers["content-type"].startswith("multipart/form-data; boundary=")
+    # Every policy field, as given, then the file last (S3 ignores fields after the file).
+    assert form_parts(post) == [
+        ("key", None, b"uploads/abc.jpg"),
+        ("Content-Type", None, b"image/jpeg"),
+        ("policy", None, b"eyJjb25kaXRpb25zIjpbXX0="),
+        ("x-amz-signature", None, b"f00d"),
+        ("file", "photo.jpg", b"\xff\xd8jpeg-bytes"),
+    ]
 
 
-async def test_storage_refusing_the_upload_is_an_upload_error() -> None:
+async def test_a_file_above_the_upload_limit_is_refused_before_sending() -> None:
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, json=ticket(max_bytes=2 * 1024 * 1024))
+
+    with pytest.raises(UploadError) as caught:
+        await client_for(handler).upload_image("huge.png", "image/png", b"0" * (3 * 1024 * 1024 + 1))
+
+    assert caught.value.message == "huge.png is 3.0 MiB; the largest image you can upload is 2.0 MiB."
+    assert [r.url.path for r in requests] == ["/v1/uploads"]  # nothing went to storage
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "message", "expected"),
+    [
+        (400, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed size",
+         "Storage refused the image upload (HTTP 400, EntityTooLarge): the image is larger than the upload limit "
+         "of 100 bytes (Your proposed upload exceeds the maximum allowed size)."),
+        (403, "AccessDenied", "Invalid according to Policy: Policy expired.",
+         "Storage refused the image upload (HTTP 403, AccessDenied): the upload link was refused (it may have "
+         "expired) (Invalid according to Policy: Policy expired)."),
+        (400, "SomethingNew", "A  message\n over two lines.",
+         "Storage refused the image upload (HTTP 400, SomethingNew): A message over two lines."),
+        (502, "", "", "Storage refused the image upload (HTTP 502)."),
+    ],
+)  # fmt: skip
+async def test_storage_refusing_the_upload_is_a_readable_upload_error(
+    status: int, code: str, message: str, expected: str
+) -> None:
+    with pytest.raises(UploadError) as caught:
+        await client_for(storage(status, code, message)).upload_image("photo.png", "image/png", b"png")
+
+    assert caught.value.message == expected
+
+
+async def test_a_hostile_storage_error_body_is_not_expanded() -> None:
+    # A "billion laughs" body: 10^8 characters if its entities were expanded.
+    entities = b"".join(b'<!ENTITY e%d "%s">' % (i, b"&e%d;" % (i - 1) * 10) for i in range(1, 9))
+    bomb = (
+        b'<?xml version="1.0"?><!DOCTYPE Error [<!ENTITY e0 "lol">' + entities + b"]><Error><Code>&e8;</Code></Error>"
+    )
+
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/uploads":
-            return httpx.Response(200, json={"upload_url": "http://storage.test/u", "get_url": "http://storage.test/g"})
-        return httpx.Response(403, text="<Error><Code>SignatureDoesNotMatch</Code></Error>")
+            return httpx.Response(200, json=ticket())
+        return httpx.Response(400, content=bomb)
 
-    with pytest.raises(UploadError, match=r"HTTP 403"):
+    with pytest.raises(UploadError) as caught:
         await client_for(handler).upload_image("photo.png", "image/png", b"png")
 
+    assert caught.value.message == "Storage refused the image upload (HTTP 400)."
 
-async def test_classify_images_sends_urls_and_top_k() -> None:
-    seen: list[dict[str, object]] = []
+
+async def test_an_old_style_put_ticket_is_an_error_not_a_put() -> None:
+    sent: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(json.loads(request.content))
+        sent.append(request.method)
+        return httpx.Response(200, json={"upload_url": "http://storage.test/u", "method": "PUT", "headers": {},
+                                         "get_url": "http://g", "key": "k", "expires_in": 300})  # fmt: skip
+
+    with pytest.raises(ApiError, match=r"cannot read .* in /v1/uploads"):
+        await client_for(handler).upload_image("photo.png", "image/png", b"png")
+    assert sent == ["POST"]  # only the ticket request
+
+
+async def test_classify_images_posts_urls_and_top_k_to_the_tasks_route() -> None:
+    seen: list[tuple[str, dict[str, object]]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.path, json.loads(request.content)))
         return httpx.Response(
             200,
             json={
@@ -171,9 +272,9 @@ async def test_classify_images_sends_urls_and_top_k() -> None:
             },
         )
 
-    result = await client_for(handler).classify_images(["http://storage.test/g"], top_k=2)
+    result = await client_for(handler).classify_images("pose", ["http://storage.test/g"], top_k=2)
 
-    assert seen == [{"image_urls": ["http://storage.test/g"], "top_k": 2}]
+    assert seen == [("/v1/pose", {"image_urls": ["http://storage.test/g"], "top_k": 2})]
     assert [item.label for item in result.predictions[0].top_k] == ["running", "cycling"]
 
 
@@ -223,7 +324,30 @@ async def test_models_lists_tasks_with_version_and_readiness() -> None:
     models = await client_for(lambda request: httpx.Response(200, json=body)).models()
 
     assert [(m.task, m.version, m.ready) for m in models] == [("pose", None, False), ("sentiment", "2", True)]
+    assert [(m.title, m.modality, m.max_items) for m in models] == [
+        ("Human pose / action", "image", 16),
+        ("Movie-review sentiment", "text", 64),
+    ]
     assert models[1].labels == ["negative", "positive"]
+    assert models[1].examples == []  # not listed by the facade (yet)
+
+
+async def test_a_model_without_labels_or_limit_cannot_build_a_tab() -> None:
+    body = {"models": [{"task": "x", "title": "X", "modality": "text", "labels": [], "max_items": 0}]}
+
+    with pytest.raises(ApiError, match=r"cannot read \(2 problem\(s\) in /v1/models\)"):
+        await client_for(lambda request: httpx.Response(200, json=body)).models()
+
+
+async def test_the_facades_own_models_example_is_what_the_dashboard_reads() -> None:
+    # The seam: the facade's documented /v1/models answer parses into the models the tabs are built from.
+    from frontend_api.schemas import ModelsResponse
+
+    example = ModelsResponse.model_json_schema()["examples"][0]
+    models = await client_for(lambda request: httpx.Response(200, json=example)).models()
+
+    assert [m.task for m in models] == [m["task"] for m in example["models"]]
+    assert all(m.max_items > 0 and m.labels and m.modality in ("text", "image") for m in models)
 
 
 async def test_the_api_key_goes_to_the_facade_but_not_to_storage() -> None:
@@ -232,8 +356,8 @@ async def test_the_api_key_goes_to_the_facade_but_not_to_storage() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         if request.url.path == "/v1/uploads":
-            return httpx.Response(200, json={"upload_url": "http://storage.test/u", "get_url": "http://storage.test/g"})
-        return httpx.Response(200)
+            return httpx.Response(200, json=ticket())
+        return httpx.Response(204)
 
     client = FacadeClient(API, api_key="s3cret", transport=httpx.MockTransport(handler))
     await client.upload_image("a.jpg", "image/jpeg", b"jpeg")

@@ -1,9 +1,10 @@
 """The dashboard end to end in a real headless Chromium, against the real stack.
 
 Started once for the module: tiny random-weight models (``export.testing``), a real Triton, the
-local S3 server (moto), the facade (uvicorn) and the dashboard (``panel serve``), all on free ports.
-A user types a review, clicks an example tweet, uploads a photo, reads the Monitoring tab, and sees
-the page say that the API is down when the facade stops, then work again when it is back.
+local S3 server, the facade (uvicorn) and the dashboard (``python -m dashboard``, login on), all on
+free ports. A user logs in, types a review, clicks an example tweet, uploads a photo, reads the
+Monitoring tab, and sees the page say that the API is down when the facade stops, then work again
+when it is back.
 
 Screenshots of each tab go to ``test-artifacts/dashboard/`` (ignored by git).
 Needs Debian's ``chromium`` (``make browser-deps``); Playwright cannot download browsers here.
@@ -35,6 +36,8 @@ ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "dashboard"
 UPLOAD_BUCKET = "dashboard-e2e-uploads"
 # How often the page checks the facade in this test (the default is 5 s).
 HEALTH_INTERVAL_S = 1.0
+USER = "e2e-user"
+PASSWORD = "e2e-password-0123"
 # Generous waits: a loaded 2-core CI machine can take seconds for a first inference.
 TIMEOUT_MS = 30_000
 expect.set_options(timeout=TIMEOUT_MS)
@@ -74,16 +77,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterato
             cwd=PROJECT_ROOT,
         )
         dashboard_origin = f"127.0.0.1:{dashboard_port}"
+        # Served by the launcher, with its login on (it is required beyond loopback; here it is asked for).
         dashboard = ManagedProcess(
             name="dashboard",
-            command=python_module(
-                *("panel", "serve", str(PROJECT_ROOT / "dashboard" / "app.py")),
-                *("--address", "127.0.0.1", "--port", str(dashboard_port)),
-                *("--allow-websocket-origin", dashboard_origin),
-            ),
-            ready_url=f"http://{dashboard_origin}/app",
+            command=python_module("dashboard"),
+            ready_url=f"http://{dashboard_origin}/login",
             log_file=logs / "dashboard.log",
             env={
+                "MTC_DASHBOARD_ADDRESS": "127.0.0.1",
+                "MTC_DASHBOARD_PORT": str(dashboard_port),
+                "MTC_DASHBOARD_USERNAME": USER,
+                "MTC_DASHBOARD_PASSWORD": PASSWORD,
                 "MTC_DASHBOARD_API_URL": api_url,
                 "MTC_DASHBOARD_HEALTH_INTERVAL_S": str(HEALTH_INTERVAL_S),
                 "MTC_DASHBOARD_STATS_INTERVAL_S": "2",
@@ -116,9 +120,29 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
+def log_in(page: Page, password: str = PASSWORD) -> None:
+    page.locator("input[name=username]").fill(USER)
+    page.locator("input[name=password]").fill(password)
+    page.locator("button[type=submit]").click()
+
+
+@pytest.fixture(scope="module")
+def logged_in(browser: Browser, stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cookies of a browser that logged in once, for every test's fresh context."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(stack.dashboard_url)
+    log_in(page)
+    expect(page.locator(".mtc-classify button").first).to_be_visible(timeout=TIMEOUT_MS)
+    state = tmp_path_factory.mktemp("browser") / "state.json"
+    context.storage_state(path=state)
+    context.close()
+    return state
+
+
 @pytest.fixture
-def page(browser: Browser, stack: Stack) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
+def page(browser: Browser, stack: Stack, logged_in: Path) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, storage_state=logged_in)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(stack.dashboard_url)
@@ -146,6 +170,30 @@ def open_tab(page: Page, title: str) -> None:
 
 def shown_probabilities(row_text: str) -> list[float]:
     return [float(x) for x in re.findall(r"\b[01]\.\d{3}\b", row_text)]
+
+
+def test_the_page_asks_for_the_login_first(browser: Browser, stack: Stack) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    page.goto(stack.dashboard_url)
+    expect(page.locator(".mtc-login")).to_be_visible()
+    screenshot(page, "0-login")
+
+    log_in(page, password="not-the-password")
+    expect(page.locator(".errormessage")).to_contain_text("Invalid username or password")
+    log_in(page)
+    expect(page).to_have_url(stack.dashboard_url)
+    expect(page.locator(".mtc-classify button").first).to_be_visible()
+    expect(page.get_by_text(f"Logged in as {USER}")).to_be_visible()
+    context.close()
+
+
+def test_the_tabs_are_the_tasks_the_facade_lists(page: Page, stack: Stack) -> None:
+    models = httpx.get(f"{stack.api_url}/v1/models", timeout=30).json()["models"]
+
+    expect(page.locator(".bk-tab")).to_have_text([m["title"] for m in models] + ["Monitoring"])
+    sentiment = next(m for m in models if m["task"] == "sentiment")
+    expect(page.locator(".mtc-input").first).to_contain_text(f"at most {sentiment['max_items']}")
 
 
 def test_typing_a_review_and_clicking_classify_shows_a_label(page: Page) -> None:
@@ -176,10 +224,10 @@ def test_an_example_tweet_is_one_click_away(page: Page) -> None:
 
 
 def test_uploading_a_photo_shows_the_pose_result(page: Page, photo: Path) -> None:
-    open_tab(page, "Pose")
+    open_tab(page, POSE.title)
     page.locator(".mtc-file input[type=file]").set_input_files(photo)
 
-    result = page.locator(".mtc-pose")
+    result = page.locator(".mtc-image")
     expect(result.locator(".mtc-label")).to_be_visible()
     assert result.locator(".mtc-label").inner_text() in POSE.labels
     top = result.locator(".mtc-bar-row")
@@ -192,7 +240,7 @@ def test_uploading_a_photo_shows_the_pose_result(page: Page, photo: Path) -> Non
 
 
 def test_a_non_image_url_gives_a_readable_error(page: Page, stack: Stack) -> None:
-    open_tab(page, "Pose")
+    open_tab(page, POSE.title)
     page.locator(".mtc-url input").fill(f"{stack.api_url}/openapi.json")
     page.locator(".mtc-classify-url button").click()
 
@@ -240,3 +288,26 @@ def test_the_page_says_when_the_api_is_down_and_recovers(page: Page, stack: Stac
     page.locator(".mtc-classify button").first.click()
     expect(page.locator(".mtc-results .mtc-label").first).to_be_visible()
     expect(page.locator(".mtc-error").first).to_be_hidden()
+
+
+def test_a_page_opened_while_the_api_is_down_gets_its_tabs_when_it_is_back(
+    browser: Browser, stack: Stack, logged_in: Path
+) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, storage_state=logged_in)
+    page = context.new_page()
+    stack.facade.stop()
+    try:
+        page.goto(stack.dashboard_url)
+        expect(page.locator(".mtc-connection")).to_contain_text("The API is unavailable")
+        expect(page.locator(".mtc-models-note")).to_contain_text("Waiting for the API to list its tasks")
+        expect(page.locator(".bk-tab")).to_have_text(["Monitoring"])
+        screenshot(page, "6-api-down-at-start")
+    finally:
+        stack.facade.start()
+
+    expect(page.locator(".bk-tab")).to_have_text([SENTIMENT.title, DISASTER.title, POSE.title, "Monitoring"])
+    expect(page.locator(".mtc-models-note")).to_be_hidden()
+    page.locator("textarea").first.fill("Back in business")
+    page.locator(".mtc-classify button").first.click()
+    expect(page.locator(".mtc-results .mtc-label").first).to_be_visible()
+    context.close()

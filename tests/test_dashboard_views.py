@@ -9,23 +9,29 @@ import re
 import pytest
 from markdown_it import MarkdownIt
 
-from dashboard.app import build_page
-from dashboard.client import ModelRef, ModelStats, TextPrediction, TextResult
+from dashboard.app import DashboardPage, build_page
+from dashboard.client import ApiError, ModelInfo, ModelRef, ModelStats, TextPrediction, TextResult
 from dashboard.settings import DashboardSettings
-from dashboard.testing import FakeFacade
-from dashboard.views import (
-    batch_size_data,
-    count_data,
+from dashboard.views.plots import batch_size_data, count_data
+from dashboard.views.render import (
+    image_result_html,
     markdown_literal,
-    pose_result_html,
     probability_bars_html,
     stats_table_html,
     text_results_html,
     timings_text,
 )
+from dashboard.views.widgets import ImageTaskView, TextTaskView
 from taskspec import DISASTER, POSE, SENTIMENT
+from tests.fakes.dashboard import FakeFacade
 
 pytestmark = pytest.mark.anyio
+
+# A task only the facade knows: no task spec, no dashboard code mentions it.
+TOPICS = ModelInfo(
+    task="topics", title="News topics", modality="text", model="topics", version="7",
+    labels=["world", "sports", "business", "science"], ready=True, max_items=5,
+)  # fmt: skip
 
 STATS = [
     ModelStats(
@@ -96,7 +102,7 @@ def test_text_results_show_each_text_with_its_label_and_escape_html() -> None:
 
 def test_no_result_yet_shows_a_placeholder() -> None:
     assert "Results appear here" in text_results_html([], None, SENTIMENT.labels)
-    assert "Choose a photo" in pose_result_html(None, "", "")
+    assert "Choose a photo" in image_result_html(None, "", "")
 
 
 def test_timings_list_stages_in_pipeline_order() -> None:
@@ -104,15 +110,15 @@ def test_timings_list_stages_in_pipeline_order() -> None:
     assert line == "model pose v3 · fetch 2.0 ms · inference 9.0 ms · total 15.0 ms"
 
 
-async def test_pose_result_shows_the_image_and_the_top_k() -> None:
+async def test_image_result_shows_the_image_and_the_top_k() -> None:
     fake = FakeFacade()
-    result = await fake.classify_images(["http://storage.test/a.jpg"], top_k=3)
+    result = await fake.classify_images("pose", ["http://storage.test/a.jpg"], top_k=3)
 
-    markup = pose_result_html(result, 'http://storage.test/a.jpg?x="1"', "a.jpg")
+    markup = image_result_html(result, 'http://storage.test/a.jpg?x="1"', "a.jpg")
 
     assert 'src="http://storage.test/a.jpg?x=&quot;1&quot;"' in markup
     assert list(bar_widths(markup)) == list(POSE.labels[:3])
-    assert "Top 3 of 15 actions" in markup
+    assert f"Top 3 of {len(POSE.labels)} labels" in markup
     assert f'<span class="mtc-label">{POSE.labels[0]}</span>' in markup
 
 
@@ -133,15 +139,85 @@ def test_plot_data_orders_batch_sizes_numerically() -> None:
     assert counts["value"] == [10, 1, 12]
 
 
-def test_the_page_has_a_tab_per_task_plus_monitoring() -> None:
-    page = build_page(FakeFacade(), DashboardSettings())
-    assert [tab.name for tab in page.tabs] == [SENTIMENT.title, DISASTER.title, "Pose", "Monitoring"]
+async def ready_page(fake: FakeFacade, settings: DashboardSettings | None = None) -> DashboardPage:
+    """A page after its first tick, with the facade up: the task tabs are built."""
+    page = build_page(fake, settings or DashboardSettings())
+    await page.refresh()
+    return page
+
+
+def text_view(page: DashboardPage, name: str) -> TextTaskView:
+    view = page.task_views[name]
+    assert isinstance(view, TextTaskView)
+    return view
+
+
+async def test_the_page_has_a_tab_per_task_the_facade_lists_plus_monitoring() -> None:
+    page = await ready_page(FakeFacade())
+
+    assert [tab.name for tab in page.tabs] == [SENTIMENT.title, DISASTER.title, POSE.title, "Monitoring"]
+    assert [type(view) for view in page.task_views.values()] == [TextTaskView, TextTaskView, ImageTaskView]
+    assert not page.models_note.visible
+
+
+async def test_a_fourth_text_task_declared_only_by_the_facade_is_a_tab_with_its_labels_and_limit() -> None:
+    fake = FakeFacade(model_list=[*FakeFacade().model_list, TOPICS])
+    page = await ready_page(fake)
+
+    assert [tab.name for tab in page.tabs] == [SENTIMENT.title, DISASTER.title, POSE.title, "News topics", "Monitoring"]
+    topics = text_view(page, "topics")
+    assert topics.text_input.label == "News topics: one text per line (at most 5)"
+    assert topics.example_buttons == []
+
+    topics.text_input.value = "good match\nrain"
+    await topics._on_classify(None)
+    assert re.findall(r'class="mtc-label">(\w+)<', topics.results.object) == ["science", "world"]
+    # Every label of the task, in the facade's order, for each text.
+    assert re.findall(r'data-label="(\w+)"', topics.results.object) == TOPICS.labels * 2
+
+
+async def test_the_facade_down_at_session_start_shows_the_banner_then_the_tabs_when_it_is_back() -> None:
+    fake = FakeFacade(down=True)
+    page = build_page(fake, DashboardSettings())
+
+    await page.refresh()
+    assert [tab.name for tab in page.tabs] == ["Monitoring"]
+    assert page.banner.panel.visible
+    assert page.models_note.visible
+    assert "Waiting for the API to list its tasks" in page.models_note.object
+
+    fake.down = False
+    await page.refresh()
+    assert [tab.name for tab in page.tabs] == [SENTIMENT.title, DISASTER.title, POSE.title, "Monitoring"]
+    assert page.tabs.active == 0
+    assert not page.banner.panel.visible
+    assert not page.models_note.visible
+
+    await page.refresh()  # built once
+    assert len(page.tabs) == 4
+    assert [name for name, _ in fake.calls].count("models") == 1
+
+
+async def test_a_model_list_the_page_cannot_get_is_said_and_asked_again() -> None:
+    fake = FakeFacade(fail_with=ApiError("Unauthorized (HTTP 401): missing or invalid API key", status=401))
+    page = build_page(fake, DashboardSettings())
+
+    await page.refresh()
+    assert [tab.name for tab in page.tabs] == ["Monitoring"]
+    assert page.models_note.visible
+    assert "The tasks could not be listed." in page.models_note.object
+    assert "Unauthorized \\(HTTP 401\\)" in page.models_note.object
+
+    fake.fail_with = None
+    fake.model_list = [TOPICS]
+    await page.refresh()
+    assert [tab.name for tab in page.tabs] == ["News topics", "Monitoring"]
 
 
 async def test_views_follow_the_state_after_a_click() -> None:
     fake = FakeFacade()
-    page = build_page(fake, DashboardSettings())
-    view = page.text_views["sentiment"]
+    page = await ready_page(fake)
+    view = text_view(page, "sentiment")
 
     view.text_input.value = "good stuff\nbad stuff"
     await view._on_classify(None)
@@ -189,8 +265,9 @@ async def test_banner_appears_when_the_api_is_down_and_goes_away_when_it_is_back
 
 
 async def test_loading_spinner_and_disabled_buttons_while_a_request_runs() -> None:
-    fake = FakeFacade(gate=asyncio.Event())
-    view = build_page(fake, DashboardSettings()).text_views["disaster"]
+    fake = FakeFacade()
+    view = text_view(await ready_page(fake), "disaster")
+    fake.gate = asyncio.Event()
     view.text_input.value = "Forest fire near the town"
 
     request = asyncio.create_task(view._on_classify(None))
@@ -217,4 +294,4 @@ async def test_a_tick_is_skipped_while_the_previous_one_waits_for_a_slow_api() -
 
     fake.gate.set()  # type: ignore[union-attr]
     await first
-    assert fake.calls == [("health", None), ("stats", None)]
+    assert fake.calls == [("health", None), ("models", None), ("stats", None)]

@@ -1,8 +1,10 @@
 """A scripted in-memory facade for the dashboard's unit tests (no network, no browser).
 
-Text predictions are derived from the text (a text containing "good" is positive/disaster-like), so a
-test can tell which text got which row; ``down`` and ``fail_with`` simulate an unreachable facade
-and an error answer; ``gate`` holds a request open so a test can look at the page while it runs.
+It lists the tasks it is given (by default the task specs' sentiment, disaster and pose, as the facade
+would), and answers for any of them. Text predictions are derived from the text (a text containing "good"
+gets the task's last label), so a test can tell which text got which row; ``down`` and ``fail_with``
+simulate an unreachable facade and an error answer; ``gate`` holds a request open so a test can look at
+the page while it runs.
 """
 
 from __future__ import annotations
@@ -15,14 +17,40 @@ from dashboard.client import (
     DashboardClientError,
     Health,
     ImagePrediction,
+    ImageResult,
     LabelProbability,
+    ModelInfo,
     ModelRef,
     ModelStats,
-    PoseResult,
     TextPrediction,
     TextResult,
 )
-from taskspec import POSE, TASKS
+from taskspec import TASKS, TaskSpec
+
+# What the facade says of a text task's and an image task's request size (its schema's limits).
+TEXT_MAX_ITEMS = 64
+IMAGE_MAX_ITEMS = 16
+
+
+def model_info(spec: TaskSpec, max_items: int | None = None, examples: bool = False) -> ModelInfo:
+    """What ``GET /v1/models`` says of a task spec (ready, version 1); ``examples`` lists the spec's."""
+    if max_items is None:
+        max_items = TEXT_MAX_ITEMS if spec.modality == "text" else IMAGE_MAX_ITEMS
+    return ModelInfo(
+        task=spec.name,
+        title=spec.title,
+        modality=spec.modality,
+        model=spec.model_name,
+        version="1",
+        labels=list(spec.labels),
+        ready=True,
+        max_items=max_items,
+        examples=list(spec.examples) if examples else [],
+    )
+
+
+def default_models() -> list[ModelInfo]:
+    return [model_info(spec) for spec in TASKS.values()]
 
 
 @dataclass
@@ -34,6 +62,7 @@ class FakeFacade:
     ready: bool = True
     fail_with: DashboardClientError | None = None
     gate: asyncio.Event | None = None
+    model_list: list[ModelInfo] = field(default_factory=default_models)
     stats_result: list[ModelStats] = field(default_factory=list)
     calls: list[tuple[str, object]] = field(default_factory=list)
     uploads: dict[str, bytes] = field(default_factory=dict)
@@ -47,16 +76,21 @@ class FakeFacade:
         if self.fail_with is not None:
             raise self.fail_with
 
+    def _labels(self, task: str) -> list[str]:
+        return next(info.labels for info in self.model_list if info.task == task)
+
+    async def models(self) -> list[ModelInfo]:
+        await self._enter("models", None)
+        return list(self.model_list)
+
     async def classify_texts(self, task: str, texts: list[str]) -> TextResult:
         await self._enter("classify_texts", (task, list(texts)))
-        negative, positive = TASKS[task].labels
+        labels = self._labels(task)
         predictions = []
         for index, text in enumerate(texts):
-            p = 0.9 if "good" in text.lower() else 0.2
-            label = positive if p > 0.5 else negative
-            predictions.append(
-                TextPrediction(text_index=index, label=label, probabilities={negative: 1 - p, positive: p})
-            )
+            top = len(labels) - 1 if "good" in text.lower() else 0
+            probabilities = {label: (0.9 if i == top else 0.1 / (len(labels) - 1)) for i, label in enumerate(labels)}
+            predictions.append(TextPrediction(text_index=index, label=labels[top], probabilities=probabilities))
         return TextResult(
             task=task,
             model=ModelRef(name=task, version="1"),
@@ -70,11 +104,12 @@ class FakeFacade:
         self.uploads[url] = data
         return url
 
-    async def classify_images(self, image_urls: list[str], top_k: int) -> PoseResult:
-        await self._enter("classify_images", (list(image_urls), top_k))
-        weights = [float(len(POSE.labels) - i) for i in range(len(POSE.labels))]
+    async def classify_images(self, task: str, image_urls: list[str], top_k: int) -> ImageResult:
+        await self._enter("classify_images", (task, list(image_urls), top_k))
+        labels = self._labels(task)
+        weights = [float(len(labels) - i) for i in range(len(labels))]
         total = sum(weights)
-        probabilities = {label: w / total for label, w in zip(POSE.labels, weights, strict=True)}
+        probabilities = {label: w / total for label, w in zip(labels, weights, strict=True)}
         ranked = sorted(probabilities.items(), key=lambda item: -item[1])[:top_k]
         prediction = ImagePrediction(
             image_index=0,
@@ -82,9 +117,9 @@ class FakeFacade:
             probabilities=probabilities,
             top_k=[LabelProbability(label=label, probability=p) for label, p in ranked],
         )
-        return PoseResult(
-            task="pose",
-            model=ModelRef(name="pose", version="3"),
+        return ImageResult(
+            task=task,
+            model=ModelRef(name=task, version="3"),
             predictions=[prediction.model_copy(update={"image_index": i}) for i in range(len(image_urls))],
             timings_ms={"fetch": 2.0, "preprocess": 3.0, "inference": 9.0, "total": 15.0},
         )

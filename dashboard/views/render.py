@@ -1,0 +1,133 @@
+"""Results as HTML and Markdown: pure functions (state in, markup out), so tests read what a user sees.
+
+User text and every message are escaped: HTML-escaped in HTML, backslash-escaped in Markdown.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from dashboard.client import ImageResult, ModelRef, ModelStats, TextResult
+
+# The page's own CSS (classes the HTML below uses and the browser tests look for).
+STYLESHEET = (Path(__file__).parent / "style.css").read_text(encoding="utf-8")
+
+TIMING_ORDER = ("fetch", "tokenize", "preprocess", "queue", "inference", "total")
+
+
+def probability_bars_html(probabilities: Mapping[str, float], order: Sequence[str] = ()) -> str:
+    """One labelled bar per class; classes in ``order`` first, the most probable one highlighted."""
+    names = [name for name in order if name in probabilities] + [n for n in probabilities if n not in order]
+    top = max(probabilities, key=lambda n: probabilities[n]) if probabilities else None
+    rows = []
+    for name in names:
+        value = min(max(probabilities[name], 0.0), 1.0)
+        css = "mtc-bar-fill mtc-top" if name == top else "mtc-bar-fill"
+        rows.append(
+            f'<div class="mtc-bar-row" data-label="{html.escape(name)}">'
+            f'<span class="mtc-bar-name">{html.escape(name)}</span>'
+            f'<span class="mtc-bar-track"><span class="{css}" style="display:block;width:{value * 100:.1f}%">'
+            f'</span></span><span class="mtc-bar-value">{value:.3f}</span></div>'
+        )
+    return "".join(rows)
+
+
+def text_results_html(texts: Sequence[str], result: TextResult | None, labels: Sequence[str]) -> str:
+    """The results table of a text tab: the text, its label and a probability bar per class."""
+    if result is None:
+        return '<p class="mtc-muted">Results appear here.</p>'
+    rows = []
+    for prediction in sorted(result.predictions, key=lambda p: p.text_index):
+        text = texts[prediction.text_index] if 0 <= prediction.text_index < len(texts) else ""
+        rows.append(
+            f"<tr><td>{prediction.text_index + 1}</td>"
+            f'<td class="mtc-text">{html.escape(text)}</td>'
+            f'<td class="mtc-label">{html.escape(prediction.label)}</td>'
+            f"<td>{probability_bars_html(prediction.probabilities, labels)}</td></tr>"
+        )
+    return (
+        '<table class="mtc-table mtc-results"><thead><tr><th>#</th><th>Text</th><th>Label</th>'
+        f"<th>Probabilities</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def timings_text(model: ModelRef | None, timings_ms: Mapping[str, float]) -> str:
+    """``model sentiment v1 · tokenize 1.2 ms · inference 5.0 ms · total 7.1 ms``."""
+    parts = []
+    if model is not None:
+        parts.append(f"model {model.name}" + (f" v{model.version}" if model.version else ""))
+    names = [n for n in TIMING_ORDER if n in timings_ms] + sorted(n for n in timings_ms if n not in TIMING_ORDER)
+    parts += [f"{name} {timings_ms[name]:.1f} ms" for name in names]
+    return " · ".join(parts)
+
+
+def result_timings_html(result: TextResult | ImageResult | None) -> str:
+    """The timings line under a result (empty before the first one)."""
+    if result is None:
+        return ""
+    return f'<span class="mtc-muted">{html.escape(timings_text(result.model, result.timings_ms))}</span>'
+
+
+def image_result_html(result: ImageResult | None, image_src: str, image_name: str) -> str:
+    """The classified image beside its top-k labels."""
+    if result is None or not result.predictions:
+        return '<p class="mtc-muted">Choose a photo or paste an image URL; the predicted labels appear here.</p>'
+    prediction = result.predictions[0]
+    top = {item.label: item.probability for item in prediction.top_k} or prediction.probabilities
+    image = (
+        f'<img src="{html.escape(image_src, quote=True)}" alt="{html.escape(image_name, quote=True)}">'
+        if image_src
+        else ""
+    )
+    return (
+        f'<div class="mtc-image">{image}<div class="mtc-image-result">'
+        f'<p>Predicted: <span class="mtc-label">{html.escape(prediction.label)}</span></p>'
+        f'<p class="mtc-muted">Top {len(top)} of {len(prediction.probabilities)} labels</p>'
+        f"{probability_bars_html(top)}"
+        f'<p class="mtc-muted">{html.escape(image_name)}</p></div></div>'
+    )
+
+
+def stats_table_html(stats: Sequence[ModelStats]) -> str:
+    """One row per model: readiness, version, counters and average times."""
+    if not stats:
+        return '<p class="mtc-muted">No statistics yet.</p>'
+    rows = []
+    for s in stats:
+        ready = '<span class="mtc-ready">ready</span>' if s.ready else '<span class="mtc-not-ready">not ready</span>'
+        avg_batch = f"{s.inference_count / s.execution_count:.2f}" if s.execution_count else "-"
+        rows.append(
+            f"<tr><td>{html.escape(s.task)}</td><td>{html.escape(s.version or '-')}</td><td>{ready}</td>"
+            f"<td>{s.request_success}</td><td>{s.request_failure}</td><td>{s.inference_count}</td>"
+            f"<td>{s.execution_count}</td><td>{avg_batch}</td>"
+            f"<td>{s.avg_queue_ms:.2f}</td><td>{s.avg_compute_ms:.2f}</td></tr>"
+        )
+    return (
+        '<table class="mtc-table mtc-stats"><thead><tr><th>Model</th><th>Version</th><th>State</th>'
+        "<th>Requests OK</th><th>Failed</th><th>Inferences</th><th>Executions</th><th>Avg batch</th>"
+        f"<th>Avg queue (ms)</th><th>Avg compute (ms)</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def markdown_literal(text: str) -> str:
+    """``text`` shown as is by a Markdown pane: every ASCII punctuation character backslash-escaped.
+
+    Error messages quote the facade and the user (URLs, file names); escaped, a ``<img onerror=...>`` or
+    an ``_underscore_`` in them is shown as typed instead of being rendered.
+    """
+    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", text)
+
+
+def models_note_text(models_error: str) -> str:
+    """The note shown until the task tabs exist."""
+    if models_error:
+        return f"**The tasks could not be listed.** {markdown_literal(models_error)} The page asks again shortly."
+    return "Waiting for the API to list its tasks; their tabs appear here as soon as it answers."
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, an ellipsis marking the cut."""
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
