@@ -1,7 +1,8 @@
 """``make run``: the whole platform on one machine, stopped cleanly with Ctrl-C.
 
 1. builds the demo models (``export build --profile quick``) for tasks that have none;
-2. starts a local S3 server (moto) and pushes ``model_repository/`` into it;
+2. starts the local S3 server (SeaweedFS, data in ``.cache/s3``, kept across runs) and pushes
+   ``model_repository/`` into it (only files whose size or MD5 changed move);
 3. starts Triton on ``s3://...`` (poll mode: a pushed version is picked up without a restart);
 4. starts the facade (uvicorn) and the dashboard (panel serve), prints their URLs;
 5. on Ctrl-C, or when any of them dies, stops all of them in reverse order.
@@ -20,7 +21,8 @@ from types import FrameType
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from serving.processes import ManagedProcess, ProcessStartError, python_module, s3_server
+from serving.processes import ManagedProcess, ProcessStartError, python_module
+from serving.s3 import S3Server
 from serving.triton import PROJECT_ROOT, TritonServer, TritonStartError
 from taskspec import TASKS
 
@@ -36,7 +38,10 @@ class StackSettings(BaseSettings):
     triton_metrics_port: int = Field(8002, description="Triton Prometheus metrics port")
     api_port: int = Field(8080, description="Facade (FastAPI) port")
     dashboard_port: int = Field(5006, description="Dashboard (Panel) port")
-    s3_port: int = Field(9000, description="Local S3 server (moto) port")
+    s3_port: int = Field(9000, description="Local S3 server (SeaweedFS) port; its other components use free ports")
+    s3_data_dir: Path = Field(
+        PROJECT_ROOT / ".cache" / "s3", description="Where the local S3 server keeps its data (kept across runs)"
+    )
     model_repository: Path = Field(PROJECT_ROOT / "model_repository", description="Local model repository")
     serve_from_s3: bool = Field(True, description="Push the repository to the local S3 server and serve it from there")
     models_bucket: str = Field("mtc-models", description="Bucket holding the model repository")
@@ -73,16 +78,16 @@ def build_models(repository: Path, tasks: list[str]) -> None:
 
 
 def s3_env(settings: StackSettings) -> dict[str, str]:
-    """Credentials for the local moto server (it accepts any) and no metadata-address lookups."""
+    """The local S3 server's credentials (it accepts only these) and no metadata-address lookups."""
     return {
         "AWS_ACCESS_KEY_ID": "local",
-        "AWS_SECRET_ACCESS_KEY": "local-secret",
+        "AWS_SECRET_ACCESS_KEY": "local-secret",  # the loopback-only local server's key, not a secret
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_EC2_METADATA_DISABLED": "true",
     }
 
 
-def start(stack: ExitStack, name: str, service: ManagedProcess | TritonServer) -> None:
+def start(stack: ExitStack, name: str, service: ManagedProcess | S3Server | TritonServer) -> None:
     """Start ``service`` now; stop it (saying how long that took) when ``stack`` unwinds."""
 
     def stop() -> None:
@@ -114,8 +119,16 @@ def main() -> int:
 
     with ExitStack() as stack:
         try:
-            print(f"==> S3 server on {settings.s3_endpoint}")
-            start(stack, "S3 server", s3_server(host, settings.s3_port, logs / "s3.log"))
+            print(f"==> S3 server on {settings.s3_endpoint} (data in {settings.s3_data_dir})")
+            s3_server = S3Server(
+                settings.s3_data_dir,
+                logs / "s3.log",
+                access_key_id=env["AWS_ACCESS_KEY_ID"],
+                secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                host=host,
+                port=settings.s3_port,
+            )
+            start(stack, "S3 server", s3_server)
             model_repository = str(repository)
             if settings.serve_from_s3:
                 from export.s3sync import S3Location, S3Settings, ensure_bucket, make_client, push
@@ -129,7 +142,7 @@ def main() -> int:
                 client = make_client(s3)
                 for bucket in (settings.models_bucket, settings.uploads_bucket):
                     ensure_bucket(client, bucket)
-                print(f"==> Pushing {repository} to {s3.url}: {push(repository, s3.url, client)}")
+                print(f"==> Pushed {repository} to {s3.url}: {push(repository, s3.url, client, progress=False)}")
                 model_repository = S3Location.parse(s3.url).triton_url(settings.s3_endpoint)
 
             print(f"==> Triton on {model_repository}")

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny ONNX classifier published like a real task, and a local S3 server."""
+"""Shared fixtures: a tiny ONNX classifier published like a real task, and the local S3 server."""
 
 from __future__ import annotations
 
@@ -12,15 +12,16 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from export.triton_config import write_model_config
-from serving.processes import ManagedProcess, s3_server
-from serving.triton import free_port
+from serving.s3 import S3Server
 from taskspec import BatchingSpec, TaskSpec, TensorSpec
 
-# Local S3 servers accept any credentials; the SDK must never look for cloud ones.
-os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
-os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test-secret")
-os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# The local S3 server accepts exactly these keys; tests never use real AWS credentials.
+os.environ["AWS_ACCESS_KEY_ID"] = "test"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "test-secret"
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+for _variable in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
+    os.environ.pop(_variable, None)
 
 TINY = TaskSpec(
     name="tiny",
@@ -70,8 +71,17 @@ def tiny_repository(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real S3-protocol server (moto) over HTTP on a free local port."""
-    port = free_port()
-    server: ManagedProcess = s3_server("127.0.0.1", port, tmp_path_factory.mktemp("s3") / "s3.log")
+    """A real S3 server (SeaweedFS) over HTTP on free local ports, data in a temp folder, for the session.
+
+    It accepts only the session's keys (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY above); bucket names
+    need 3 or more characters.
+    """
+    root = tmp_path_factory.mktemp("s3")
+    server = S3Server(
+        root / "data",
+        root / "s3.log",
+        access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+        secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+    )
     with server:
-        yield f"http://127.0.0.1:{port}"
+        yield server.endpoint
