@@ -5,23 +5,22 @@
    ``model_repository/`` into it (only files whose size or MD5 changed move);
 3. starts Triton on ``s3://...`` (poll mode: a pushed version is picked up without a restart);
 4. starts the facade (uvicorn) and the dashboard (panel serve), prints their URLs;
-5. on Ctrl-C, or when any of them dies, stops all of them in reverse order.
+5. on Ctrl-C, SIGTERM or SIGHUP (also during start-up), or when any of them dies, stops all of them
+   in reverse order.
 """
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from types import FrameType
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from serving.processes import ManagedProcess, ProcessStartError, python_module
+from serving.processes import ManagedProcess, ProcessStartError, python_module, stop_on_signals
 from serving.s3 import S3Server
 from serving.triton import PROJECT_ROOT, TritonServer, TritonStartError
 from taskspec import TASKS
@@ -100,6 +99,15 @@ def start(stack: ExitStack, name: str, service: ManagedProcess | S3Server | Trit
 
 
 def main() -> int:
+    stop_on_signals()  # SIGTERM / SIGHUP stop every child like Ctrl-C, from the first line on
+    try:
+        return run()
+    except KeyboardInterrupt:  # the ExitStack in run() has stopped everything it started
+        print("==> Stopped.")
+        return 0
+
+
+def run() -> int:
     settings = StackSettings()
     repository = settings.model_repository.resolve()
     missing = missing_models(repository)
@@ -111,11 +119,6 @@ def main() -> int:
 
     host, logs = settings.host, settings.log_dir
     env = s3_env(settings)
-    stop_requested = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stop_requested
-        stop_requested = True
 
     with ExitStack() as stack:
         try:
@@ -217,16 +220,16 @@ def main() -> int:
             "Press Ctrl-C to stop everything.",
             flush=True,
         )
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
         services: dict[str, ManagedProcess | TritonServer] = {"Triton": triton, "facade": api, "dashboard": dashboard}
-        while not stop_requested:
-            dead = [name for name, service in services.items() if not service.running]
-            if dead:
-                print(f"error: {', '.join(dead)} stopped unexpectedly; see {logs}", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
-        print("\n==> Stopping...", flush=True)
+        try:
+            while True:
+                dead = [name for name, service in services.items() if not service.running]
+                if dead:
+                    print(f"error: {', '.join(dead)} stopped unexpectedly; see {logs}", file=sys.stderr)
+                    return 1
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            print("\n==> Stopping...", flush=True)
     print("==> Stopped.")
     return 0
 

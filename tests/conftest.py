@@ -1,8 +1,14 @@
-"""Shared fixtures: a tiny ONNX classifier published like a real task, and the local S3 server."""
+"""Shared fixtures: a tiny ONNX classifier published like a real task, and the local S3 server.
+
+Every process a test starts inherits ``MTC_RUN_ID=<this session's id>`` (set below, before any test
+runs), and Triton's shared-memory regions carry that id in their names: ``processes_with_run_id``
+finds what a run started.
+"""
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from export.triton_config import write_model_config
+from serving.processes import RUN_ID_ENV
 from serving.s3 import S3Server
 from taskspec import BatchingSpec, TaskSpec, TensorSpec
 
@@ -22,6 +29,27 @@ os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 for _variable in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
     os.environ.pop(_variable, None)
+
+RUN_ID = uuid.uuid4().hex[:12]
+os.environ[RUN_ID_ENV] = RUN_ID  # inherited by every child: how the leak check finds them
+
+
+def processes_with_run_id(run_id: str) -> list[tuple[int, str]]:
+    """(pid, command line) of every live process whose environment holds ``MTC_RUN_ID=run_id``."""
+    needle = f"{RUN_ID_ENV}={run_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        found.append((int(entry.name), command or "(zombie)"))
+    return found
+
 
 TINY = TaskSpec(
     name="tiny",
