@@ -1,13 +1,18 @@
-"""Shared fixtures: a tiny ONNX classifier published like a real task, and the local S3 server.
+"""Shared fixtures: a tiny ONNX classifier published like a real task, the local S3 server, and a
+session-end check that nothing a test started is still running.
 
-Every process a test starts inherits ``MTC_RUN_ID=<this session's id>`` (set below, before any test
-runs), and Triton's shared-memory regions carry that id in their names: ``processes_with_run_id``
-finds what a run started.
+Leak check: every process a test starts inherits ``MTC_RUN_ID=<this session's id>`` (set below, before
+any test runs), and Triton's shared-memory regions carry that id in their names. When the session ends
+(after every fixture's teardown), any process whose ``/proc/<pid>/environ`` holds the id, or any
+``/dev/shm/mtc_<id>_*`` region, was left behind by a test: it is reported, killed / removed, and the
+session fails. (Only this session's id counts: other sessions on the same machine are not ours.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from export.triton_config import write_model_config
 from serving.processes import RUN_ID_ENV
 from serving.s3 import S3Server
+from serving.triton import shm_regions
 from taskspec import BatchingSpec, TaskSpec, TensorSpec
 
 # The local S3 server accepts exactly these keys; tests never use real AWS credentials.
@@ -49,6 +55,34 @@ def processes_with_run_id(run_id: str) -> list[tuple[int, str]]:
             continue
         found.append((int(entry.name), command or "(zombie)"))
     return found
+
+
+_leak_report: list[str] = []
+
+
+@pytest.hookimpl(trylast=True)  # after the runner's own session teardown (matters on -x / Ctrl-C)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    survivors = processes_with_run_id(RUN_ID)
+    regions = sorted(shm_regions(RUN_ID))
+    if not survivors and not regions:
+        return
+    _leak_report.append(f"a test left {len(survivors)} process(es) and {len(regions)} /dev/shm region(s) behind:")
+    for pid, command in survivors:
+        _leak_report.append(f"  process {pid}: {command[:200]}")
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    for region in regions:
+        _leak_report.append(f"  region {region}")
+        region.unlink(missing_ok=True)
+    _leak_report.append("(killed and removed now; find the fixture or test that does not stop what it starts)")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _leak_report:
+        terminalreporter.section("leak check FAILED", sep="=", red=True, bold=True)
+        for line in _leak_report:
+            terminalreporter.line(line, red=True)
 
 
 TINY = TaskSpec(
