@@ -145,6 +145,9 @@ class ManagedProcess:
     cwd: Path | None = None
     startup_timeout: float = 60.0
     stop_timeout: float = 10.0
+    probe_timeout: float = 10.0
+    """HTTP timeout of one readiness probe: a dashboard page takes seconds to render on a busy 2-core
+    machine, and a probe that gives up sooner only adds another render to the queue."""
 
     def __post_init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
@@ -164,7 +167,7 @@ class ManagedProcess:
 
     def is_ready(self) -> bool:
         """Readiness probe: ``ready_url`` answers 2xx (subclasses may check more)."""
-        return http_ok(self.ready_url)
+        return http_ok(self.ready_url, timeout=self.probe_timeout)
 
     def note(self, message: str) -> None:
         append_note(self.log_file, message)

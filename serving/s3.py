@@ -123,6 +123,10 @@ def admin_port_pair(host: str, taken: set[int], attempts: int = 200) -> int:
 class S3Server(ManagedProcess):
     """SeaweedFS (``weed mini``) serving S3 at ``http://host:port``, its data in ``data_dir``.
 
+    ``memory_limit_mib`` is Go's soft limit (``GOMEMLIMIT``): measured with a 300 MB repository pushed
+    and pulled once, RSS stays near 280 MB at 384 MiB (about 500 MB without a limit); at 200-256 MiB it
+    stays at 160 MB but transfers took about twice as long (the collector runs constantly).
+
     Ready when a signed S3 call (ListBuckets with these credentials) succeeds. Stopped with SIGTERM
     (about 4 s: SeaweedFS flushes and deregisters), then SIGKILL of its process group.
     """
@@ -138,6 +142,7 @@ class S3Server(ManagedProcess):
         port: int | None = None,
         ports: SeaweedPorts | None = None,
         startup_timeout: float = 60.0,
+        memory_limit_mib: int | None = 384,
     ) -> None:
         self.ports = ports or SeaweedPorts.choose(port, host)
         self.host = host
@@ -153,6 +158,9 @@ class S3Server(ManagedProcess):
                 "AWS_ACCESS_KEY_ID": access_key_id,
                 "AWS_SECRET_ACCESS_KEY": secret_access_key,
                 "AWS_EC2_METADATA_DISABLED": "true",
+                # Go's soft memory limit: without it the heap keeps the garbage of every transfer
+                # (about 500 MB RSS after pushing and serving a 300 MB repository, 160 MB idle).
+                **({"GOMEMLIMIT": f"{memory_limit_mib}MiB"} if memory_limit_mib else {}),
             },
             startup_timeout=startup_timeout,
         )
