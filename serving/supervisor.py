@@ -109,8 +109,9 @@ class Supervisor:
             watched.restarts.popleft()
         how = describe_exit(watched.last_exit)
         if len(watched.restarts) >= self.policy.max_restarts:
+            times = f"{len(watched.restarts)} time{'' if len(watched.restarts) == 1 else 's'}"
             message = (
-                f"{service.name} {how}; it was restarted {len(watched.restarts)} times within "
+                f"{service.name} {how}; it was restarted {times} within "
                 f"{self.policy.window_s:.0f}s: a crash loop, stopping everything"
             )
             service.note(message)
