@@ -38,7 +38,7 @@ $(TRITON_VENV)/.installed: requirements/triton.txt
 browser-deps: ## Debian's Chromium for the end-to-end browser tests
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-run: install ## Build demo models if missing, start S3 + Triton + facade + dashboard; Ctrl-C stops all
+run: install ## Build demo models if missing, start S3 (SeaweedFS) + Triton + facade + dashboard, restart any that dies; Ctrl-C stops all
 	$(PY) -m serving.stack
 
 models: venv ## Train, export and publish the three models (PROFILE=quick|full)

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from serving.processes import stop_on_signals
 from serving.triton import DEFAULT_ENV_DIR, TritonServer
 from taskspec import BatchingSpec, TaskSpec, TensorSpec
 
@@ -62,6 +63,7 @@ def main() -> int:
     parser.add_argument("--build", type=Path, help="write the probe repository here and exit")
     parser.add_argument("--repository", type=Path, help="a probe repository written by --build")
     args = parser.parse_args()
+    stop_on_signals()  # SIGTERM (a CI job cancelled) stops the probe Triton like Ctrl-C
     if args.build:
         print(f"probe repository: {build_repository(args.build)}")
         return 0
@@ -89,4 +91,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the server has been stopped by its context manager
+        raise SystemExit(130) from None

@@ -1,28 +1,37 @@
-"""``make run``: the whole platform on one machine, stopped cleanly with Ctrl-C.
+"""``make run``: the whole platform on one machine, kept running, stopped cleanly.
 
 1. builds the demo models (``export build --profile quick``) for tasks that have none;
-2. starts a local S3 server (moto) and pushes ``model_repository/`` into it;
+2. starts the local S3 server (SeaweedFS, data in ``.cache/s3``, kept across runs) and pushes
+   ``model_repository/`` into it (only files whose size or MD5 changed move);
 3. starts Triton on ``s3://...`` (poll mode: a pushed version is picked up without a restart);
 4. starts the facade (uvicorn) and the dashboard (panel serve), prints their URLs;
-5. on Ctrl-C, or when any of them dies, stops all of them in reverse order.
+5. restarts any of them that dies (exponential backoff; the others keep running), and stops all of
+   them in reverse order on Ctrl-C, SIGTERM or SIGHUP, or when one crash-loops
+   (``MTC_MAX_RESTARTS`` restarts within ``MTC_RESTART_WINDOW_S``).
+
+:class:`LocalStack` is the library (tests start it with their own settings); :func:`main` only adds
+the model build, signal handling and messages.
 """
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import time
-from contextlib import ExitStack
+from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
+from types import TracebackType
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from serving.processes import ManagedProcess, ProcessStartError, python_module, s3_server
-from serving.triton import PROJECT_ROOT, TritonServer, TritonStartError
+from serving.processes import ManagedProcess, ProcessStartError, python_module, stop_on_signals
+from serving.s3 import S3Server
+from serving.supervisor import CrashLoop, RestartPolicy, Supervisor
+from serving.triton import PROJECT_ROOT, TritonServer
 from taskspec import TASKS
+
+LOCAL_S3_ACCESS_KEY_ID = "local"
+LOCAL_S3_SECRET_ACCESS_KEY = "local-secret"  # the loopback-only local server's key, not a secret
 
 
 class StackSettings(BaseSettings):
@@ -36,7 +45,10 @@ class StackSettings(BaseSettings):
     triton_metrics_port: int = Field(8002, description="Triton Prometheus metrics port")
     api_port: int = Field(8080, description="Facade (FastAPI) port")
     dashboard_port: int = Field(5006, description="Dashboard (Panel) port")
-    s3_port: int = Field(9000, description="Local S3 server (moto) port")
+    s3_port: int = Field(9000, description="Local S3 server (SeaweedFS) port; its other components use free ports")
+    s3_data_dir: Path = Field(
+        PROJECT_ROOT / ".cache" / "s3", description="Where the local S3 server keeps its data (kept across runs)"
+    )
     model_repository: Path = Field(PROJECT_ROOT / "model_repository", description="Local model repository")
     serve_from_s3: bool = Field(True, description="Push the repository to the local S3 server and serve it from there")
     models_bucket: str = Field("mtc-models", description="Bucket holding the model repository")
@@ -44,6 +56,9 @@ class StackSettings(BaseSettings):
     uploads_bucket: str = Field("mtc-uploads", description="Bucket for images uploaded through presigned URLs")
     log_dir: Path = Field(PROJECT_ROOT / ".cache" / "logs", description="Where each service writes its log")
     build_missing_models: bool = Field(True, description="Run `export build --profile quick` when models are missing")
+    start_dashboard: bool = Field(True, description="Start the dashboard (false: S3, Triton and the facade only)")
+    max_restarts: int = Field(5, description="Restarts of one service within restart_window_s before giving up")
+    restart_window_s: float = Field(300.0, description="Window (seconds) in which max_restarts is counted")
 
     @property
     def s3_endpoint(self) -> str:
@@ -73,104 +88,74 @@ def build_models(repository: Path, tasks: list[str]) -> None:
 
 
 def s3_env(settings: StackSettings) -> dict[str, str]:
-    """Credentials for the local moto server (it accepts any) and no metadata-address lookups."""
+    """The local S3 server's credentials (it accepts only these) and no metadata-address lookups."""
     return {
-        "AWS_ACCESS_KEY_ID": "local",
-        "AWS_SECRET_ACCESS_KEY": "local-secret",
+        "AWS_ACCESS_KEY_ID": LOCAL_S3_ACCESS_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": LOCAL_S3_SECRET_ACCESS_KEY,
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_EC2_METADATA_DISABLED": "true",
     }
 
 
-def start(stack: ExitStack, name: str, service: ManagedProcess | TritonServer) -> None:
-    """Start ``service`` now; stop it (saying how long that took) when ``stack`` unwinds."""
+class LocalStack:
+    """S3 server, Triton, facade and dashboard on one machine, under one :class:`Supervisor`.
 
-    def stop() -> None:
-        began = time.monotonic()
-        service.stop()
-        print(f"    stopped {name} ({time.monotonic() - began:.1f}s)", flush=True)
+    ``start()`` starts them in order (and stops what it started if one fails), ``watch()`` keeps them
+    running until ``until()`` is true or a crash loop (:class:`CrashLoop`), ``stop()`` stops all.
+    """
 
-    service.start()
-    stack.callback(stop)
+    def __init__(self, settings: StackSettings, *, echo: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.repository = settings.model_repository.resolve()
+        self._echo = echo or (lambda line: print(line, flush=True))
+        self.supervisor = Supervisor(
+            RestartPolicy(max_restarts=settings.max_restarts, window_s=settings.restart_window_s), echo=self._echo
+        )
+        host, logs, env = settings.host, settings.log_dir, s3_env(settings)
+        self.s3 = S3Server(
+            settings.s3_data_dir,
+            logs / "s3.log",
+            access_key_id=env["AWS_ACCESS_KEY_ID"],
+            secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            host=host,
+            port=settings.s3_port,
+        )
+        model_repository = str(self.repository)
+        if settings.serve_from_s3:
+            from export.s3sync import S3Location
 
-
-def main() -> int:
-    settings = StackSettings()
-    repository = settings.model_repository.resolve()
-    missing = missing_models(repository)
-    if missing and settings.build_missing_models:
-        build_models(repository, missing)
-        missing = missing_models(repository)
-    if missing:
-        print(f"warning: no model for {', '.join(missing)}; those endpoints will report not ready", file=sys.stderr)
-
-    host, logs = settings.host, settings.log_dir
-    env = s3_env(settings)
-    stop_requested = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-
-    with ExitStack() as stack:
-        try:
-            print(f"==> S3 server on {settings.s3_endpoint}")
-            start(stack, "S3 server", s3_server(host, settings.s3_port, logs / "s3.log"))
-            model_repository = str(repository)
-            if settings.serve_from_s3:
-                from export.s3sync import S3Location, S3Settings, ensure_bucket, make_client, push
-
-                s3 = S3Settings(
-                    url=f"s3://{settings.models_bucket}/{settings.models_prefix}",
-                    endpoint_url=settings.s3_endpoint,
-                    access_key_id=env["AWS_ACCESS_KEY_ID"],
-                    secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-                )
-                client = make_client(s3)
-                for bucket in (settings.models_bucket, settings.uploads_bucket):
-                    ensure_bucket(client, bucket)
-                print(f"==> Pushing {repository} to {s3.url}: {push(repository, s3.url, client)}")
-                model_repository = S3Location.parse(s3.url).triton_url(settings.s3_endpoint)
-
-            print(f"==> Triton on {model_repository}")
-            triton = TritonServer(
-                model_repository=model_repository,
-                host=host,
-                http_port=settings.triton_http_port,
-                grpc_port=settings.triton_grpc_port,
-                metrics_port=settings.triton_metrics_port,
-                model_control_mode="poll",
-                repository_poll_secs=10,
-                log_file=logs / "triton.log",
-                extra_env=env,
-                startup_timeout=180,
-            )
-            start(stack, "Triton", triton)
-
-            api_env = {
+            model_repository = S3Location.parse(self.models_url).triton_url(settings.s3_endpoint)
+        self.triton = TritonServer(
+            model_repository=model_repository,
+            host=host,
+            http_port=settings.triton_http_port,
+            grpc_port=settings.triton_grpc_port,
+            metrics_port=settings.triton_metrics_port,
+            model_control_mode="poll",
+            repository_poll_secs=10,
+            log_file=logs / "triton.log",
+            extra_env=env,
+            startup_timeout=180,
+        )
+        self.api = ManagedProcess(
+            name="facade",
+            command=python_module("uvicorn", "frontend_api.app:app", "--host", host, "--port", str(settings.api_port)),
+            ready_url=f"{self.api_url}/healthz",
+            log_file=logs / "api.log",
+            env={
                 **env,
                 "MTC_API_TRITON_URL": f"{host}:{settings.triton_http_port}",
-                "MTC_API_MODEL_REPOSITORY": str(repository),
+                "MTC_API_MODEL_REPOSITORY": str(self.repository),
                 "MTC_API_S3_ENDPOINT_URL": settings.s3_endpoint,
                 "MTC_API_UPLOAD_BUCKET": settings.uploads_bucket,
                 "MTC_API_ALLOWED_HTTP_HOSTS": f'["{host}:{settings.s3_port}"]',
-            }
-            print(f"==> Facade on http://{host}:{settings.api_port}")
-            api = ManagedProcess(
-                name="facade",
-                command=python_module(
-                    "uvicorn", "frontend_api.app:app", "--host", host, "--port", str(settings.api_port)
-                ),
-                ready_url=f"http://{host}:{settings.api_port}/healthz",
-                log_file=logs / "api.log",
-                env=api_env,
-                cwd=PROJECT_ROOT,
-            )
-            start(stack, "facade", api)
-
-            dashboard_origin = f"{host}:{settings.dashboard_port}"
-            print(f"==> Dashboard on http://{dashboard_origin}")
-            dashboard = ManagedProcess(
+            },
+            cwd=PROJECT_ROOT,
+        )
+        dashboard_origin = f"{host}:{settings.dashboard_port}"
+        self.dashboard: ManagedProcess | None = None
+        if settings.start_dashboard:
+            self.dashboard = ManagedProcess(
                 name="dashboard",
                 command=python_module(
                     "panel",
@@ -187,33 +172,117 @@ def main() -> int:
                 ),
                 ready_url=f"http://{dashboard_origin}/app",
                 log_file=logs / "dashboard.log",
-                env={"MTC_DASHBOARD_API_URL": f"http://{host}:{settings.api_port}"},
+                env={"MTC_DASHBOARD_API_URL": self.api_url},
                 cwd=PROJECT_ROOT,
             )
-            start(stack, "dashboard", dashboard)
-        except (TritonStartError, ProcessStartError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
 
-        print(
-            f"\nThe platform is up (logs in {logs}):\n"
-            f"  Dashboard     http://{dashboard_origin}/app\n"
-            f"  REST API      http://{host}:{settings.api_port}/docs\n"
-            f"  Triton        {triton.url} (gRPC {triton.grpc_url}, metrics {triton.metrics_url})\n"
-            f"  S3            {settings.s3_endpoint}\n"
-            "Press Ctrl-C to stop everything.",
-            flush=True,
+    @property
+    def models_url(self) -> str:
+        return f"s3://{self.settings.models_bucket}/{self.settings.models_prefix}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.api_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.dashboard_port}/app"
+
+    def start(self) -> None:
+        """Start every service in order; on any failure (or Ctrl-C) stop what started, then raise."""
+        try:
+            self._start_all()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_all(self) -> None:
+        settings = self.settings
+        self._echo(f"==> S3 server on {settings.s3_endpoint} (data in {settings.s3_data_dir})")
+        self.supervisor.start(self.s3)
+        from export.s3sync import S3Settings, ensure_bucket, make_client, push
+
+        client = make_client(
+            S3Settings(
+                url=self.models_url,
+                endpoint_url=settings.s3_endpoint,
+                access_key_id=self.s3.access_key_id,
+                secret_access_key=self.s3.secret_access_key,
+            )
         )
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
-        services: dict[str, ManagedProcess | TritonServer] = {"Triton": triton, "facade": api, "dashboard": dashboard}
-        while not stop_requested:
-            dead = [name for name, service in services.items() if not service.running]
-            if dead:
-                print(f"error: {', '.join(dead)} stopped unexpectedly; see {logs}", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
+        for bucket in (settings.models_bucket, settings.uploads_bucket):
+            ensure_bucket(client, bucket)
+        if settings.serve_from_s3:
+            report = push(self.repository, self.models_url, client, progress=False)
+            self._echo(f"==> Pushed {self.repository} to {self.models_url}: {report}")
+        self._echo(f"==> Triton on {self.triton.model_repository}")
+        self.supervisor.start(self.triton)
+        self._echo(f"==> Facade on {self.api_url}")
+        self.supervisor.start(self.api)
+        if self.dashboard is not None:
+            self._echo(f"==> Dashboard on {self.dashboard_url}")
+            self.supervisor.start(self.dashboard)
+
+    def summary(self) -> str:
+        lines = [f"The platform is up (logs in {self.settings.log_dir}):"]
+        if self.dashboard is not None:
+            lines.append(f"  Dashboard     {self.dashboard_url}")
+        lines += [
+            f"  REST API      {self.api_url}/docs",
+            f"  Triton        {self.triton.url} (gRPC {self.triton.grpc_url}, metrics {self.triton.metrics_url})",
+            f"  S3            {self.settings.s3_endpoint} (data in {self.settings.s3_data_dir})",
+            "A service that dies is restarted. Press Ctrl-C to stop everything.",
+        ]
+        return "\n".join(lines)
+
+    def watch(self, until: Callable[[], bool] = lambda: False) -> None:
+        """Keep every service running until ``until()``; raises :class:`CrashLoop`."""
+        self.supervisor.watch(until)
+
+    def stop(self) -> None:
+        self.supervisor.stop()
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def main() -> int:
+    stop_on_signals()  # SIGTERM / SIGHUP stop every child like Ctrl-C, from the first line on
+    settings = StackSettings()
+    repository = settings.model_repository.resolve()
+    try:
+        missing = missing_models(repository)
+        if missing and settings.build_missing_models:
+            build_models(repository, missing)
+            missing = missing_models(repository)
+        if missing:
+            print(f"warning: no model for {', '.join(missing)}; those endpoints will report not ready", file=sys.stderr)
+        stack = LocalStack(settings)
+    except KeyboardInterrupt:
+        return 130
+    except ProcessStartError as exc:  # e.g. the SeaweedFS binary is missing
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        stack.start()
+        print(f"\n{stack.summary()}", flush=True)
+        stack.watch()
+    except KeyboardInterrupt:
         print("\n==> Stopping...", flush=True)
+    except CrashLoop as exc:
+        print(f"error: {exc} (logs in {settings.log_dir})", file=sys.stderr)
+        return 1
+    except ProcessStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stack.stop()
     print("==> Stopped.")
     return 0
 

@@ -16,7 +16,9 @@ text models: int8, one thread per instance) load that, the others their ``config
 
 Start-up is bounded (``/v2/health/ready``), failures raise :class:`TritonStartError` with the tail
 of the server log, and :meth:`TritonServer.stop` sends SIGINT, then SIGKILL to the whole process
-group, and removes the shared-memory regions of this launch.
+group, and removes the shared-memory regions of this launch (``/dev/shm/mtc_[<run id>_]<launch id>_*``;
+the run id is ``$MTC_RUN_ID`` when set, e.g. by the test session). ``python -m serving.triton`` stops
+the server the same way on Ctrl-C, SIGTERM or SIGHUP.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -41,6 +44,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from serving.processes import RUN_ID_ENV, ProcessStartError, append_note, stop_on_signals
 from taskspec import CPU_CONFIG_NAME
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +55,7 @@ SHM_DIR = Path("/dev/shm")
 ModelControlMode = Literal["none", "poll", "explicit"]
 
 
-class TritonStartError(RuntimeError):
+class TritonStartError(ProcessStartError):
     """The server could not be started; the message says why and carries the log tail."""
 
 
@@ -175,12 +179,14 @@ class TritonServer:
     log_file: Path | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
     extra_args: Sequence[str] = ()
+    name: str = "Triton"
 
     def __post_init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
-        self._shm_prefix = f"mtc_{uuid.uuid4().hex[:10]}_"
+        self._shm_prefix = shm_prefix()
         self._log_path: Path | None = None
+        self._starts = 0
 
     @classmethod
     def on_free_ports(cls, model_repository: str | Path, **kwargs: object) -> TritonServer:
@@ -207,6 +213,15 @@ class TritonServer:
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status of a server that exited by itself (None while running or once stopped)."""
+        return self._process.poll() if self._process else None
+
+    def note(self, message: str) -> None:
+        """Append a line to the server log (the supervisor records restarts there)."""
+        append_note(self._log_path, message)
 
     def command(self, install: TritonInstall, backend_dir: Path) -> list[str]:
         args = [
@@ -259,16 +274,18 @@ class TritonServer:
         self._log_path = self.log_file or self._workdir / "tritonserver.log"
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         env = install.environment({**os.environ, **self.extra_env}, cpu_only=self.cpu_only)
-        with open(self._log_path, "wb") as log:
-            self._process = subprocess.Popen(
-                self.command(install, backend_dir),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,  # its own process group: stubs are killed with it
-            )
+        self._starts += 1
         try:
+            # A restart appends to a given log file: the crash it follows stays readable above it.
+            with open(self._log_path, "wb" if self._starts == 1 or self.log_file is None else "ab") as log:
+                self._process = subprocess.Popen(
+                    self.command(install, backend_dir),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,  # its own process group: stubs are killed with it
+                )
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -335,13 +352,23 @@ class TritonServer:
         self.stop()
 
 
-def shm_regions() -> Iterator[Path]:
-    """Python-backend shared-memory regions created by this launcher (any launch)."""
-    return SHM_DIR.glob("mtc_*")
+def shm_prefix(run_id: str | None = None) -> str:
+    """A fresh ``shm-region-prefix-name`` for one launch: ``mtc_[<run id>_]<launch id>_``.
+
+    ``run_id`` (default ``$MTC_RUN_ID``) groups the regions of every launch of one run (a test
+    session), so whatever a run left behind can be told from another run's live regions.
+    """
+    run = re.sub(r"[^A-Za-z0-9]", "", os.environ.get(RUN_ID_ENV, "") if run_id is None else run_id)[:16]
+    return f"mtc_{run}_{uuid.uuid4().hex[:10]}_" if run else f"mtc_{uuid.uuid4().hex[:10]}_"
+
+
+def shm_regions(run_id: str | None = None) -> Iterator[Path]:
+    """Python-backend shared-memory regions created by this launcher: any launch, or those of ``run_id``."""
+    return SHM_DIR.glob(f"mtc_{run_id}_*" if run_id else "mtc_*")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run a local Triton Inference Server until Ctrl-C.")
+    parser = argparse.ArgumentParser(description="Run a local Triton Inference Server until Ctrl-C or SIGTERM.")
     parser.add_argument("--model-repository", default=str(PROJECT_ROOT / "model_repository"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--http-port", type=int, default=8000)
@@ -350,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none")
     parser.add_argument("--startup-timeout", type=float, default=90.0)
     args = parser.parse_args(argv)
+    stop_on_signals()
     server = TritonServer(
         model_repository=args.model_repository,
         host=args.host,
@@ -361,16 +389,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         server.start()
-    except TritonStartError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"Triton ready: HTTP {server.url}  gRPC {server.grpc_url}  metrics {server.metrics_url}", flush=True)
-    try:
+        print(f"Triton ready: HTTP {server.url}  gRPC {server.grpc_url}  metrics {server.metrics_url}", flush=True)
         while server.running:
             time.sleep(0.5)
         print(f"tritonserver exited unexpectedly.\n{server.log_tail()}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except TritonStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP (stop_on_signals)
         return 0
     finally:
         server.stop()

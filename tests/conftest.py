@@ -1,8 +1,19 @@
-"""Shared fixtures: a tiny ONNX classifier published like a real task, and a local S3 server."""
+"""Shared fixtures: a tiny ONNX classifier published like a real task, the local S3 server, and a
+session-end check that nothing a test started is still running.
+
+Leak check: every process a test starts inherits ``MTC_RUN_ID=<this session's id>`` (set below, before
+any test runs), and Triton's shared-memory regions carry that id in their names. When the session ends
+(after every fixture's teardown), any process whose ``/proc/<pid>/environ`` holds the id, or any
+``/dev/shm/mtc_<id>_*`` region, was left behind by a test: it is reported, killed / removed, and the
+session fails. (Only this session's id counts: other sessions on the same machine are not ours.)
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,15 +23,67 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from export.triton_config import write_model_config
-from serving.processes import ManagedProcess, s3_server
-from serving.triton import free_port
+from serving.processes import RUN_ID_ENV
+from serving.s3 import S3Server
+from serving.triton import shm_regions
 from taskspec import BatchingSpec, TaskSpec, TensorSpec
 
-# Local S3 servers accept any credentials; the SDK must never look for cloud ones.
-os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
-os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test-secret")
-os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# The local S3 server accepts exactly these keys; tests never use real AWS credentials.
+os.environ["AWS_ACCESS_KEY_ID"] = "test"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "test-secret"
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+for _variable in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
+    os.environ.pop(_variable, None)
+
+RUN_ID = uuid.uuid4().hex[:12]
+os.environ[RUN_ID_ENV] = RUN_ID  # inherited by every child: how the leak check finds them
+
+
+def processes_with_run_id(run_id: str) -> list[tuple[int, str]]:
+    """(pid, command line) of every live process whose environment holds ``MTC_RUN_ID=run_id``."""
+    needle = f"{RUN_ID_ENV}={run_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        found.append((int(entry.name), command or "(zombie)"))
+    return found
+
+
+_leak_report: list[str] = []
+
+
+@pytest.hookimpl(trylast=True)  # after the runner's own session teardown (matters on -x / Ctrl-C)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    survivors = processes_with_run_id(RUN_ID)
+    regions = sorted(shm_regions(RUN_ID))
+    if not survivors and not regions:
+        return
+    _leak_report.append(f"a test left {len(survivors)} process(es) and {len(regions)} /dev/shm region(s) behind:")
+    for pid, command in survivors:
+        _leak_report.append(f"  process {pid}: {command[:200]}")
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    for region in regions:
+        _leak_report.append(f"  region {region}")
+        region.unlink(missing_ok=True)
+    _leak_report.append("(killed and removed now; find the fixture or test that does not stop what it starts)")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _leak_report:
+        terminalreporter.section("leak check FAILED", sep="=", red=True, bold=True)
+        for line in _leak_report:
+            terminalreporter.line(line, red=True)
+
 
 TINY = TaskSpec(
     name="tiny",
@@ -70,8 +133,17 @@ def tiny_repository(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real S3-protocol server (moto) over HTTP on a free local port."""
-    port = free_port()
-    server: ManagedProcess = s3_server("127.0.0.1", port, tmp_path_factory.mktemp("s3") / "s3.log")
+    """A real S3 server (SeaweedFS) over HTTP on free local ports, data in a temp folder, for the session.
+
+    It accepts only the session's keys (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY above); bucket names
+    need 3 or more characters.
+    """
+    root = tmp_path_factory.mktemp("s3")
+    server = S3Server(
+        root / "data",
+        root / "s3.log",
+        access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+        secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+    )
     with server:
-        yield f"http://127.0.0.1:{port}"
+        yield server.endpoint
