@@ -4,7 +4,7 @@
 2. starts the local S3 server (SeaweedFS, data in ``.cache/s3``, kept across runs) and pushes
    ``model_repository/`` into it (only files whose size or MD5 changed move);
 3. starts Triton on ``s3://...`` (poll mode: a pushed version is picked up without a restart);
-4. starts the facade (uvicorn) and the dashboard (panel serve), prints their URLs;
+4. starts the facade (uvicorn) and the dashboard (``python -m dashboard``), prints their URLs;
 5. restarts any of them that dies (exponential backoff; the others keep running), and stops all of
    them in reverse order on Ctrl-C, SIGTERM or SIGHUP, or when one crash-loops
    (``MTC_MAX_RESTARTS`` restarts within ``MTC_RESTART_WINDOW_S``).
@@ -157,22 +157,16 @@ class LocalStack:
         if settings.start_dashboard:
             self.dashboard = ManagedProcess(
                 name="dashboard",
-                command=python_module(
-                    "panel",
-                    "serve",
-                    str(PROJECT_ROOT / "dashboard" / "app.py"),
-                    "--address",
-                    host,
-                    "--port",
-                    str(settings.dashboard_port),
-                    "--allow-websocket-origin",
-                    dashboard_origin,
-                    "--allow-websocket-origin",
-                    f"localhost:{settings.dashboard_port}",
-                ),
+                # The checked launcher: it refuses a bind beyond loopback without a login (docs/dashboard.md).
+                command=python_module("dashboard"),
                 ready_url=f"http://{dashboard_origin}/app",
                 log_file=logs / "dashboard.log",
-                env={"MTC_DASHBOARD_API_URL": self.api_url},
+                env={
+                    "MTC_DASHBOARD_API_URL": self.api_url,
+                    "MTC_DASHBOARD_ADDRESS": host,
+                    "MTC_DASHBOARD_PORT": str(settings.dashboard_port),
+                    "MTC_DASHBOARD_ORIGINS": f"{dashboard_origin},localhost:{settings.dashboard_port}",
+                },
                 cwd=PROJECT_ROOT,
             )
 

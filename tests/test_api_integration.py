@@ -93,11 +93,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterato
         env=env,
         cwd=PROJECT_ROOT,
     )
+    running = Stack(repository, triton, f"http://127.0.0.1:{api_port}", s3_endpoint, upload_bucket)
     try:
         with api:
-            yield Stack(repository, triton, f"http://127.0.0.1:{api_port}", s3_endpoint, upload_bucket)
+            yield running
     finally:
-        triton.stop()
+        running.triton.stop()  # not `triton`: the restart test replaces stack.triton with a new server
 
 
 def ort_logits(repository: Path, task: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
