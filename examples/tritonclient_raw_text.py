@@ -6,7 +6,9 @@ server (``make run``, or ``python -m serving.triton``) and run::
 
     python examples/tritonclient_raw_text.py --task sentiment "What a wonderful film" "Dull and far too long"
     python examples/tritonclient_raw_text.py --task disaster --url localhost:8000 "Forest fire near La Ronge"
-    python examples/tritonclient_raw_text.py --protocol grpc --url localhost:8001 "Great acting"
+    python examples/tritonclient_raw_text.py --protocol grpc "Great acting"
+
+``--url`` defaults to Triton's port for the chosen protocol: 8000 (HTTP/REST) or 8001 (gRPC).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import argparse
 import sys
 
 import numpy as np
+
+DEFAULT_URLS = {"http": "localhost:8000", "grpc": "localhost:8001"}
+"""Triton's default ports: HTTP/REST and gRPC are separate servers."""
 
 
 def classify(url: str, task: str, texts: list[str], protocol: str = "http") -> list[tuple[str, dict[str, float]]]:
@@ -55,11 +60,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Classify raw text through Triton's <task>_text model.")
     parser.add_argument("texts", nargs="+", help="texts to classify")
     parser.add_argument("--task", default="sentiment", choices=("sentiment", "disaster"))
-    parser.add_argument("--url", default="localhost:8000", help="Triton HTTP (or gRPC) address")
-    parser.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    parser.add_argument(
+        "--url", default=None, help="Triton address (default: localhost:8000 for http, localhost:8001 for grpc)"
+    )
+    parser.add_argument("--protocol", choices=tuple(DEFAULT_URLS), default="http")
     args = parser.parse_args()
+    url = args.url or DEFAULT_URLS[args.protocol]
     try:
-        results = classify(args.url, args.task, args.texts, args.protocol)
+        results = classify(url, args.task, args.texts, args.protocol)
     except Exception as exc:  # connection refused, model not ready: one readable line
         print(f"error: {exc}", file=sys.stderr)
         return 1

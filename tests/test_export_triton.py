@@ -26,9 +26,14 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(repository: Path) -> Iterator[httpclient.InferenceServerClient]:
+def server(repository: Path) -> Iterator[TritonServer]:
     with TritonServer.on_free_ports(repository) as server:
-        yield httpclient.InferenceServerClient(f"{server.host}:{server.http_port}")
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(server: TritonServer) -> httpclient.InferenceServerClient:
+    return httpclient.InferenceServerClient(f"{server.host}:{server.http_port}")
 
 
 def _infer(client: httpclient.InferenceServerClient, model: str, feeds: dict[str, np.ndarray], outputs: list[str]):
@@ -112,3 +117,23 @@ def test_raw_text_model_truncates_very_long_text(client) -> None:
     labels, probabilities = _infer(client, "sentiment_text", {"text": raw}, ["label", "probabilities"])
     assert labels.reshape(-1)[0].decode() in SENTIMENT.labels
     assert probabilities.shape == (1, 2)
+
+
+def test_raw_text_example_over_grpc_defaults_to_the_grpc_port(server: TritonServer) -> None:
+    """examples/tritonclient_raw_text.py: --protocol grpc without --url must not dial the HTTP port, and the
+    gRPC path classifies like the HTTP one."""
+    import importlib.util
+
+    from serving.triton import PROJECT_ROOT
+
+    spec = importlib.util.spec_from_file_location(
+        "raw_text_example", PROJECT_ROOT / "examples" / "tritonclient_raw_text.py"
+    )
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert example.DEFAULT_URLS == {"http": "localhost:8000", "grpc": "localhost:8001"}
+    ((label, probabilities),) = example.classify(server.grpc_url, "disaster", ["Forest fire near La Ronge"], "grpc")
+    assert label in DISASTER.labels
+    assert set(probabilities) == set(DISASTER.labels)
+    assert abs(sum(probabilities.values()) - 1.0) < 1e-4
