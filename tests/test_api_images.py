@@ -17,7 +17,7 @@ from frontend_api.app import create_app
 from frontend_api.errors import BadImage
 from frontend_api.images import decode_image, is_public_address, sniff_format
 from frontend_api.settings import ApiSettings
-from frontend_api.testing import FakeTriton, make_artifact_repository
+from frontend_api.testing import FakeTriton, ImageHostTransport, make_artifact_repository
 from taskspec import POSE
 
 PROBLEM = "application/problem+json"
@@ -101,7 +101,7 @@ def api(repo: Path, hosts: Hosts):
         image_max_bytes=50_000,
         image_max_pixels=4_000_000,
     )
-    app = create_app(settings, fake, image_transport=httpx.MockTransport(hosts), resolver=fake_resolver)
+    app = create_app(settings, fake, image_transport=ImageHostTransport(hosts), resolver=fake_resolver)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client, fake
 
@@ -237,7 +237,7 @@ def test_decompression_bomb_is_refused_as_bad_image(repo: Path, hosts: Hosts) ->
         "https://images.example.com/bomb.png",
         lambda r: httpx.Response(200, content=bomb, headers={"content-type": "image/png"}),
     )
-    app = create_app(settings, fake, image_transport=httpx.MockTransport(hosts), resolver=fake_resolver)
+    app = create_app(settings, fake, image_transport=ImageHostTransport(hosts), resolver=fake_resolver)
     with TestClient(app) as client:
         body = problem(client.post("/v1/pose", json={"image_urls": [url]}), 400, "bad-image")
     assert "decompression bomb" in body["detail"]  # Pillow's own limit (89 M pixels) caught it at open()
@@ -292,7 +292,7 @@ def test_unresolvable_host_is_502(repo: Path, hosts: Hosts) -> None:
     settings = ApiSettings(
         _env_file=None, model_repository=str(repo), tasks=["pose"], allowed_image_hosts=["nowhere.example.com"]
     )  # type: ignore[call-arg]
-    app = create_app(settings, FakeTriton(), image_transport=httpx.MockTransport(hosts), resolver=fake_resolver)
+    app = create_app(settings, FakeTriton(), image_transport=ImageHostTransport(hosts), resolver=fake_resolver)
     with TestClient(app) as client:
         problem(
             client.post("/v1/pose", json={"image_urls": ["https://nowhere.example.com/a.jpg"]}), 502, "image-host-error"
@@ -310,7 +310,7 @@ def test_local_s3_over_http_is_allowed_only_for_the_configured_endpoint_and_buck
         allowed_http_hosts=[S3],
     )
     good = hosts.add(f"http://{S3}/mtc-uploads/uploads/a.jpg", ok_image)
-    app = create_app(settings, FakeTriton(), image_transport=httpx.MockTransport(hosts), resolver=fake_resolver)
+    app = create_app(settings, FakeTriton(), image_transport=ImageHostTransport(hosts), resolver=fake_resolver)
     with TestClient(app) as client:
         assert client.post("/v1/pose", json={"image_urls": [good]}).status_code == 200
         for bad in (
@@ -381,11 +381,11 @@ def test_urls_signed_for_the_public_s3_endpoint_are_fetched_through_the_internal
     async def resolver(host: str, port: int) -> list[str]:
         return {"minio": ["172.18.0.5"]}[host]
 
-    app = create_app(settings, FakeTriton(), image_transport=httpx.MockTransport(hosts), resolver=resolver)
+    app = create_app(settings, FakeTriton(), image_transport=ImageHostTransport(hosts), resolver=resolver)
     with TestClient(app) as client:
         upload = client.post("/v1/uploads", json={"content_type": "image/jpeg"}).json()
-        assert upload["upload_url"].startswith("http://localhost:9000/mtc-uploads/uploads/")
-        assert upload["get_url"].startswith("http://localhost:9000/mtc-uploads/uploads/")
+        assert upload["upload_url"] == "http://localhost:9000/mtc-uploads"
+        assert upload["get_url"].startswith(f"http://localhost:9000/mtc-uploads/{upload['key']}?")
         assert client.post("/v1/pose", json={"image_urls": [url]}).status_code == 200
         problem(
             client.post("/v1/pose", json={"image_urls": ["http://localhost:9000/other/a.jpg"]}), 403, "url-not-allowed"
