@@ -14,12 +14,14 @@ import inspect
 import json
 import shutil
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
+from fastapi import FastAPI
 
 from frontend_api.artifacts import MANIFEST_FILE, MANIFEST_FORMAT, manifest_digest
 from frontend_api.errors import ApiError, BackendTimeout, BackendUnavailable, ModelNotReady
@@ -86,6 +88,17 @@ def default_logits(model: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
     ks = np.arange(spec.num_labels, dtype=np.float32)
     result: np.ndarray = -np.abs(ks[None, :] - 7 * (1 + means[:, None])).astype(np.float32)
     return result
+
+
+@asynccontextmanager
+async def asgi_client(app: FastAPI, base_url: str = "http://127.0.0.1:8080") -> AsyncIterator[httpx.AsyncClient]:
+    """An ``httpx.AsyncClient`` calling ``app`` in process, its lifespan run around it: for tests that send
+    requests concurrently. ``base_url``'s host is the local address the app sees (``scope["server"]``)."""
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url) as client,
+    ):
+        yield client
 
 
 HostHandler = Callable[[httpx.Request], "httpx.Response | Awaitable[httpx.Response]"]
