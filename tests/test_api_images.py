@@ -8,7 +8,7 @@ import io
 import ipaddress
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,18 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-import frontend_api.service
 from frontend_api.app import create_app
 from frontend_api.errors import BadImage, ImageHostError
-from frontend_api.images import SystemResolver, decode_image, embedded_ipv4, is_public_address, sniff_format
+from frontend_api.images import (
+    SystemResolver,
+    decode_batch,
+    decode_image,
+    embedded_ipv4,
+    is_public_address,
+    sniff_format,
+)
 from frontend_api.settings import ApiSettings
-from frontend_api.testing import FakeTriton, ImageHostTransport, asgi_client, make_artifact_repository
+from frontend_api.testing import FakeTriton, HostHandler, ImageHostTransport, asgi_client, make_artifact_repository
 from taskspec import POSE
 
 PROBLEM = "application/problem+json"
@@ -56,16 +62,16 @@ class Hosts:
     """Image hosts behind an httpx.MockTransport; records every request that left the facade."""
 
     def __init__(self) -> None:
-        self.routes: dict[str, Callable[[httpx.Request], httpx.Response]] = {}
+        self.routes: dict[str, HostHandler] = {}
         self.seen: list[str] = []
         self.connected: list[str] = []
 
-    def add(self, url: str, handler: Callable[[httpx.Request], httpx.Response]) -> str:
+    def add(self, url: str, handler: HostHandler) -> str:
         parsed = httpx.URL(url)
         self.routes[f"{parsed.netloc.decode()}{parsed.path}"] = handler
         return url
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
+    def __call__(self, request: httpx.Request) -> httpx.Response | Awaitable[httpx.Response]:
         key = f"{request.headers['host']}{request.url.path}"
         self.seen.append(f"{request.url.host}|{key}")
         self.connected.append(f"{request.url.scheme}://{request.url.host}:{request.url.port}")
@@ -644,13 +650,12 @@ def test_image_bytes_in_flight_across_requests_are_bounded_with_429(repo: Path, 
 def test_images_are_decoded_in_a_pool_of_their_own(api, hosts: Hosts, monkeypatch: pytest.MonkeyPatch) -> None:
     client, _ = api
     threads: list[str] = []
-    decode = frontend_api.service.decode_batch
 
     def recording(*args: Any) -> np.ndarray:
         threads.append(threading.current_thread().name)
-        return decode(*args)
+        return decode_batch(*args)
 
-    monkeypatch.setattr(frontend_api.service, "decode_batch", recording)
+    monkeypatch.setattr("frontend_api.service.decode_batch", recording)
     url = hosts.add("https://images.example.com/a.jpg", ok_image)
     assert client.post("/v1/pose", json={"image_urls": [url, url]}).status_code == 200
     assert len(threads) == 1 and threads[0].startswith("mtc-decode")
