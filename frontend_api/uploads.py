@@ -51,15 +51,17 @@ def presign_upload(s3: Any, settings: ApiSettings, content_type: str) -> UploadR
     """A presigned POST (form upload) and the GET URL for one new object (signing is local: no request to S3)."""
     key = f"uploads/{uuid.uuid4().hex}.{_EXTENSIONS.get(content_type, 'bin')}"
     try:
+        # The GET first: without credentials it raises NoCredentialsError, where botocore's POST signer
+        # would fail with an AttributeError.
+        get_url = s3.generate_presigned_url(
+            "get_object", Params={"Bucket": settings.upload_bucket, "Key": key}, ExpiresIn=settings.upload_expires_s
+        )
         post = s3.generate_presigned_post(
             Bucket=settings.upload_bucket,
             Key=key,
             Fields={"Content-Type": content_type},
             Conditions=[{"Content-Type": content_type}, ["content-length-range", 1, settings.image_max_bytes]],
             ExpiresIn=settings.upload_expires_s,
-        )
-        get_url = s3.generate_presigned_url(
-            "get_object", Params={"Bucket": settings.upload_bucket, "Key": key}, ExpiresIn=settings.upload_expires_s
         )
     except (BotoCoreError, ClientError) as exc:  # e.g. no credentials configured
         raise StorageUnavailable(f"cannot sign upload URLs: {exc}") from exc

@@ -229,3 +229,22 @@ def test_the_facade_never_imports_torch_or_transformers() -> None:
     code = "import sys, frontend_api.app; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert result.stdout.strip() == "[]"
+
+
+def test_uploads_without_s3_credentials_are_503_storage_unavailable(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import boto3
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # a session of its own: boto3's default one may hold credentials resolved by an earlier test
+    s3 = boto3.session.Session().client("s3", endpoint_url="http://127.0.0.1:9000", region_name="us-east-1")
+    settings = ApiSettings(_env_file=None, model_repository=str(repo), s3_endpoint_url="http://127.0.0.1:9000")  # type: ignore[call-arg]
+    with TestClient(create_app(settings, FakeTriton(), s3_client=s3), raise_server_exceptions=False) as client:
+        response = client.post("/v1/uploads", json={"content_type": "image/jpeg"})
+    assert response.status_code == 503, response.text
+    assert response.json()["type"] == "/problems/storage-unavailable"
