@@ -59,8 +59,13 @@ def presign_upload(s3: Any, settings: ApiSettings, content_type: str) -> UploadR
         post = s3.generate_presigned_post(
             Bucket=settings.upload_bucket,
             Key=key,
-            Fields={"Content-Type": content_type},
-            Conditions=[{"Content-Type": content_type}, ["content-length-range", 1, settings.image_max_bytes]],
+            Fields={"Content-Type": content_type, "Content-Encoding": "identity"},
+            Conditions=[
+                {"Content-Type": content_type},
+                # Pinned, not just unlisted: some S3 servers (SeaweedFS 4.48) store form fields the policy omits.
+                {"Content-Encoding": "identity"},
+                ["content-length-range", 1, settings.image_max_bytes],
+            ],
             ExpiresIn=settings.upload_expires_s,
         )
     except (BotoCoreError, ClientError) as exc:  # e.g. no credentials configured

@@ -356,6 +356,8 @@ def test_a_stacked_gzip_bomb_uploaded_to_s3_is_refused_without_inflating_it(stac
     # Through the presigned POST if the server lets the form set Content-Encoding (the policy does not list
     # it: S3 refuses it), else as someone with write access to the bucket would.
     form, status = upload(stack, stack.bomb, {"Content-Encoding": "gzip, gzip"})
+    if not is_moto(stack.s3_endpoint):
+        assert status == 403, status  # the policy pins Content-Encoding: identity
     stored = s3.head_object(Bucket=stack.upload_bucket, Key=form["key"]) if status in (200, 201, 204) else {}
     if stored.get("ContentEncoding") != "gzip, gzip":
         s3.put_object(

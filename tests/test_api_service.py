@@ -52,12 +52,14 @@ def test_uploads_return_a_size_limited_short_lived_presigned_post_and_the_matchi
     assert body["key"].startswith("uploads/") and body["key"].endswith(".png") and "etc" not in body["key"]
     fields = body["fields"]
     assert fields["key"] == body["key"] and fields["Content-Type"] == "image/png"
+    assert fields["Content-Encoding"] == "identity"
     assert fields["x-amz-signature"] and fields["x-amz-algorithm"] == "AWS4-HMAC-SHA256"
     # the signed policy: exactly this key and content type, 1 byte to max_bytes, expiring with the URLs
     policy = json.loads(base64.b64decode(fields["policy"]))
     conditions = policy["conditions"]
     assert ["content-length-range", 1, 2_000_000] in conditions
     assert {"Content-Type": "image/png"} in conditions
+    assert {"Content-Encoding": "identity"} in conditions  # no gzip-encoded object through this form
     assert {"key": body["key"]} in conditions and {"bucket": "mtc-uploads"} in conditions
     expires = datetime.fromisoformat(policy["expiration"].replace("Z", "+00:00"))
     assert timedelta(seconds=100) < expires - before <= timedelta(seconds=121)
