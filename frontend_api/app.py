@@ -509,9 +509,14 @@ def create_app(
         )
         http = ImageFetcher.make_client(settings, transport=image_transport)
         s3 = s3_client if s3_client is not None else make_s3_client(settings)
-        dns = SystemResolver(settings.dns_timeout_s, settings.dns_threads) if resolver is None else None
+        dns: SystemResolver | None = None
+        lookup: Resolver
+        if resolver is None:
+            dns = lookup = SystemResolver(settings.dns_timeout_s, settings.dns_threads)
+        else:
+            lookup = resolver
         budget = ImageBudget(settings.image_bytes_in_flight, metrics)
-        fetcher = ImageFetcher(http, UrlPolicy(settings, resolver or dns or _unreachable), settings, budget)
+        fetcher = ImageFetcher(http, UrlPolicy(settings, lookup), settings, budget)
         store = ArtifactStore(make_source(settings.model_repository, s3))
         presigner = make_s3_client(settings, public=True) if settings.s3_public_endpoint_url else s3
         decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="mtc-decode")
@@ -587,10 +592,6 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
-
-
-async def _unreachable(host: str, port: int) -> list[str]:  # pragma: no cover - a resolver is always given
-    raise AssertionError("no resolver")
 
 
 def served_app(settings: ApiSettings | None = None) -> FastAPI:

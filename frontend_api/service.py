@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from frontend_api.artifacts import ArtifactStore, ImageArtifacts, TextArtifacts, VersionContent
-from frontend_api.errors import ApiError, InferenceFailed, ModelNotReady
+from frontend_api.errors import ApiError, InferenceFailed, ModelNotReady, StorageUnavailable
 from frontend_api.images import ImageFetcher, Lease, decode_batch
 from frontend_api.metrics import ApiMetrics
 from frontend_api.schemas import (
@@ -104,7 +104,17 @@ class PlatformService:
 
     async def _refresh(self, spec: TaskSpec) -> Served:
         version = _highest(await self.triton.model_versions(spec.model_name))
-        return Served(version, await self.artifacts.content(spec, version))
+        try:
+            content = await self.artifacts.content(spec, version)
+        except StorageUnavailable as exc:
+            # The repository is unreachable, the version unchanged: keep serving what was checked last, rather
+            # than failing every request while the artifacts sit in memory.
+            last = self._served[spec.name].last
+            if last is None or last.version != version:
+                raise
+            logger.warning("cannot re-check %s/%s, serving its cached artifacts: %s", spec.name, version, exc.detail)
+            return last
+        return Served(version, content)
 
     def forget_version(self, spec: TaskSpec) -> None:
         """Re-ask Triton on the next request (after the served version failed)."""

@@ -65,6 +65,11 @@ class SingleFlight(Generic[T]):
         self._error = None
         return value
 
+    @property
+    def last(self) -> T | None:
+        """The latest result, fresh or not (None before the first, or after :meth:`invalidate`)."""
+        return self._value
+
     def invalidate(self) -> None:
         """Forget the value (and a remembered failure): the next ``get()`` computes again."""
         self._value, self._error = None, None

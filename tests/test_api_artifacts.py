@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from frontend_api.app import create_app
 from frontend_api.artifacts import MANIFEST_FILE, manifest_digest
+from frontend_api.errors import StorageUnavailable
 from frontend_api.settings import ApiSettings
 from frontend_api.testing import FakeTriton, make_artifact_repository, write_manifest
 from frontend_api.text import softmax
@@ -108,3 +109,39 @@ def test_a_manifest_whose_digest_does_not_match_its_file_list_is_refused(tmp_pat
         refused = client.post("/v1/disaster", json={"texts": ["fire"]})
     assert refused.status_code == 503 and refused.json()["type"] == "/problems/model-not-ready"
     assert "digest does not match" in refused.json()["detail"]
+
+
+class Outage:
+    """An artifact source that fails like an unreachable S3 while ``down``."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self.down = False
+
+    def read(self, relative: str) -> bytes | None:
+        if self.down:
+            raise StorageUnavailable(f"cannot read {relative}: EndpointConnectionError")
+        data: bytes | None = self.source.read(relative)
+        return data
+
+    def fingerprint(self, relative: str) -> str | None:
+        if self.down:
+            raise StorageUnavailable(f"cannot stat {relative}: EndpointConnectionError")
+        value: str | None = self.source.fingerprint(relative)
+        return value
+
+
+def test_a_repository_outage_keeps_serving_the_checked_artifacts_of_the_same_version(tmp_path: Path) -> None:
+    repo = make_artifact_repository(tmp_path, tasks=["disaster"], manifest=True)
+    fake = FakeTriton(versions={"disaster": ["1"]})
+    with client_for(repo, fake) as client:
+        store = client.app.state.service.artifacts  # type: ignore[attr-defined]
+        store.source = outage = Outage(store.source)
+        classify(client)
+        outage.down = True
+        time.sleep(REFRESH_S + 0.1)
+        assert classify(client) == pytest.approx(expected(DISASTER.labels, tokens=3))  # re-check failed: cached
+        fake.versions["disaster"] = ["1", "2"]  # a new version cannot be served without its artifacts
+        time.sleep(REFRESH_S + 0.1)
+        refused = client.post("/v1/disaster", json={"texts": ["fire"]})
+        assert refused.status_code == 503 and refused.json()["type"] == "/problems/storage-unavailable"
