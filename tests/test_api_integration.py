@@ -200,20 +200,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterato
             env=env,
             cwd=PROJECT_ROOT,
         )
+        stack = Stack(
+            repository,
+            triton,
+            f"http://127.0.0.1:{api_port}",
+            s3_endpoint,
+            upload_bucket,
+            models_bucket,
+            api,
+            bomb,
+            bomb_server,
+        )
         try:
             with api:
-                yield Stack(
-                    repository,
-                    triton,
-                    f"http://127.0.0.1:{api_port}",
-                    s3_endpoint,
-                    upload_bucket,
-                    models_bucket,
-                    api,
-                    bomb,
-                    bomb_server,
-                )
+                yield stack
         finally:
+            # stack.triton, not triton: the restart test replaces it, and the replacement must stop too
+            stack.triton.stop()
             triton.stop()
 
 
