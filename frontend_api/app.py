@@ -1,16 +1,21 @@
-"""The FastAPI facade: ``frontend_api.app:app`` for uvicorn, :func:`create_app` for tests.
+"""The FastAPI facade: ``python -m frontend_api`` (or ``frontend_api.app:app`` for uvicorn) to serve it,
+:func:`create_app` for tests.
 
-Long-lived clients (Triton, the image-host HTTP client, S3) are created in the lifespan and reached
-through typed dependencies. Handlers are thin: validate (Pydantic), call one service function,
-return a response model; every error leaves as ``application/problem+json``.
+Long-lived clients (Triton, the image-host HTTP client, S3) and thread pools (DNS, image decoding)
+are created in the lifespan and reached through typed dependencies. Handlers are thin: validate
+(Pydantic), call one service function, return a response model; every error leaves as
+``application/problem+json``.
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -22,17 +27,22 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from frontend_api.artifacts import ArtifactStore, make_source
 from frontend_api.errors import (
     PROBLEM_MEDIA_TYPE,
+    AnonymousNotAllowed,
     ApiError,
+    BackendOverloaded,
     BackendTimeout,
     BackendUnavailable,
     BadImage,
     BodyTooLarge,
+    EncodedImage,
+    ImageBudgetExceeded,
     ImageHostError,
     ImageTooLarge,
     InferenceFailed,
@@ -48,7 +58,7 @@ from frontend_api.errors import (
     ValidationIssue,
     problem_responses,
 )
-from frontend_api.images import ImageFetcher, Resolver, UrlPolicy, system_resolver
+from frontend_api.images import ImageBudget, ImageFetcher, Resolver, SystemResolver, UrlPolicy
 from frontend_api.metrics import ApiMetrics
 from frontend_api.schemas import (
     Health,
@@ -63,7 +73,7 @@ from frontend_api.schemas import (
     UploadResponse,
 )
 from frontend_api.service import PlatformService
-from frontend_api.settings import ApiSettings
+from frontend_api.settings import ApiSettings, describe_settings_error, is_loopback_host
 from frontend_api.triton_client import TritonBackend, TritonHttpClient
 from frontend_api.uploads import make_s3_client
 from taskspec import TaskSpec, get_task
@@ -231,6 +241,42 @@ class MetricsMiddleware:
             self.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - start)
 
 
+_is_loopback = functools.lru_cache(maxsize=64)(is_loopback_host)
+
+
+class LoopbackOnlyMiddleware:
+    """Without API keys (and without ``allow_anonymous``), answer only connections that arrived on a loopback
+    address: 403 ``anonymous-not-allowed`` for the others.
+
+    ``python -m frontend_api`` refuses to bind beyond loopback in that configuration at start-up; this
+    covers ``uvicorn frontend_api.app:app --host 0.0.0.0``, whose address the app cannot see before it
+    serves. ``scope["server"]`` is the local address the connection came in on (None on a Unix socket).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.warned = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server") if scope["type"] == "http" else None
+        if server is not None and not _is_loopback(str(server[0])):
+            if not self.warned:
+                self.warned = True
+                logger.warning(
+                    "refusing requests on %s: no API keys are set, so this facade answers on loopback only "
+                    "(set MTC_API_API_KEYS, or MTC_API_ALLOW_ANONYMOUS=true)",
+                    server[0],
+                )
+            error = AnonymousNotAllowed(
+                "this facade has no API keys and answers on loopback only; its operator must set MTC_API_API_KEYS "
+                "(or MTC_API_ALLOW_ANONYMOUS=true)"
+            )
+            await problem_response(error, self.metrics)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 # --- dependencies ------------------------------------------------------------------------------
 
 
@@ -310,8 +356,8 @@ def classification_response(result: TextResponse | PoseResponse) -> Response:
 
 # --- routes ------------------------------------------------------------------------------------
 
-TRITON_ERRORS = (ModelNotReady, BackendUnavailable, BackendTimeout, InferenceFailed)
-COMMON_ERRORS = (InvalidRequest, BodyTooLarge, Unauthorized, Overloaded)
+TRITON_ERRORS = (ModelNotReady, BackendUnavailable, BackendOverloaded, BackendTimeout, InferenceFailed)
+COMMON_ERRORS = (InvalidRequest, BodyTooLarge, Unauthorized, AnonymousNotAllowed, Overloaded)
 
 
 def _text_route(router: APIRouter, spec: TaskSpec) -> None:
@@ -358,12 +404,19 @@ def _build_router(settings: ApiSettings) -> APIRouter:
             description=(
                 "Downloads each URL (a presigned S3 GET URL from `/v1/uploads`, or an allowed host), decodes it, "
                 "applies the model's preprocessing and returns the top-k labels. Only https (plus http for hosts "
-                "explicitly allowed), only allowed S3 endpoints/buckets, public addresses, no redirects, a byte cap "
-                "and a pixel cap."
+                "explicitly allowed), only allowed S3 endpoints/buckets, public addresses, no redirects, no "
+                "Content-Encoding (415), a byte cap and a pixel cap."
             ),
             operation_id=f"classify_{pose.name}",
             responses=problem_responses(
-                *COMMON_ERRORS, BadImage, UrlNotAllowed, ImageTooLarge, ImageHostError, *TRITON_ERRORS
+                *COMMON_ERRORS,
+                BadImage,
+                UrlNotAllowed,
+                ImageTooLarge,
+                EncodedImage,
+                ImageBudgetExceeded,
+                ImageHostError,
+                *TRITON_ERRORS,
             ),
         )
         async def classify_images(body: PoseRequest, request: Request) -> Response:
@@ -374,10 +427,15 @@ def _build_router(settings: ApiSettings) -> APIRouter:
     @router.post(
         "/uploads",
         response_model=UploadResponse,
-        summary="Get a presigned URL to upload an image, and the GET URL to classify it",
-        description="PUT the image bytes to `upload_url` with `headers`, then send `get_url` to `/v1/pose`.",
+        summary="Get a presigned upload form for an image, and the GET URL to classify it",
+        description=(
+            "POST `multipart/form-data` to `upload_url` with every entry of `fields`, then the image as the field "
+            "`file` (at most `max_bytes`, before `expires_in` seconds pass); then send `get_url` to `/v1/pose`."
+        ),
         operation_id="create_upload",
-        responses=problem_responses(InvalidRequest, BodyTooLarge, Unauthorized, StorageUnavailable),
+        responses=problem_responses(
+            InvalidRequest, BodyTooLarge, Unauthorized, AnonymousNotAllowed, StorageUnavailable
+        ),
     )
     async def create_upload(body: UploadRequest, service: ServiceDep) -> UploadResponse:
         return service.presign(body.content_type)
@@ -387,7 +445,7 @@ def _build_router(settings: ApiSettings) -> APIRouter:
         response_model=ModelsResponse,
         summary="Tasks, served model versions, labels and ready state",
         operation_id="list_models",
-        responses=problem_responses(Unauthorized),
+        responses=problem_responses(Unauthorized, AnonymousNotAllowed),
     )
     async def list_models(service: ServiceDep) -> ModelsResponse:
         return await service.models()
@@ -397,7 +455,9 @@ def _build_router(settings: ApiSettings) -> APIRouter:
         response_model=StatsResponse,
         summary="Triton's per-model counters: requests, queue and compute time, executed batch sizes",
         operation_id="model_stats",
-        responses=problem_responses(Unauthorized, BackendUnavailable, BackendTimeout, InferenceFailed),
+        responses=problem_responses(
+            Unauthorized, AnonymousNotAllowed, BackendUnavailable, BackendTimeout, InferenceFailed
+        ),
     )
     async def model_stats(service: ServiceDep) -> StatsResponse:
         return await service.stats()
@@ -435,7 +495,9 @@ def create_app(
     s3_client: Any | None = None,
 ) -> FastAPI:
     """Build the facade. Tests pass a fake ``triton``, an ``httpx.MockTransport`` for image hosts,
-    a ``resolver`` (host -> addresses) and/or an S3 client; anything not given is created from settings."""
+    a ``resolver`` (host -> addresses) and/or an S3 client; anything not given is created from settings.
+
+    Serving it to a network: :func:`served_app` (it adds the loopback guard for a facade without keys)."""
     settings = settings or ApiSettings()
     metrics = ApiMetrics()
 
@@ -447,14 +509,25 @@ def create_app(
         )
         http = ImageFetcher.make_client(settings, transport=image_transport)
         s3 = s3_client if s3_client is not None else make_s3_client(settings)
-        fetcher = ImageFetcher(http, UrlPolicy(settings, resolver or system_resolver), settings)
+        dns: SystemResolver | None = None
+        lookup: Resolver
+        if resolver is None:
+            dns = lookup = SystemResolver(settings.dns_timeout_s, settings.dns_threads)
+        else:
+            lookup = resolver
+        budget = ImageBudget(settings.image_bytes_in_flight, metrics)
+        fetcher = ImageFetcher(http, UrlPolicy(settings, lookup), settings, budget)
         store = ArtifactStore(make_source(settings.model_repository, s3))
         presigner = make_s3_client(settings, public=True) if settings.s3_public_endpoint_url else s3
-        app.state.service = PlatformService(settings, backend, store, fetcher, presigner, metrics)
+        decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="mtc-decode")
+        app.state.service = PlatformService(settings, backend, store, fetcher, presigner, metrics, decode_pool)
         try:
             yield
         finally:
             await http.aclose()
+            decode_pool.shutdown(wait=False, cancel_futures=True)
+            if dns is not None:
+                dns.close()
             if owned_triton:
                 await backend.close()
 
@@ -521,4 +594,32 @@ def create_app(
     return app
 
 
-app = create_app()
+def served_app(settings: ApiSettings | None = None) -> FastAPI:
+    """The facade as served to a network (``python -m frontend_api``, ``frontend_api.app:app``).
+
+    Settings are validated first (a non-loopback ``host`` without API keys is refused there); a
+    facade without keys and without ``allow_anonymous`` also refuses connections that do not arrive
+    on a loopback address, whatever address uvicorn was told to bind.
+    """
+    settings = settings or ApiSettings()
+    app = create_app(settings)
+    if not settings.api_keys and not settings.allow_anonymous:
+        app.add_middleware(LoopbackOnlyMiddleware, metrics=app.state.metrics)
+    return app
+
+
+@functools.cache
+def _module_app() -> FastAPI:
+    try:
+        return served_app()
+    except ValidationError as exc:
+        print(f"frontend_api: refusing to start: {describe_settings_error(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def __getattr__(name: str) -> Any:
+    """``frontend_api.app:app`` (uvicorn), built from the environment on first access, so importing this
+    module (``create_app`` in tests) reads no settings."""
+    if name == "app":
+        return _module_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

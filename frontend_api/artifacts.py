@@ -3,20 +3,34 @@
 Each published version carries ``preprocessing.json`` (labels, length buckets or image
 normalisation) and, for text tasks, ``tokenizer.json``. The facade loads them for exactly the
 version Triton serves, from the same repository (a local folder or ``s3://bucket/prefix``), never
-from the network at request time: they are cached per (task, version).
+from the network at request time.
+
+They are cached per (task, version, content identity), so a version republished with other files
+is picked up at the next refresh of the served version (``model_refresh_s``), never served stale:
+
+- a version with ``manifest.json`` (``{"format": 1, "files": {name: {"sha256", "size"}}, "digest"}``,
+  written by ``export publish``) is identified by its ``digest`` (sha256 of the canonical JSON of
+  ``files``); the facade re-reads this small file at every refresh, checks the digest, and checks
+  the sha256 of every artifact it loads against it (a mismatch is 503, never cached);
+- a version without one (published before manifests existed) is identified by the stat of the
+  files the facade reads: the S3 ETag (an MD5 of the object for single-part uploads, which
+  ``export push`` makes) or the local mtime and size. One HEAD (or stat) per file and refresh.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from frontend_api.errors import ModelNotReady, StorageUnavailable
 from preprocess.text import TextEncoder
-from taskspec import PREPROCESSING_FILE, TOKENIZER_FILE, ImagePreprocessing, TaskSpec, TextPreprocessing
+from taskspec import MANIFEST_FILE, PREPROCESSING_FILE, TOKENIZER_FILE, ImagePreprocessing, TaskSpec, TextPreprocessing
+from taskspec.manifest import Manifest, ManifestError
 
 
 class ArtifactSource(Protocol):
@@ -24,6 +38,10 @@ class ArtifactSource(Protocol):
 
     def read(self, relative: str) -> bytes | None:
         """The file's bytes, or None when it does not exist."""
+        ...
+
+    def fingerprint(self, relative: str) -> str | None:
+        """Something that changes when the file's content does (ETag, mtime + size), or None when absent."""
         ...
 
 
@@ -34,6 +52,13 @@ class LocalSource:
     def read(self, relative: str) -> bytes | None:
         path = self.root / relative
         return path.read_bytes() if path.is_file() else None
+
+    def fingerprint(self, relative: str) -> str | None:
+        try:
+            stat = (self.root / relative).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return f"{stat.st_mtime_ns}:{stat.st_size}"
 
 
 @dataclass(frozen=True)
@@ -47,7 +72,7 @@ class S3Source:
     def read(self, relative: str) -> bytes | None:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        key = f"{self.prefix}/{relative}" if self.prefix else relative
+        key = self._key(relative)
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
             return bytes(body.read())
@@ -58,6 +83,23 @@ class S3Source:
         except BotoCoreError as exc:
             raise StorageUnavailable(f"cannot read s3://{self.bucket}/{key}: {exc}") from exc
 
+    def fingerprint(self, relative: str) -> str | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = self._key(relative)
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}:
+                return None
+            raise StorageUnavailable(f"cannot stat s3://{self.bucket}/{key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"cannot stat s3://{self.bucket}/{key}: {exc}") from exc
+        return f"{head.get('ETag', '')}:{head.get('ContentLength', '')}"
+
+    def _key(self, relative: str) -> str:
+        return f"{self.prefix}/{relative}" if self.prefix else relative
+
 
 def make_source(repository: str, s3_client: Any | None) -> ArtifactSource:
     """A source for a local path or an ``s3://bucket/prefix`` URL."""
@@ -67,6 +109,26 @@ def make_source(repository: str, s3_client: Any | None) -> ArtifactSource:
         bucket, _, prefix = repository.removeprefix("s3://").partition("/")
         return S3Source(s3_client, bucket, prefix.strip("/"))
     return LocalSource(Path(repository))
+
+
+@dataclass(frozen=True)
+class VersionContent:
+    """What identifies the content of one published version: its manifest digest, or file stats."""
+
+    identity: str
+    sha256: Mapping[str, str]
+    """File name -> sha256 from the manifest (empty without one): loaded artifacts are checked against it."""
+
+
+def parse_manifest(data: bytes, where: str) -> VersionContent:
+    """Check a ``manifest.json`` (:class:`taskspec.manifest.Manifest`: format, entries, digest) and return the
+    version's identity."""
+    try:
+        manifest = Manifest.from_json(data)
+    except ManifestError as exc:
+        raise ModelNotReady(f"{where}/{MANIFEST_FILE} is unusable: {exc}") from exc
+    sha256 = {name: entry.sha256 for name, entry in manifest.files.items()}
+    return VersionContent(identity=f"sha256:{manifest.digest}", sha256=sha256)
 
 
 @dataclass(frozen=True)
@@ -106,23 +168,50 @@ def parse_artifacts(spec: TaskSpec, version: str, preprocessing: bytes, tokenize
 
 
 class ArtifactStore:
-    """Loads and caches :class:`TextArtifacts` / :class:`ImageArtifacts` per (task, version)."""
+    """Loads and caches :class:`TextArtifacts` / :class:`ImageArtifacts` per (task, version, content identity).
+
+    :meth:`content` is called when the service refreshes the served version; :meth:`get` on every
+    request (a dict lookup once loaded). Only the latest content of each task stays cached.
+    """
 
     def __init__(self, source: ArtifactSource) -> None:
         self.source = source
-        self._cache: dict[tuple[str, str], Artifacts] = {}
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._cache: dict[tuple[str, str, str], Artifacts] = {}
+        self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
-    def _load(self, spec: TaskSpec, version: str) -> Artifacts:
-        preprocessing = self.source.read(f"{spec.name}/{version}/{PREPROCESSING_FILE}")
+    @staticmethod
+    def _files(spec: TaskSpec) -> tuple[str, ...]:
+        return (PREPROCESSING_FILE, TOKENIZER_FILE) if spec.modality == "text" else (PREPROCESSING_FILE,)
+
+    def _content(self, spec: TaskSpec, version: str) -> VersionContent:
+        where = f"{spec.name}/{version}"
+        manifest = self.source.read(f"{where}/{MANIFEST_FILE}")
+        if manifest is not None:
+            return parse_manifest(manifest, where)
+        stats = [f"{name}={self.source.fingerprint(f'{where}/{name}')}" for name in self._files(spec)]
+        return VersionContent(identity="stat:" + ",".join(stats), sha256={})
+
+    async def content(self, spec: TaskSpec, version: str) -> VersionContent:
+        """The content identity of ``spec``'s ``version`` (a small read, in a worker thread)."""
+        return await asyncio.to_thread(self._content, spec, version)
+
+    def _load(self, spec: TaskSpec, version: str, content: VersionContent) -> Artifacts:
+        where = f"{spec.name}/{version}"
+        data: dict[str, bytes | None] = {name: self.source.read(f"{where}/{name}") for name in self._files(spec)}
+        preprocessing = data[PREPROCESSING_FILE]
         if preprocessing is None:
-            raise ModelNotReady(f"{spec.name}/{version}/{PREPROCESSING_FILE} is missing from the model repository")
-        tokenizer = self.source.read(f"{spec.name}/{version}/{TOKENIZER_FILE}") if spec.modality == "text" else None
-        return parse_artifacts(spec, version, preprocessing, tokenizer)
+            raise ModelNotReady(f"{where}/{PREPROCESSING_FILE} is missing from the model repository")
+        for name, body in data.items():
+            expected = content.sha256.get(name)
+            if body is not None and expected is not None and hashlib.sha256(body).hexdigest() != expected:
+                raise ModelNotReady(
+                    f"{where}/{name} does not match its {MANIFEST_FILE} (being republished?); retry shortly"
+                )
+        return parse_artifacts(spec, version, preprocessing, data.get(TOKENIZER_FILE))
 
-    async def get(self, spec: TaskSpec, version: str) -> Artifacts:
-        """The artifacts of ``spec``'s ``version`` (read once, in a worker thread)."""
-        key = (spec.name, version)
+    async def get(self, spec: TaskSpec, version: str, content: VersionContent) -> Artifacts:
+        """The artifacts of ``spec``'s ``version`` with this content (read once, in a worker thread)."""
+        key = (spec.name, version, content.identity)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
@@ -130,6 +219,9 @@ class ArtifactStore:
         async with lock:
             cached = self._cache.get(key)
             if cached is None:
-                cached = await asyncio.to_thread(self._load, spec, version)
+                cached = await asyncio.to_thread(self._load, spec, version, content)
+                for old in [k for k in self._cache if k[0] == spec.name]:
+                    del self._cache[old]
+                    self._locks.pop(old, None)
                 self._cache[key] = cached
         return cached

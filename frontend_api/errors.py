@@ -84,12 +84,24 @@ class BadImage(ApiError):
     slug, status, title = "bad-image", 400, "Bad image"
 
 
+class EncodedImage(ApiError):
+    """The image host answered with a ``Content-Encoding`` (gzip, br...): never inflated, see images.py."""
+
+    slug, status, title = "encoded-image", 415, "Content-encoded image refused"
+
+
 class Unauthorized(ApiError):
     slug, status, title = "unauthorized", 401, "Missing or invalid API key"
 
 
 class UrlNotAllowed(ApiError):
     slug, status, title = "url-not-allowed", 403, "URL not allowed"
+
+
+class AnonymousNotAllowed(ApiError):
+    """A facade without API keys answers loopback connections only (unless anonymous access is set)."""
+
+    slug, status, title = "anonymous-not-allowed", 403, "Anonymous access is limited to loopback"
 
 
 class NotFound(ApiError):
@@ -104,6 +116,12 @@ class Overloaded(ApiError):
     slug, status, title = "overloaded", 429, "Too many requests in flight"
 
 
+class ImageBudgetExceeded(ApiError):
+    """The image bytes held across all requests reached ``image_bytes_in_flight``."""
+
+    slug, status, title = "image-budget-exceeded", 429, "Too many image bytes in flight"
+
+
 class ImageHostError(ApiError):
     slug, status, title = "image-host-error", 502, "Image host failed"
 
@@ -114,6 +132,12 @@ class InferenceFailed(ApiError):
 
 class BackendUnavailable(ApiError):
     slug, status, title = "backend-unavailable", 503, "Inference server unavailable"
+
+
+class BackendOverloaded(ApiError):
+    """Triton shed the request: its queue was full, or the request waited there past its deadline."""
+
+    slug, status, title = "backend-overloaded", 503, "Inference server shed the request"
 
 
 class ModelNotReady(ApiError):
@@ -137,14 +161,18 @@ ERROR_KINDS: tuple[type[ApiError], ...] = (
     BodyTooLarge,
     ImageTooLarge,
     BadImage,
+    EncodedImage,
     Unauthorized,
     UrlNotAllowed,
+    AnonymousNotAllowed,
     NotFound,
     MethodNotAllowed,
     Overloaded,
+    ImageBudgetExceeded,
     ImageHostError,
     InferenceFailed,
     BackendUnavailable,
+    BackendOverloaded,
     ModelNotReady,
     StorageUnavailable,
     BackendTimeout,

@@ -37,6 +37,11 @@ class ApiMetrics:
         )
         self.items = Counter("mtc_api_items", "Texts or images classified by task", ["task"], registry=self.registry)
         self.in_flight = Gauge("mtc_api_in_flight", "Inference requests being handled", registry=self.registry)
+        self.image_bytes = Gauge(
+            "mtc_api_image_bytes_in_flight",
+            "Image bytes held across requests (downloading or waiting to be decoded)",
+            registry=self.registry,
+        )
 
     def observe_stages(self, task: str, timings_ms: dict[str, float]) -> None:
         for stage, ms in timings_ms.items():

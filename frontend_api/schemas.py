@@ -149,12 +149,43 @@ class UploadRequest(BaseModel):
 
 
 class UploadResponse(BaseModel):
-    upload_url: str = Field(description="Presigned URL: send the image bytes there with `method` and `headers`")
-    method: Literal["PUT"] = "PUT"
-    headers: dict[str, str] = Field(description="Headers the upload request must carry (they are signed)")
+    """A presigned POST: send ``multipart/form-data`` to ``upload_url`` with every entry of ``fields``,
+    then the image as the form field ``file`` (last)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "upload_url": "https://mtc-uploads.s3.amazonaws.com/",
+                    "method": "POST",
+                    "fields": {
+                        "Content-Type": "image/jpeg",
+                        "key": "uploads/3f2a.jpg",
+                        "x-amz-algorithm": "AWS4-HMAC-SHA256",
+                        "x-amz-credential": "...",
+                        "x-amz-date": "20261201T120000Z",
+                        "policy": "...",
+                        "x-amz-signature": "...",
+                    },
+                    "get_url": "https://mtc-uploads.s3.amazonaws.com/uploads/3f2a.jpg?X-Amz-Signature=...",
+                    "key": "uploads/3f2a.jpg",
+                    "expires_in": 300,
+                    "max_bytes": 10485760,
+                }
+            ]
+        }
+    )
+
+    upload_url: str = Field(description="Where to POST the multipart/form-data upload")
+    method: Literal["POST"] = "POST"
+    fields: dict[str, str] = Field(
+        description="Form fields to send first, unchanged (key, Content-Type, policy and signature); "
+        "the image follows as the field `file`"
+    )
     get_url: str = Field(description="Presigned GET URL of the same object: pass it to /v1/pose")
     key: str = Field(description="Object key in the upload bucket")
-    expires_in: int = Field(description="Seconds both URLs stay valid")
+    expires_in: int = Field(description="Seconds the upload form and the GET URL stay valid")
+    max_bytes: int = Field(description="Largest file the upload accepts (S3 refuses larger ones)")
 
 
 class ModelInfo(BaseModel):

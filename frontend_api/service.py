@@ -12,14 +12,15 @@ import functools
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from frontend_api.artifacts import ArtifactStore, ImageArtifacts, TextArtifacts
-from frontend_api.errors import ApiError, InferenceFailed, ModelNotReady
-from frontend_api.images import ImageFetcher, decode_batch
+from frontend_api.artifacts import ArtifactStore, ImageArtifacts, TextArtifacts, VersionContent
+from frontend_api.errors import ApiError, InferenceFailed, ModelNotReady, StorageUnavailable
+from frontend_api.images import ImageFetcher, Lease, decode_batch
 from frontend_api.metrics import ApiMetrics
 from frontend_api.schemas import (
     MAX_IMAGES,
@@ -40,6 +41,7 @@ from frontend_api.schemas import (
     UploadResponse,
 )
 from frontend_api.settings import ApiSettings
+from frontend_api.singleflight import SingleFlight
 from frontend_api.triton_client import InferOutput, TritonBackend
 from frontend_api.uploads import presign_upload
 from preprocess.probabilities import softmax
@@ -52,10 +54,16 @@ def _ms(start: float, end: float | None = None) -> float:
     return round(((end if end is not None else time.perf_counter()) - start) * 1000, 3)
 
 
-@dataclass
-class _Served:
+def _highest(versions: Sequence[str]) -> str:
+    return max(versions, key=lambda v: (int(v) if v.isdigit() else -1, v))
+
+
+@dataclass(frozen=True)
+class Served:
+    """The version Triton serves for a task and the identity of that version's artifacts."""
+
     version: str
-    expires: float
+    content: VersionContent
 
 
 class PlatformService:
@@ -69,6 +77,7 @@ class PlatformService:
         fetcher: ImageFetcher,
         presigner: Any,
         metrics: ApiMetrics,
+        decode_pool: Executor,
     ) -> None:
         self.settings = settings
         self.triton = triton
@@ -76,31 +85,40 @@ class PlatformService:
         self.fetcher = fetcher
         self.presigner = presigner  # a boto3 S3 client signing for the endpoint clients reach
         self.metrics = metrics
+        self.decode_pool = decode_pool  # images are decoded here, never in the loop's default pool
         self.tasks: tuple[TaskSpec, ...] = tuple(get_task(name) for name in settings.tasks)
-        self._served: dict[str, _Served] = {}
-        self._version_locks: dict[str, asyncio.Lock] = {}
+        self._served = {
+            spec.name: SingleFlight(
+                functools.partial(self._refresh, spec), settings.model_refresh_s, settings.refresh_failure_s
+            )
+            for spec in self.tasks
+        }
+        self._readiness = SingleFlight(self._probe_readiness, settings.readyz_cache_s, settings.readyz_cache_s)
 
     # --- the served version and its artifacts ---
 
-    async def served_version(self, spec: TaskSpec) -> str:
-        """The highest ready version of ``spec``'s model, re-asked every ``model_refresh_s``."""
-        cached = self._served.get(spec.name)
-        now = time.monotonic()
-        if cached is not None and cached.expires > now:
-            return cached.version
-        lock = self._version_locks.setdefault(spec.name, asyncio.Lock())
-        async with lock:
-            cached = self._served.get(spec.name)
-            if cached is not None and cached.expires > time.monotonic():
-                return cached.version
-            versions = await self.triton.model_versions(spec.model_name)
-            version = max(versions, key=lambda v: (int(v) if v.isdigit() else -1, v))
-            self._served[spec.name] = _Served(version, time.monotonic() + self.settings.model_refresh_s)
-            return version
+    async def served(self, spec: TaskSpec) -> Served:
+        """The highest ready version of ``spec``'s model and its content identity, refreshed every
+        ``model_refresh_s`` by one call for all concurrent requests (a failure is kept ``refresh_failure_s``)."""
+        return await self._served[spec.name].get()
+
+    async def _refresh(self, spec: TaskSpec) -> Served:
+        version = _highest(await self.triton.model_versions(spec.model_name))
+        try:
+            content = await self.artifacts.content(spec, version)
+        except StorageUnavailable as exc:
+            # The repository is unreachable, the version unchanged: keep serving what was checked last, rather
+            # than failing every request while the artifacts sit in memory.
+            last = self._served[spec.name].last
+            if last is None or last.version != version:
+                raise
+            logger.warning("cannot re-check %s/%s, serving its cached artifacts: %s", spec.name, version, exc.detail)
+            return last
+        return Served(version, content)
 
     def forget_version(self, spec: TaskSpec) -> None:
         """Re-ask Triton on the next request (after the served version failed)."""
-        self._served.pop(spec.name, None)
+        self._served[spec.name].invalidate()
 
     async def _infer(self, spec: TaskSpec, version: str, inputs: dict[str, np.ndarray]) -> InferOutput:
         try:
@@ -121,8 +139,9 @@ class PlatformService:
     async def classify_texts(self, spec: TaskSpec, texts: Sequence[str]) -> TextResponse:
         """Label every text: tokenize into length buckets, one Triton request per bucket, concurrently."""
         start = time.perf_counter()
-        version = await self.served_version(spec)
-        artifacts = await self.artifacts.get(spec, version)
+        served = await self.served(spec)
+        version = served.version
+        artifacts = await self.artifacts.get(spec, version, served.content)
         if not isinstance(artifacts, TextArtifacts):
             raise ModelNotReady(f"{spec.name}/{version} has no text preprocessing")
         t_tokenize = time.perf_counter()
@@ -158,13 +177,19 @@ class PlatformService:
     async def classify_images(self, spec: TaskSpec, urls: Sequence[str], top_k: int) -> PoseResponse:
         """Fetch every image (SSRF-checked), decode and normalise off the loop, one batched Triton call."""
         start = time.perf_counter()
-        version = await self.served_version(spec)
-        artifacts = await self.artifacts.get(spec, version)
+        served = await self.served(spec)
+        version = served.version
+        artifacts = await self.artifacts.get(spec, version, served.content)
         if not isinstance(artifacts, ImageArtifacts):
             raise ModelNotReady(f"{spec.name}/{version} has no image preprocessing")
-        bodies, fetch_ms = await self.fetcher.fetch_all(urls)
+        lease = self.fetcher.budget.lease()
+        try:
+            bodies, fetch_ms = await self.fetcher.fetch_all(urls, lease)
+        except BaseException:
+            lease.release()
+            raise
         t_pre = time.perf_counter()
-        pixels = await asyncio.to_thread(decode_batch, bodies, artifacts.preprocessing, self.settings.image_max_pixels)
+        pixels = await self._decode(bodies, artifacts, lease)
         t_infer = time.perf_counter()
         output = await self._infer(spec, version, {spec.input_names[0]: pixels})
         t_done = time.perf_counter()
@@ -191,6 +216,15 @@ class PlatformService:
             timings_ms=timings,
         )
 
+    async def _decode(self, bodies: list[bytes], artifacts: ImageArtifacts, lease: Lease) -> np.ndarray:
+        """Decode in the decode pool; the bytes stay counted in the budget until the decoder is done with them,
+        even when this request is cancelled meanwhile."""
+        job = asyncio.get_running_loop().run_in_executor(
+            self.decode_pool, decode_batch, bodies, artifacts.preprocessing, self.settings.image_max_pixels
+        )
+        job.add_done_callback(lambda _: lease.release())
+        return await asyncio.shield(job)
+
     # --- state ---
 
     async def _model_state(self, spec: TaskSpec) -> tuple[bool, str | None]:
@@ -200,7 +234,7 @@ class PlatformService:
             versions = await self.triton.model_versions(spec.model_name)
         except ApiError:
             return False, None
-        return True, max(versions, key=lambda v: (int(v) if v.isdigit() else -1, v))
+        return True, _highest(versions)
 
     async def models(self) -> ModelsResponse:
         """Every task with its served version and ready state (Triton down: all not ready)."""
@@ -222,7 +256,11 @@ class PlatformService:
         )
 
     async def readiness(self) -> Readiness:
-        """Triton ready and every served task's model ready."""
+        """Triton ready and every served task's model ready: one probe per ``readyz_cache_s`` whatever the
+        number of callers (a probe asks Triton 1 + number-of-tasks questions)."""
+        return await self._readiness.get()
+
+    async def _probe_readiness(self) -> Readiness:
         triton_ready = await self.triton.server_ready()
         ready = await asyncio.gather(*(self.triton.model_ready(spec.model_name) for spec in self.tasks))
         models = {spec.name: bool(r) for spec, r in zip(self.tasks, ready, strict=True)}

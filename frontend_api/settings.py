@@ -7,10 +7,12 @@ reads ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_DEFAULT_REGION``
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from taskspec import TASKS
@@ -19,11 +21,48 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 TextPadding = Literal["buckets", "max_length"]
 
+MIN_KEY_CHARS = 16
+KEYGEN_HINT = "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether binding to ``host`` keeps the facade on this machine (127.0.0.0/8, ::1, ``localhost``)."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # another name: it may resolve to any interface
+
+
+def _default_decode_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """A pydantic error on :class:`ApiSettings` as one line naming the environment variables."""
+    parts = []
+    for issue in error.errors():
+        message = str(issue.get("msg", "")).removeprefix("Value error, ")
+        loc = issue.get("loc", ())
+        parts.append(f"MTC_API_{str(loc[0]).upper()}: {message}" if loc else message)
+    return "; ".join(parts)
+
 
 class ApiSettings(BaseSettings):
     """Every knob of the facade. Lists are given as JSON in the environment (``'["a", "b"]'``)."""
 
     model_config = SettingsConfigDict(env_prefix="MTC_API_", env_file=".env", extra="ignore")
+
+    # --- where `python -m frontend_api` listens (also what the exposure check reads) ---
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the facade binds to (`python -m frontend_api`; `uvicorn frontend_api.app:app` must be "
+        "given the same). Not loopback: API keys are required unless allow_anonymous is set",
+    )
+    port: int = Field(8080, ge=1, le=65535, description="Port the facade listens on (`python -m frontend_api`)")
+    access_log: bool = Field(True, description="Log one line per request (`python -m frontend_api`)")
 
     # --- Triton ---
     triton_url: str = Field("127.0.0.1:8000", description="Triton HTTP endpoint as host:port (no scheme)")
@@ -32,7 +71,19 @@ class ApiSettings(BaseSettings):
     )
     triton_connections: int = Field(64, ge=1, description="Connection pool size of the Triton client")
     model_refresh_s: float = Field(
-        5.0, ge=0, description="How long the served model version (and its tokenizer) is cached before re-asking Triton"
+        5.0,
+        ge=0,
+        description="How long the served model version (and the digest of its artifacts) is cached before re-asking "
+        "Triton and re-reading the version's manifest",
+    )
+    refresh_failure_s: float = Field(
+        1.0,
+        ge=0,
+        description="After a failed version refresh (Triton down or hung), requests get the same error at once for "
+        "this long instead of each waiting for Triton again",
+    )
+    readyz_cache_s: float = Field(
+        1.0, ge=0, description="How long one /readyz answer is reused (one probe of Triton per period at most)"
     )
     tasks: list[str] = Field(
         default_factory=lambda: list(TASKS), description="Tasks this facade serves (names from taskspec)"
@@ -68,7 +119,9 @@ class ApiSettings(BaseSettings):
         description="S3 region (also read from AWS_DEFAULT_REGION)",
     )
     upload_bucket: str = Field("mtc-uploads", description="Bucket that presigned upload URLs point to")
-    upload_expires_s: int = Field(300, ge=10, le=3600, description="Lifetime of presigned upload and GET URLs")
+    upload_expires_s: int = Field(
+        300, ge=10, le=3600, description="Lifetime of presigned upload (POST) and GET URLs, in seconds"
+    )
     allowed_buckets: list[str] = Field(
         default_factory=list, description="Buckets (besides upload_bucket) that /v1/pose may fetch images from"
     )
@@ -80,12 +133,31 @@ class ApiSettings(BaseSettings):
         default_factory=list,
         description="host:port allowed over plain http and on private/loopback addresses (the local S3 server)",
     )
-    image_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Hard cap on one image download (bytes)")
+    image_max_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1024,
+        description="Hard cap on one image: bytes on the wire while downloading, and the size limit of "
+        "presigned uploads",
+    )
+    image_bytes_in_flight: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="Image bytes held across all requests (downloading or waiting to be decoded); past it, 429",
+    )
     image_max_pixels: int = Field(
         40_000_000, ge=1, description="Images with more pixels are refused before decoding (decompression bombs)"
     )
     image_connect_timeout_s: float = Field(3.0, gt=0, description="Connect timeout to an image host")
-    image_read_timeout_s: float = Field(10.0, gt=0, description="Read timeout (and overall deadline) of one image")
+    image_read_timeout_s: float = Field(
+        10.0, gt=0, description="Read timeout, and overall deadline of one image (DNS, connect and download)"
+    )
+    dns_timeout_s: float = Field(2.0, gt=0, description="Deadline of resolving an image host's name")
+    dns_threads: int = Field(4, ge=1, description="Threads resolving image hosts (a pool of their own)")
+    decode_threads: int = Field(
+        default_factory=_default_decode_threads,
+        ge=1,
+        description="Threads decoding images (a pool of their own); default min(4, CPU count)",
+    )
 
     # --- protection ---
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest request body accepted (413 above)")
@@ -94,9 +166,50 @@ class ApiSettings(BaseSettings):
     )
     api_keys: list[SecretStr] = Field(
         default_factory=list,
-        description="Accepted `Authorization: Bearer` keys; empty (the default) switches authentication off. "
+        description=f"Accepted `Authorization: Bearer` keys (at least {MIN_KEY_CHARS} characters, no whitespace). "
+        "Empty (the default): no authentication, allowed only on loopback or with allow_anonymous. "
         "/healthz, /readyz and the API docs stay open",
     )
+    allow_anonymous: bool = Field(
+        False,
+        description="Serve without API keys on a non-loopback address (on purpose, e.g. behind an authenticating "
+        "proxy). Without it and without keys, the facade refuses to start there, and answers loopback "
+        "connections only",
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_are_strong(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for number, key in enumerate(keys, start=1):
+            value = key.get_secret_value()
+            problem = None
+            if not value:
+                problem = "is empty"
+            elif any(c.isspace() for c in value):
+                problem = "contains whitespace"
+            elif len(value) < MIN_KEY_CHARS:
+                problem = f"is shorter than {MIN_KEY_CHARS} characters"
+            if problem:  # never echo the key: it is a secret, and logs are not
+                raise ValueError(
+                    f"key {number} of {len(keys)} {problem}; every key needs {MIN_KEY_CHARS}+ characters without "
+                    f"whitespace ({KEYGEN_HINT})"
+                )
+        return keys
+
+    @model_validator(mode="after")
+    def _not_open_beyond_loopback(self) -> ApiSettings:
+        if not self.api_keys and not self.allow_anonymous and not is_loopback_host(self.host):
+            raise ValueError(
+                f"MTC_API_HOST={self.host} is not a loopback address and no API keys are set: set "
+                f"MTC_API_API_KEYS='[\"<key>\"]' ({KEYGEN_HINT}), or MTC_API_ALLOW_ANONYMOUS=true to serve "
+                "without authentication on purpose"
+            )
+        if self.image_bytes_in_flight < self.image_max_bytes:
+            raise ValueError(
+                f"MTC_API_IMAGE_BYTES_IN_FLIGHT ({self.image_bytes_in_flight}) must be at least "
+                f"MTC_API_IMAGE_MAX_BYTES ({self.image_max_bytes})"
+            )
+        return self
 
     def s3_is_local(self) -> bool:
         """Whether S3 is a custom endpoint (path-style addressing) rather than AWS."""

@@ -3,9 +3,14 @@
 :class:`TritonBackend` is what the service layer depends on; :class:`TritonHttpClient` implements
 it with ``tritonclient.http.aio`` (one long-lived aiohttp connection pool, created in the app's
 lifespan), and :class:`frontend_api.testing.FakeTriton` implements it for unit tests. Every failure
-is translated here into the facade's error taxonomy: unreachable -> :class:`BackendUnavailable`,
-unknown or unloaded model -> :class:`ModelNotReady`, past the deadline -> :class:`BackendTimeout`,
-any other rejection -> :class:`InferenceFailed`.
+is translated here into the facade's error taxonomy: unreachable or shutting down ->
+:class:`BackendUnavailable`, unknown or unloaded model -> :class:`ModelNotReady`, queue full or
+queue timeout (the model's queue policy) -> :class:`BackendOverloaded`, past the deadline ->
+:class:`BackendTimeout`, any other rejection -> :class:`InferenceFailed`.
+
+Each inference request carries the facade's remaining deadline as Triton's per-request ``timeout``
+(microseconds): with ``allow_timeout_override`` in the model's queue policy, Triton drops a request
+still queued when the facade stops waiting for it, instead of computing an answer nobody reads.
 """
 
 from __future__ import annotations
@@ -21,12 +26,38 @@ import tritonclient.http.aio as triton_aio
 from tritonclient.http import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from frontend_api.errors import BackendTimeout, BackendUnavailable, InferenceFailed, ModelNotReady
+from frontend_api.errors import (
+    ApiError,
+    BackendOverloaded,
+    BackendTimeout,
+    BackendUnavailable,
+    InferenceFailed,
+    ModelNotReady,
+)
 
 T = TypeVar("T")
 
 # Phrases in Triton's error messages that mean "this model (version) cannot serve right now".
 _NOT_READY_MARKERS = ("unknown model", "is not ready", "no available versions", "is not found", "unavailable")
+# Triton 2.51 core, both UNAVAILABLE (HTTP 503): src/scheduler_utils.cc (PolicyQueue::Enqueue, max_queue_size)
+# and src/dynamic_batch_scheduler.cc (requests past their queue timeout, timeout_action REJECT).
+_SHED_MARKERS = ("exceeds maximum queue size", "request timeout expired")
+# src/dynamic_batch_scheduler.cc while the server shuts down (a restart): retry elsewhere or later.
+_STOPPING_MARKER = "server is stopping"
+RETRY_AFTER = {"Retry-After": "1"}
+
+
+def translate_error(exc: InferenceServerException, what: str, model: str = "") -> ApiError:
+    """Triton's rejection of ``what`` as one of the facade's errors."""
+    message = str(exc.message() or exc)
+    lowered = message.lower()
+    if any(marker in lowered for marker in _SHED_MARKERS):
+        return BackendOverloaded(f"Triton shed {what}: {message}", headers=RETRY_AFTER)
+    if _STOPPING_MARKER in lowered:
+        return BackendUnavailable(f"Triton is shutting down: {message}", headers=RETRY_AFTER)
+    if model and any(marker in lowered for marker in _NOT_READY_MARKERS):
+        return ModelNotReady(f"model {model!r} is not ready in Triton: {message}")
+    return InferenceFailed(f"Triton rejected {what}: {message}")
 
 
 @dataclass(frozen=True)
@@ -140,11 +171,15 @@ class TritonHttpClient:
         # conn_timeout is aiohttp's total per-request limit; the deadline that counts is ours (asyncio.timeout).
         self._client = triton_aio.InferenceServerClient(url, conn_limit=connections, conn_timeout=timeout_s + 5)
 
-    async def _call(self, what: str, make: Callable[[], Awaitable[T]], *, model: str = "") -> T:
+    async def _call(self, what: str, make: Callable[[int], Awaitable[T]], *, model: str = "") -> T:
+        """``make(remaining_us)`` under the deadline: remaining_us is what is left of it when the call starts."""
+        loop = asyncio.get_running_loop()
         for attempt in (1, 2):
             try:
-                async with asyncio.timeout(self.timeout_s):
-                    return await make()
+                async with asyncio.timeout(self.timeout_s) as deadline:
+                    when = deadline.when()
+                    remaining_us = max(1, int(((when if when is not None else 0.0) - loop.time()) * 1e6))
+                    return await make(remaining_us)
             except TimeoutError:
                 raise BackendTimeout(f"Triton did not answer {what} within {self.timeout_s:g} s") from None
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
@@ -154,26 +189,23 @@ class TritonHttpClient:
             except (aiohttp.ClientError, OSError) as exc:
                 raise BackendUnavailable(f"Triton at {self.url} is unreachable ({type(exc).__name__})") from exc
             except InferenceServerException as exc:
-                message = str(exc.message() or exc)
-                if model and any(marker in message.lower() for marker in _NOT_READY_MARKERS):
-                    raise ModelNotReady(f"model {model!r} is not ready in Triton: {message}") from exc
-                raise InferenceFailed(f"Triton rejected {what}: {message}") from exc
+                raise translate_error(exc, what, model) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def server_ready(self) -> bool:
         try:
-            return bool(await self._call("the readiness probe", self._client.is_server_ready))
-        except (BackendUnavailable, BackendTimeout, InferenceFailed):
+            return bool(await self._call("the readiness probe", lambda _: self._client.is_server_ready()))
+        except ApiError:
             return False
 
     async def model_ready(self, model: str) -> bool:
         try:
-            return bool(await self._call("a model probe", lambda: self._client.is_model_ready(model), model=model))
-        except (BackendUnavailable, BackendTimeout, InferenceFailed, ModelNotReady):
+            return bool(await self._call("a model probe", lambda _: self._client.is_model_ready(model), model=model))
+        except ApiError:
             return False
 
     async def model_versions(self, model: str) -> list[str]:
-        metadata = await self._call("a metadata request", lambda: self._client.get_model_metadata(model), model=model)
+        metadata = await self._call("a metadata request", lambda _: self._client.get_model_metadata(model), model=model)
         versions = [str(v) for v in metadata.get("versions", [])]
         if not versions:
             raise ModelNotReady(f"model {model!r} has no ready version in Triton")
@@ -184,7 +216,10 @@ class TritonHttpClient:
         outputs = [InferRequestedOutput(output, binary_data=True)]
         result = await self._call(
             f"an inference request to {model!r}",
-            lambda: self._client.infer(model, tensors, model_version=version, outputs=outputs),
+            # Triton's queue timeout = what is left of our deadline (needs allow_timeout_override in the config)
+            lambda remaining_us: self._client.infer(
+                model, tensors, model_version=version, outputs=outputs, timeout=remaining_us
+            ),
             model=model,
         )
         logits = result.as_numpy(output)
@@ -194,7 +229,7 @@ class TritonHttpClient:
         return InferOutput(logits=np.asarray(logits, dtype=np.float32), model_version=served)
 
     async def statistics(self) -> list[TritonModelStats]:
-        document = await self._call("a statistics request", self._client.get_inference_statistics)
+        document = await self._call("a statistics request", lambda _: self._client.get_inference_statistics())
         return parse_statistics(document)
 
     async def close(self) -> None:

@@ -1,8 +1,12 @@
-"""Presigned S3 URLs: the client uploads an image straight to S3, then sends its GET URL to /v1/pose.
+"""Presigned S3 uploads: the client uploads an image straight to S3, then sends its GET URL to /v1/pose.
 
-Images never pass through the API's request body. Keys are random (``uploads/<uuid>.<ext>``), so a
-client cannot choose or overwrite another object's key. A presigned PUT cannot limit the size of
-the upload; the facade's byte cap applies when it fetches the image.
+Images never pass through the API's request body. The upload is a presigned POST (an S3 "browser
+upload" form) whose signed policy fixes the key, the bucket and the ``Content-Type``, limits the
+size to ``[1, image_max_bytes]`` (``content-length-range``: S3 itself refuses larger files) and
+expires after ``upload_expires_s``. A policy lists every form field the upload may carry, so S3
+also refuses any other field, such as a ``Content-Encoding``. Keys are random
+(``uploads/<uuid>.<ext>``): a client cannot choose or overwrite another object's key. The
+facade's own byte cap and encoding check still apply when it fetches the image.
 """
 
 from __future__ import annotations
@@ -44,24 +48,33 @@ def make_s3_client(settings: ApiSettings, *, public: bool = False) -> Any:
 
 
 def presign_upload(s3: Any, settings: ApiSettings, content_type: str) -> UploadResponse:
-    """A PUT URL and the matching GET URL for one new object (signing is local: no request to S3)."""
+    """A presigned POST (form upload) and the GET URL for one new object (signing is local: no request to S3)."""
     key = f"uploads/{uuid.uuid4().hex}.{_EXTENSIONS.get(content_type, 'bin')}"
-    params = {"Bucket": settings.upload_bucket, "Key": key}
     try:
-        upload_url = s3.generate_presigned_url(
-            "put_object",
-            Params={**params, "ContentType": content_type},
-            ExpiresIn=settings.upload_expires_s,
-            HttpMethod="PUT",
+        # The GET first: without credentials it raises NoCredentialsError, where botocore's POST signer
+        # would fail with an AttributeError.
+        get_url = s3.generate_presigned_url(
+            "get_object", Params={"Bucket": settings.upload_bucket, "Key": key}, ExpiresIn=settings.upload_expires_s
         )
-        get_url = s3.generate_presigned_url("get_object", Params=params, ExpiresIn=settings.upload_expires_s)
+        post = s3.generate_presigned_post(
+            Bucket=settings.upload_bucket,
+            Key=key,
+            Fields={"Content-Type": content_type, "Content-Encoding": "identity"},
+            Conditions=[
+                {"Content-Type": content_type},
+                # Pinned, not just unlisted: some S3 servers (SeaweedFS 4.48) store form fields the policy omits.
+                {"Content-Encoding": "identity"},
+                ["content-length-range", 1, settings.image_max_bytes],
+            ],
+            ExpiresIn=settings.upload_expires_s,
+        )
     except (BotoCoreError, ClientError) as exc:  # e.g. no credentials configured
         raise StorageUnavailable(f"cannot sign upload URLs: {exc}") from exc
     return UploadResponse(
-        upload_url=str(upload_url),
-        method="PUT",
-        headers={"Content-Type": content_type},
+        upload_url=str(post["url"]),
+        fields={str(name): str(value) for name, value in post["fields"].items()},
         get_url=str(get_url),
         key=key,
         expires_in=settings.upload_expires_s,
+        max_bytes=settings.image_max_bytes,
     )

@@ -4,7 +4,7 @@
 2. starts the local S3 server (SeaweedFS, data in ``.cache/s3``, kept across runs) and pushes
    ``model_repository/`` into it (only files whose size or MD5 changed move);
 3. starts Triton on ``s3://...`` (poll mode: a pushed version is picked up without a restart);
-4. starts the facade (uvicorn) and the dashboard (``python -m dashboard``), prints their URLs;
+4. starts the facade (``python -m frontend_api``) and the dashboard (``python -m dashboard``), prints their URLs;
 5. restarts any of them that dies (exponential backoff; the others keep running), and stops all of
    them in reverse order on Ctrl-C, SIGTERM or SIGHUP, or when one crash-loops
    (``MTC_MAX_RESTARTS`` restarts within ``MTC_RESTART_WINDOW_S``).
@@ -139,11 +139,14 @@ class LocalStack:
         )
         self.api = ManagedProcess(
             name="facade",
-            command=python_module("uvicorn", "frontend_api.app:app", "--host", host, "--port", str(settings.api_port)),
+            # The checked launcher: it refuses a bind beyond loopback without API keys (docs/api.md).
+            command=python_module("frontend_api"),
             ready_url=f"{self.api_url}/healthz",
             log_file=logs / "api.log",
             env={
                 **env,
+                "MTC_API_HOST": host,
+                "MTC_API_PORT": str(settings.api_port),
                 "MTC_API_TRITON_URL": f"{host}:{settings.triton_http_port}",
                 "MTC_API_MODEL_REPOSITORY": str(self.repository),
                 "MTC_API_S3_ENDPOINT_URL": settings.s3_endpoint,

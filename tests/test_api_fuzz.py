@@ -22,7 +22,7 @@ from schemathesis.checks import (
 
 from frontend_api.app import create_app
 from frontend_api.settings import ApiSettings
-from frontend_api.testing import FakeTriton, make_artifact_repository
+from frontend_api.testing import FakeTriton, ImageHostTransport, make_artifact_repository
 
 _REPO = make_artifact_repository(Path(tempfile.mkdtemp(prefix="mtc-fuzz-")))
 
@@ -50,7 +50,7 @@ APP = create_app(
         allowed_image_hosts=["images.example.com"],
     ),
     FAKE,
-    image_transport=httpx.MockTransport(_image_host),
+    image_transport=ImageHostTransport(_image_host),
     resolver=_resolver,
 )
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import io
-from collections.abc import AsyncIterator, Callable
+import ipaddress
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +19,17 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from frontend_api.app import create_app
-from frontend_api.errors import BadImage
-from frontend_api.images import decode_image, is_public_address, sniff_format
+from frontend_api.errors import BadImage, ImageHostError
+from frontend_api.images import (
+    SystemResolver,
+    decode_batch,
+    decode_image,
+    embedded_ipv4,
+    is_public_address,
+    sniff_format,
+)
 from frontend_api.settings import ApiSettings
-from frontend_api.testing import FakeTriton, make_artifact_repository
+from frontend_api.testing import FakeTriton, HostHandler, ImageHostTransport, asgi_client, make_artifact_repository
 from taskspec import POSE
 
 PROBLEM = "application/problem+json"
@@ -29,6 +41,7 @@ DNS = {
     "metadata.example.com": ["169.254.169.254"],
     "mapped.example.com": ["::ffff:127.0.0.1"],
     "evil.example.com": ["93.184.216.35"],
+    "v6.example.com": ["2606:4700::6810:84e5"],
 }
 
 
@@ -49,16 +62,16 @@ class Hosts:
     """Image hosts behind an httpx.MockTransport; records every request that left the facade."""
 
     def __init__(self) -> None:
-        self.routes: dict[str, Callable[[httpx.Request], httpx.Response]] = {}
+        self.routes: dict[str, HostHandler] = {}
         self.seen: list[str] = []
         self.connected: list[str] = []
 
-    def add(self, url: str, handler: Callable[[httpx.Request], httpx.Response]) -> str:
+    def add(self, url: str, handler: HostHandler) -> str:
         parsed = httpx.URL(url)
         self.routes[f"{parsed.netloc.decode()}{parsed.path}"] = handler
         return url
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
+    def __call__(self, request: httpx.Request) -> httpx.Response | Awaitable[httpx.Response]:
         key = f"{request.headers['host']}{request.url.path}"
         self.seen.append(f"{request.url.host}|{key}")
         self.connected.append(f"{request.url.scheme}://{request.url.host}:{request.url.port}")
@@ -97,11 +110,12 @@ def api(repo: Path, hosts: Hosts):
             "internal.example.com",
             "metadata.example.com",
             "mapped.example.com",
+            "v6.example.com",
         ],
         image_max_bytes=50_000,
         image_max_pixels=4_000_000,
     )
-    app = create_app(settings, fake, image_transport=httpx.MockTransport(hosts), resolver=fake_resolver)
+    app = create_app(settings, fake, image_transport=ImageHostTransport(hosts), resolver=fake_resolver)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client, fake
 
@@ -237,7 +251,7 @@ def test_decompression_bomb_is_refused_as_bad_image(repo: Path, hosts: Hosts) ->
         "https://images.example.com/bomb.png",
         lambda r: httpx.Response(200, content=bomb, headers={"content-type": "image/png"}),
     )
-    app = create_app(settings, fake, image_transport=httpx.MockTransport(hosts), resolver=fake_resolver)
+    app = create_app(settings, fake, image_transport=ImageHostTransport(hosts), resolver=fake_resolver)
     with TestClient(app) as client:
         body = problem(client.post("/v1/pose", json={"image_urls": [url]}), 400, "bad-image")
     assert "decompression bomb" in body["detail"]  # Pillow's own limit (89 M pixels) caught it at open()
@@ -292,7 +306,7 @@ def test_unresolvable_host_is_502(repo: Path, hosts: Hosts) -> None:
     settings = ApiSettings(
         _env_file=None, model_repository=str(repo), tasks=["pose"], allowed_image_hosts=["nowhere.example.com"]
     )  # type: ignore[call-arg]
-    app = create_app(settings, FakeTriton(), image_transport=httpx.MockTransport(hosts), resolver=fake_resolver)
+    app = create_app(settings, FakeTriton(), image_transport=ImageHostTransport(hosts), resolver=fake_resolver)
     with TestClient(app) as client:
         problem(
             client.post("/v1/pose", json={"image_urls": ["https://nowhere.example.com/a.jpg"]}), 502, "image-host-error"
@@ -310,7 +324,7 @@ def test_local_s3_over_http_is_allowed_only_for_the_configured_endpoint_and_buck
         allowed_http_hosts=[S3],
     )
     good = hosts.add(f"http://{S3}/mtc-uploads/uploads/a.jpg", ok_image)
-    app = create_app(settings, FakeTriton(), image_transport=httpx.MockTransport(hosts), resolver=fake_resolver)
+    app = create_app(settings, FakeTriton(), image_transport=ImageHostTransport(hosts), resolver=fake_resolver)
     with TestClient(app) as client:
         assert client.post("/v1/pose", json={"image_urls": [good]}).status_code == 200
         for bad in (
@@ -381,11 +395,11 @@ def test_urls_signed_for_the_public_s3_endpoint_are_fetched_through_the_internal
     async def resolver(host: str, port: int) -> list[str]:
         return {"minio": ["172.18.0.5"]}[host]
 
-    app = create_app(settings, FakeTriton(), image_transport=httpx.MockTransport(hosts), resolver=resolver)
+    app = create_app(settings, FakeTriton(), image_transport=ImageHostTransport(hosts), resolver=resolver)
     with TestClient(app) as client:
         upload = client.post("/v1/uploads", json={"content_type": "image/jpeg"}).json()
-        assert upload["upload_url"].startswith("http://localhost:9000/mtc-uploads/uploads/")
-        assert upload["get_url"].startswith("http://localhost:9000/mtc-uploads/uploads/")
+        assert upload["upload_url"] == "http://localhost:9000/mtc-uploads"
+        assert upload["get_url"].startswith(f"http://localhost:9000/mtc-uploads/{upload['key']}?")
         assert client.post("/v1/pose", json={"image_urls": [url]}).status_code == 200
         problem(
             client.post("/v1/pose", json={"image_urls": ["http://localhost:9000/other/a.jpg"]}), 403, "url-not-allowed"
@@ -398,3 +412,250 @@ def test_urls_signed_for_the_public_s3_endpoint_are_fetched_through_the_internal
     # connected to MinIO's internal address, with the Host header the URL was signed for
     assert hosts.seen == ["172.18.0.5|localhost:9000/mtc-uploads/uploads/a.jpg"]
     assert hosts.connected == ["http://172.18.0.5:9000"]
+
+
+# --- content encodings: never inflated ------------------------------------------------------------
+
+
+def stacked_gzip(size: int, layers: int = 2) -> bytes:
+    data = bytes(size)
+    for _ in range(layers):
+        data = gzip.compress(data, compresslevel=9)
+    return data
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "gzip, gzip", "br", "deflate", "zstd", "identity, gzip", "x-anything"])
+def test_content_encoded_images_are_refused_with_415_and_never_inflated(api, hosts: Hosts, encoding: str) -> None:
+    client, fake = api
+    bomb = stacked_gzip(20_000_000)  # 20 MB of zeros in a few KB: inflated, it would blow the 50 KB cap
+    assert len(bomb) < 50_000
+    sent_headers: list[httpx.Headers] = []
+
+    def host(request: httpx.Request) -> httpx.Response:
+        sent_headers.append(request.headers)
+        headers = {"content-type": "image/jpeg", "content-encoding": encoding}
+        return httpx.Response(200, headers=headers, stream=httpx.ByteStream(bomb))
+
+    url = hosts.add("https://images.example.com/bomb.jpg", host)
+    body = problem(client.post("/v1/pose", json={"image_urls": [url]}), 415, "encoded-image")
+    assert encoding in body["detail"]
+    assert sent_headers[0]["accept-encoding"] == "identity"
+    assert fake.calls == []
+
+
+def test_identity_encoding_is_accepted_and_raw_bytes_are_what_count(api, hosts: Hosts) -> None:
+    client, _ = api
+    url = hosts.add(
+        "https://images.example.com/plain.jpg",
+        lambda r: httpx.Response(
+            200, headers={"content-type": "image/jpeg", "content-encoding": "identity"}, stream=httpx.ByteStream(jpeg())
+        ),
+    )
+    assert client.post("/v1/pose", json={"image_urls": [url]}).status_code == 200
+
+
+# --- IPv6 addresses that carry an IPv4 address --------------------------------------------------
+
+EMBEDDED_PRIVATE = [
+    ("::ffff:10.0.0.1", "10.0.0.1"),  # IPv4-mapped
+    ("::127.0.0.1", "127.0.0.1"),  # IPv4-compatible
+    ("::a9fe:a9fe", "169.254.169.254"),  # IPv4-compatible, the metadata address
+    ("64:ff9b::10.0.0.1", "10.0.0.1"),  # NAT64 well-known prefix
+    ("64:ff9b::a9fe:a9fe", "169.254.169.254"),
+    ("64:ff9b:1:a00:0:100::", "10.0.0.1"),  # local-use NAT64, /48 layout (u octet skipped)
+    ("64:ff9b:1::7f00:1", "127.0.0.1"),  # local-use NAT64, /96 layout
+    ("2002:a00:1::", "10.0.0.1"),  # 6to4
+    ("2002:7f00:1::1", "127.0.0.1"),
+    ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "10.0.0.1"),  # Teredo: the client address (obfuscated)
+]
+
+
+@pytest.mark.parametrize(("address", "ipv4"), EMBEDDED_PRIVATE)
+def test_ipv6_forms_embedding_a_private_ipv4_address_are_judged_by_it(address: str, ipv4: str) -> None:
+    assert ipaddress.IPv4Address(ipv4) in embedded_ipv4(ipaddress.IPv6Address(address))
+    assert not is_public_address(address)
+
+
+@pytest.mark.parametrize(
+    "address", ["::ffff:93.184.216.34", "64:ff9b::93.184.216.34", "2002:5db8:d822::1", "2606:4700::6810:84e5"]
+)
+def test_ipv6_forms_embedding_a_public_ipv4_address_stay_public(address: str) -> None:
+    assert is_public_address(address)
+
+
+@pytest.mark.parametrize(("address", "ipv4"), EMBEDDED_PRIVATE)
+def test_hosts_resolving_to_an_embedded_private_ipv4_are_refused_and_never_fetched(
+    api, hosts: Hosts, monkeypatch: pytest.MonkeyPatch, address: str, ipv4: str
+) -> None:
+    client, fake = api
+    monkeypatch.setitem(DNS, "v6.example.com", [address])
+    url = hosts.add("https://v6.example.com/a.jpg", ok_image)
+    body = problem(client.post("/v1/pose", json={"image_urls": [url]}), 403, "url-not-allowed")
+    assert "non-public address" in body["detail"]
+    assert hosts.seen == [] and fake.calls == []
+
+
+def test_a_host_on_a_public_ipv6_address_is_fetched(api, hosts: Hosts) -> None:
+    client, _ = api
+    url = hosts.add("https://v6.example.com/a.jpg", ok_image)
+    assert client.post("/v1/pose", json={"image_urls": [url]}).status_code == 200
+    assert hosts.seen == ["2606:4700::6810:84e5|v6.example.com/a.jpg"]
+
+
+# --- concurrency: cancellation, deadlines, the byte budget, thread pools ------------------------
+
+
+def pose_settings(repo: Path, **overrides: Any) -> ApiSettings:
+    values: dict[str, Any] = {
+        "model_repository": str(repo),
+        "tasks": ["pose"],
+        "allowed_image_hosts": ["images.example.com"],
+        "image_max_bytes": 50_000,
+        **overrides,
+    }
+    return ApiSettings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def test_a_failed_download_cancels_the_other_downloads_of_its_request(repo: Path, hosts: Hosts) -> None:
+    async def scenario() -> None:
+        started, cancelled = asyncio.Event(), asyncio.Event()
+
+        async def hanging(request: httpx.Request) -> httpx.Response:
+            started.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return httpx.Response(200, content=jpeg())
+
+        async def failing(request: httpx.Request) -> httpx.Response:
+            await started.wait()
+            return httpx.Response(404)
+
+        slow = hosts.add("https://images.example.com/slow.jpg", hanging)
+        broken = hosts.add("https://images.example.com/broken.jpg", failing)
+        app = create_app(
+            pose_settings(repo), FakeTriton(), image_transport=ImageHostTransport(hosts), resolver=fake_resolver
+        )
+        async with asgi_client(app) as client:
+            start = time.monotonic()
+            response = await client.post("/v1/pose", json={"image_urls": [slow, broken]})
+            elapsed = time.monotonic() - start
+            problem(response, 502, "image-host-error")
+            assert "answered 404" in response.json()["detail"]
+            assert elapsed < 5  # not the slow download's 10 s deadline
+            # the sibling download is cancelled, not left running until its own deadline
+            await asyncio.wait_for(cancelled.wait(), timeout=2)
+
+    asyncio.run(scenario())
+
+
+def test_dns_resolution_runs_under_the_fetchs_deadline(repo: Path, hosts: Hosts) -> None:
+    async def stuck_dns(host: str, port: int) -> list[str]:
+        await asyncio.sleep(60)
+        return ["93.184.216.34"]
+
+    async def scenario() -> None:
+        settings = pose_settings(repo, image_read_timeout_s=0.5)
+        app = create_app(settings, FakeTriton(), image_transport=ImageHostTransport(hosts), resolver=stuck_dns)
+        async with asgi_client(app) as client:
+            start = time.monotonic()
+            request = client.post("/v1/pose", json={"image_urls": ["https://images.example.com/a.jpg"]})
+            response = await asyncio.wait_for(request, timeout=10)
+            body = problem(response, 502, "image-host-error")
+            assert "within 0.5 s" in body["detail"]
+            assert time.monotonic() - start < 5
+        assert hosts.seen == []
+
+    asyncio.run(scenario())
+
+
+def test_the_system_resolver_uses_its_own_bounded_pool_and_times_out() -> None:
+    release = threading.Event()
+    threads: list[str] = []
+
+    def lookup(host: str, port: int, type: int) -> list[Any]:
+        threads.append(threading.current_thread().name)
+        if host == "stuck.example.com":
+            release.wait(10)
+        return [(2, 1, 6, "", ("93.184.216.34", port)), (2, 1, 6, "", ("93.184.216.34", port))]
+
+    resolver = SystemResolver(timeout_s=0.2, threads=1, lookup=lookup)
+
+    async def scenario() -> None:
+        assert await resolver("images.example.com", 443) == ["93.184.216.34"]
+        start = time.monotonic()
+        with pytest.raises(ImageHostError, match=r"cannot resolve stuck.example.com within 0.2 s"):
+            await resolver("stuck.example.com", 443)
+        assert time.monotonic() - start < 2
+        # the pool holds one thread, taken by the stuck lookup: the next one queues, and times out too
+        with pytest.raises(ImageHostError):
+            await resolver("images.example.com", 443)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
+        resolver.close()
+    assert threads and all(name.startswith("mtc-dns") for name in threads)
+
+
+def noise_jpeg(side: int, seed: int = 0) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_image_bytes_in_flight_across_requests_are_bounded_with_429(repo: Path, hosts: Hosts) -> None:
+    held, second = noise_jpeg(200), noise_jpeg(160, seed=1)
+    assert 30_000 < len(held) < 50_000 and 20_000 < len(second) < 30_000  # each fits; 30 KB of one + the other not
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+        halfway = asyncio.Event()
+
+        async def slow_body() -> AsyncIterator[bytes]:
+            yield held[:30_000]
+            halfway.set()
+            await release.wait()
+            yield held[30_000:]
+
+        slow = hosts.add(
+            "https://images.example.com/slow.jpg",
+            lambda r: httpx.Response(200, headers={"content-type": "image/jpeg"}, content=slow_body()),
+        )
+        other = hosts.add("https://images.example.com/other.jpg", lambda r: httpx.Response(200, content=second))
+        settings = pose_settings(repo, image_bytes_in_flight=50_000)
+        app = create_app(settings, FakeTriton(), image_transport=ImageHostTransport(hosts), resolver=fake_resolver)
+        async with asgi_client(app) as client:
+            first = asyncio.create_task(client.post("/v1/pose", json={"image_urls": [slow]}))
+            await asyncio.wait_for(halfway.wait(), 5)
+            refused = await client.post("/v1/pose", json={"image_urls": [other]})
+            body = problem(refused, 429, "image-budget-exceeded")
+            assert refused.headers["retry-after"] == "1"
+            assert "50000-byte budget" in body["detail"]
+            release.set()
+            assert (await first).status_code == 200
+            # every byte was given back: the same request now fits
+            assert (await client.post("/v1/pose", json={"image_urls": [other]})).status_code == 200
+            metrics = (await client.get("/metrics")).text
+            assert "mtc_api_image_bytes_in_flight 0.0" in metrics
+            assert app.state.service.fetcher.budget.used == 0
+
+    asyncio.run(scenario())
+
+
+def test_images_are_decoded_in_a_pool_of_their_own(api, hosts: Hosts, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _ = api
+    threads: list[str] = []
+
+    def recording(*args: Any) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        return decode_batch(*args)
+
+    monkeypatch.setattr("frontend_api.service.decode_batch", recording)
+    url = hosts.add("https://images.example.com/a.jpg", ok_image)
+    assert client.post("/v1/pose", json={"image_urls": [url, url]}).status_code == 200
+    assert len(threads) == 1 and threads[0].startswith("mtc-decode")

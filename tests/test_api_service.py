@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -35,24 +38,34 @@ def build(repo: Path, fake: FakeTriton | None = None, **overrides: Any) -> tuple
     return TestClient(create_app(settings, fake), raise_server_exceptions=False), fake
 
 
-def test_uploads_returns_a_signed_put_and_the_matching_get_url(repo: Path) -> None:
-    client, _ = build(repo, upload_expires_s=120)
+def test_uploads_return_a_size_limited_short_lived_presigned_post_and_the_matching_get_url(repo: Path) -> None:
+    client, _ = build(repo, upload_expires_s=120, image_max_bytes=2_000_000)
     with client:
+        before = datetime.now(UTC)
         response = client.post("/v1/uploads", json={"filename": "../../etc/photo.png", "content_type": "image/png"})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["method"] == "PUT"
-    assert body["headers"] == {"Content-Type": "image/png"}
-    assert body["expires_in"] == 120
-    put, get = urlparse(body["upload_url"]), urlparse(body["get_url"])
-    # same object, path-style on the configured endpoint, random key (the filename is not used in it)
-    assert put.netloc == get.netloc == "127.0.0.1:9000"
-    assert put.path == get.path == f"/mtc-uploads/{body['key']}"
+    assert set(body) == {"upload_url", "method", "fields", "get_url", "key", "expires_in", "max_bytes"}
+    assert body["method"] == "POST" and body["expires_in"] == 120 and body["max_bytes"] == 2_000_000
+    # path-style on the configured endpoint; random key (the filename is not used in it)
+    assert body["upload_url"] == "http://127.0.0.1:9000/mtc-uploads"
     assert body["key"].startswith("uploads/") and body["key"].endswith(".png") and "etc" not in body["key"]
-    for query in (parse_qs(put.query), parse_qs(get.query)):
-        assert query["X-Amz-Expires"] == ["120"]
-        assert query["X-Amz-Signature"]
-    assert "content-type" in parse_qs(put.query)["X-Amz-SignedHeaders"][0]
+    fields = body["fields"]
+    assert fields["key"] == body["key"] and fields["Content-Type"] == "image/png"
+    assert fields["Content-Encoding"] == "identity"
+    assert fields["x-amz-signature"] and fields["x-amz-algorithm"] == "AWS4-HMAC-SHA256"
+    # the signed policy: exactly this key and content type, 1 byte to max_bytes, expiring with the URLs
+    policy = json.loads(base64.b64decode(fields["policy"]))
+    conditions = policy["conditions"]
+    assert ["content-length-range", 1, 2_000_000] in conditions
+    assert {"Content-Type": "image/png"} in conditions
+    assert {"Content-Encoding": "identity"} in conditions  # no gzip-encoded object through this form
+    assert {"key": body["key"]} in conditions and {"bucket": "mtc-uploads"} in conditions
+    expires = datetime.fromisoformat(policy["expiration"].replace("Z", "+00:00"))
+    assert timedelta(seconds=100) < expires - before <= timedelta(seconds=121)
+    get = urlparse(body["get_url"])
+    assert get.netloc == "127.0.0.1:9000" and get.path == f"/mtc-uploads/{body['key']}"
+    assert parse_qs(get.query)["X-Amz-Expires"] == ["120"] and parse_qs(get.query)["X-Amz-Signature"]
     with client:
         other = client.post("/v1/uploads", json={"content_type": "image/png"}).json()
     assert other["key"] != body["key"]
@@ -99,7 +112,7 @@ def test_models_still_answers_when_triton_is_down(repo: Path) -> None:
 
 
 def test_readyz_requires_triton_and_every_model(repo: Path) -> None:
-    client, fake = build(repo)
+    client, fake = build(repo, readyz_cache_s=0)
     with client:
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["ready"] is True
@@ -131,7 +144,7 @@ def test_stats_report_batches_per_model(repo: Path) -> None:
 
 
 def test_api_keys_protect_everything_but_the_probes_and_docs(repo: Path) -> None:
-    client, _ = build(repo, api_keys=["s3cret", "other-key"])
+    client, _ = build(repo, api_keys=["s3cret-s3cret-s3cret", "other-key-of-16-chars"])
     with client:
         for method, path, payload in (
             ("GET", "/v1/models", None),
@@ -144,7 +157,9 @@ def test_api_keys_protect_everything_but_the_probes_and_docs(repo: Path) -> None
             assert refused.headers["www-authenticate"] == "Bearer"
             wrong = client.request(method, path, json=payload, headers={"Authorization": "Bearer nope"})
             assert wrong.status_code == 401
-            allowed = client.request(method, path, json=payload, headers={"Authorization": "Bearer other-key"})
+            allowed = client.request(
+                method, path, json=payload, headers={"Authorization": "Bearer other-key-of-16-chars"}
+            )
             assert allowed.status_code == 200, path
         for open_path in ("/healthz", "/readyz", "/openapi.json", "/docs"):
             assert client.get(open_path).status_code == 200, open_path
@@ -216,3 +231,22 @@ def test_the_facade_never_imports_torch_or_transformers() -> None:
     code = "import sys, frontend_api.app; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert result.stdout.strip() == "[]"
+
+
+def test_uploads_without_s3_credentials_are_503_storage_unavailable(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import boto3
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # a session of its own: boto3's default one may hold credentials resolved by an earlier test
+    s3 = boto3.session.Session().client("s3", endpoint_url="http://127.0.0.1:9000", region_name="us-east-1")
+    settings = ApiSettings(_env_file=None, model_repository=str(repo), s3_endpoint_url="http://127.0.0.1:9000")  # type: ignore[call-arg]
+    with TestClient(create_app(settings, FakeTriton(), s3_client=s3), raise_server_exceptions=False) as client:
+        response = client.post("/v1/uploads", json={"content_type": "image/jpeg"})
+    assert response.status_code == 503, response.text
+    assert response.json()["type"] == "/problems/storage-unavailable"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -252,12 +253,18 @@ def test_a_body_over_the_byte_limit_is_413_even_without_content_length(repo: Pat
     assert len(fake.calls) == 1
 
 
-def test_triton_down_is_503_then_recovers(client) -> None:
-    http, fake = client
-    fake.down = True
-    assert_problem(http.post("/v1/sentiment", json={"texts": ["x"]}), 503, "backend-unavailable")
-    fake.down = False
-    assert http.post("/v1/sentiment", json={"texts": ["x"]}).status_code == 200
+def test_triton_down_is_503_then_recovers_after_the_failure_window(repo: Path) -> None:
+    client, fake = make_client(repo, refresh_failure_s=0.3)
+    with client:
+        fake.down = True
+        assert_problem(client.post("/v1/sentiment", json={"texts": ["x"]}), 503, "backend-unavailable")
+        fake.down = False
+        # within refresh_failure_s the failure is answered at once, without asking Triton again
+        asked = fake.counts["model_versions"]
+        assert_problem(client.post("/v1/sentiment", json={"texts": ["x"]}), 503, "backend-unavailable")
+        assert fake.counts["model_versions"] == asked
+        time.sleep(0.35)
+        assert client.post("/v1/sentiment", json={"texts": ["x"]}).status_code == 200
 
 
 def test_model_not_ready_is_503(client) -> None:

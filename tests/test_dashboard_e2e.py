@@ -1,7 +1,7 @@
 """The dashboard end to end in a real headless Chromium, against the real stack.
 
 Started once for the module: tiny random-weight models (``export.testing``), a real Triton, the
-local S3 server, the facade (uvicorn) and the dashboard (``python -m dashboard``, login on), all on
+local S3 server, the facade (``python -m frontend_api``) and the dashboard (``python -m dashboard``, login on), all on
 free ports. A user logs in, types a review, clicks an example tweet, uploads a photo, reads the
 Monitoring tab, and sees the page say that the API is down when the facade stops, then work again
 when it is back.
@@ -63,10 +63,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterato
         api_url = f"http://127.0.0.1:{api_port}"
         facade = ManagedProcess(
             name="facade",
-            command=python_module("uvicorn", "frontend_api.app:app", "--host", "127.0.0.1", "--port", str(api_port)),
+            command=python_module("frontend_api"),
             ready_url=f"{api_url}/healthz",
             log_file=logs / "api.log",
             env={
+                "MTC_API_HOST": "127.0.0.1",
+                "MTC_API_PORT": str(api_port),
                 "MTC_API_TRITON_URL": f"127.0.0.1:{triton.http_port}",
                 "MTC_API_TRITON_METRICS_URL": triton.metrics_url,
                 "MTC_API_MODEL_REPOSITORY": str(repository),

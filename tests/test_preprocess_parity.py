@@ -59,7 +59,7 @@ from export.testing import build_tiny_repository
 from export.triton_config import render_model_config
 from frontend_api.app import create_app
 from frontend_api.settings import ApiSettings
-from frontend_api.testing import FakeTriton
+from frontend_api.testing import FakeTriton, ImageHostTransport
 from preprocess.image import DEFAULT_MAX_PIXELS, decode_image
 from preprocess.probabilities import softmax
 from preprocess.text import TextEncoder
@@ -245,7 +245,7 @@ def facade(repository: Path, onnx: Onnx, photos: dict[str, bytes]) -> Iterator[t
         allowed_image_hosts=[IMAGE_HOST.removeprefix("https://")],
         s3_endpoint_url=None,
     )
-    app = create_app(settings, FakeTriton(logits=logits), image_transport=httpx.MockTransport(host), resolver=resolver)
+    app = create_app(settings, FakeTriton(logits=logits), image_transport=ImageHostTransport(host), resolver=resolver)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client, sent
 

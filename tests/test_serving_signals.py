@@ -149,7 +149,7 @@ def test_stack_stops_every_service_on_sigterm(tmp_path: Path) -> None:
     with launched(["serving.stack"], stack_env(tmp_path)) as launcher:
         launcher.wait_for("The platform is up", timeout=300)
         assert_sigterm_stops_everything(
-            launcher, ["weed mini", "tritonserver", "triton_python_backend_stub", "uvicorn", "panel serve"]
+            launcher, ["weed mini", "tritonserver", "triton_python_backend_stub", "-m frontend_api", "-m dashboard"]
         )
 
 
