@@ -20,10 +20,10 @@ from fastapi.testclient import TestClient
 from frontend_api.app import create_app
 from frontend_api.errors import StorageUnavailable
 from frontend_api.settings import ApiSettings
-from frontend_api.testing import FakeTriton, make_artifact_repository, write_manifest
 from preprocess.probabilities import softmax
 from taskspec import DISASTER, MANIFEST_FILE, PREPROCESSING_FILE, TOKENIZER_FILE
 from taskspec.manifest import FileEntry, digest_of
+from tests.fakes.frontend_api import FakeTriton, make_artifact_repository, write_manifest
 
 REFRESH_S = 1.0
 

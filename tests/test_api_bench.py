@@ -18,8 +18,8 @@ from bench.facade import (
     padding_statistics,
     pick_text,
 )
-from frontend_api.testing import make_artifact_repository
 from preprocess.text import TextEncoder
+from tests.fakes.frontend_api import make_artifact_repository
 
 
 @pytest.fixture(scope="module")

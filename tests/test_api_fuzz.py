@@ -22,7 +22,7 @@ from schemathesis.checks import (
 
 from frontend_api.app import create_app
 from frontend_api.settings import ApiSettings
-from frontend_api.testing import FakeTriton, ImageHostTransport, make_artifact_repository
+from tests.fakes.frontend_api import FakeTriton, ImageHostTransport, make_artifact_repository
 
 _REPO = make_artifact_repository(Path(tempfile.mkdtemp(prefix="mtc-fuzz-")))
 

@@ -29,8 +29,8 @@ from frontend_api.images import (
     sniff_format,
 )
 from frontend_api.settings import ApiSettings
-from frontend_api.testing import FakeTriton, HostHandler, ImageHostTransport, asgi_client, make_artifact_repository
 from taskspec import POSE
+from tests.fakes.frontend_api import FakeTriton, HostHandler, ImageHostTransport, asgi_client, make_artifact_repository
 
 PROBLEM = "application/problem+json"
 S3 = "127.0.0.1:9000"

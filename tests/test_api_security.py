@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from frontend_api.app import served_app
 from frontend_api.settings import ApiSettings, describe_settings_error
-from frontend_api.testing import asgi_client, make_artifact_repository
 from serving.triton import PROJECT_ROOT, free_port
+from tests.fakes.frontend_api import asgi_client, make_artifact_repository
 
 KEY = "k3y-0f-sixteen-chars"
 

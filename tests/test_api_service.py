@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from frontend_api.app import create_app
 from frontend_api.errors import ERROR_KINDS
 from frontend_api.settings import ApiSettings
-from frontend_api.testing import FakeTriton, make_artifact_repository
 from taskspec import TASKS
+from tests.fakes.frontend_api import FakeTriton, make_artifact_repository
 
 PROBLEM = "application/problem+json"
 

@@ -18,9 +18,9 @@ from frontend_api.artifacts import TextArtifacts, parse_artifacts
 from frontend_api.errors import InferenceFailed
 from frontend_api.schemas import MAX_TEXT_CHARS, MAX_TEXTS
 from frontend_api.settings import ApiSettings
-from frontend_api.testing import FakeTriton, make_artifact_repository, minilm_tokenizer_file
 from preprocess.probabilities import softmax
 from taskspec import DISASTER, PREPROCESSING_FILE
+from tests.fakes.frontend_api import FakeTriton, make_artifact_repository, minilm_tokenizer_file
 
 PROBLEM = "application/problem+json"
 
