@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from frontend_api.dependencies import InFlightDep, ServiceDep, auth_dependencies
+from frontend_api.dependencies import ServiceDep, auth_dependencies, in_flight
 from frontend_api.errors import (
     AnonymousNotAllowed,
     BackendOverloaded,
@@ -61,7 +61,7 @@ IMAGE_ERRORS = (BadImage, UrlNotAllowed, ImageTooLarge, EncodedImage, ImageBudge
 
 
 def classification_response(result: TextResponse | ImageResponse) -> Response:
-    """The result as JSON, serialized once by pydantic (it was validated when built), with timing headers."""
+    """The result as JSON (serialized by pydantic; it was validated when built), with timing headers."""
     headers = {TIMING_HEADERS[stage]: f"{ms:.3f}" for stage, ms in result.timings_ms.model_dump().items()}
     headers["x-model-version"] = result.model.version
     return Response(result.model_dump_json(), media_type="application/json", headers=headers)
@@ -75,8 +75,9 @@ def _with_body(handler: Callable[..., Any], model: type[Any]) -> Callable[..., A
 
 
 def _text_route(router: APIRouter, spec: TaskSpec) -> None:
-    async def classify(body: TextRequest, service: InFlightDep) -> Response:
-        return classification_response(await service.classify_texts(spec, body.texts))
+    async def classify(body: TextRequest, request: Request) -> Response:
+        async with in_flight(request) as service:  # inline, not a dependency: 0.2-0.3 ms (see in_flight)
+            return classification_response(await service.classify_texts(spec, body.texts))
 
     router.add_api_route(
         f"/{spec.name}",
@@ -101,9 +102,10 @@ def _text_route(router: APIRouter, spec: TaskSpec) -> None:
 
 
 def _image_route(router: APIRouter, spec: TaskSpec) -> None:
-    async def classify(body: ImageRequest, service: InFlightDep) -> Response:
+    async def classify(body: ImageRequest, request: Request) -> Response:
         urls = [str(url) for url in body.image_urls]
-        return classification_response(await service.classify_images(spec, urls, body.top_k))
+        async with in_flight(request) as service:
+            return classification_response(await service.classify_images(spec, urls, body.top_k))
 
     router.add_api_route(
         f"/{spec.name}",

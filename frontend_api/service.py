@@ -151,8 +151,7 @@ class PlatformService:
         t_infer = time.perf_counter()
         ids_name, mask_name = spec.input_names
         requests = [self._infer(spec, version, {ids_name: g.input_ids, mask_name: g.attention_mask}) for g in groups]
-        # One bucket (the usual case for a single text) needs no task of its own.
-        outputs = [await requests[0]] if len(requests) == 1 else await asyncio.gather(*requests)
+        outputs = await asyncio.gather(*requests)
         t_done = time.perf_counter()
         predictions: list[TextPrediction | None] = [None] * len(texts)
         labels = artifacts.labels
