@@ -123,11 +123,11 @@ class ApiSettings(BaseSettings):
         300, ge=10, le=3600, description="Lifetime of presigned upload (POST) and GET URLs, in seconds"
     )
     allowed_buckets: list[str] = Field(
-        default_factory=list, description="Buckets (besides upload_bucket) that /v1/pose may fetch images from"
+        default_factory=list, description="Buckets (besides upload_bucket) that the image routes may fetch images from"
     )
     allowed_image_hosts: list[str] = Field(
         default_factory=list,
-        description="Extra hosts (host or host:port) /v1/pose may fetch from over https, any path",
+        description="Extra hosts (host or host:port) the image routes may fetch from over https, any path",
     )
     allowed_http_hosts: list[str] = Field(
         default_factory=list,

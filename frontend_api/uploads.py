@@ -1,4 +1,5 @@
-"""Presigned S3 uploads: the client uploads an image straight to S3, then sends its GET URL to /v1/pose.
+"""Presigned S3 uploads: the client uploads an image straight to S3, then sends its GET URL to an image route
+(``/v1/pose``).
 
 Images never pass through the API's request body. The upload is a presigned POST (an S3 "browser
 upload" form) whose signed policy fixes the key, the bucket and the ``Content-Type``, limits the
