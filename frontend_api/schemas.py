@@ -75,6 +75,13 @@ UserId = Annotated[
 ]
 
 
+ImageUrl = Annotated[
+    HttpUrl,
+    # HttpUrl's schema says only `format: uri`, which any scheme meets; the pattern states what it checks.
+    Field(json_schema_extra={"pattern": "^[Hh][Tt][Tt][Pp][Ss]?://"}),
+]
+"""An http(s) URL (at most 2083 characters)."""
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -121,7 +128,7 @@ class ImageRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image_urls: list[HttpUrl] = Field(min_length=1)
+    image_urls: list[ImageUrl] = Field(min_length=1)
     top_k: int = Field(3, ge=1)
     user_id: UserId | None = None
 
@@ -140,7 +147,7 @@ def image_request_model(spec: TaskSpec) -> type[ImageRequest]:
         f"Images to classify: {spec.title}, given as (presigned) URLs the facade downloads.",
         [example],
         image_urls=(
-            list[HttpUrl],
+            list[ImageUrl],
             Field(
                 min_length=1,
                 max_length=limit,
