@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -39,7 +40,7 @@ from pydantic import BaseModel
 
 from bench.loadgen import LoadResult, Send, percentile, run_load, triton_sender
 from preprocess.text import TextEncoder
-from serving.processes import ManagedProcess, python_module
+from serving.processes import ManagedProcess, python_module, stop_on_signals
 from serving.triton import PROJECT_ROOT, TritonServer
 from taskspec import DISASTER, INT8_MODEL_FILE, SENTIMENT, TaskSpec
 
@@ -902,6 +903,7 @@ def run_comparisons(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    stop_on_signals()  # SIGTERM / SIGHUP stop the servers this started, like Ctrl-C
     parser = argparse.ArgumentParser(prog="python -m bench.facade", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results", help="facade.md/.json go here")
     parser.add_argument("--checkpoint", type=Path, help="Hugging Face folder of a trained text model")
@@ -915,13 +917,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.checkpoint is not None and args.repository is None:
         parser.error("--checkpoint needs --repository (its published export)")
-    results = run_standalone(
-        args.out,
-        checkpoint=args.checkpoint,
-        repository=args.repository,
-        duration_s=args.duration,
-        warmup_s=args.warmup,
-    )
+    try:
+        results = run_standalone(
+            args.out,
+            checkpoint=args.checkpoint,
+            repository=args.repository,
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+        )
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: every server started is stopped by now
+        print("==> stopped before the end: no report", file=sys.stderr)
+        return 130
     print(results["markdown"])
     return 0
 
