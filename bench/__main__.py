@@ -7,7 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.suite import DEFAULT_CONCURRENCIES, FULL_CONCURRENCIES, QUICK_CONCURRENCIES, BenchConfig, run
+from bench.config import DEFAULT_CONCURRENCIES, FULL_CONCURRENCIES, QUICK_CONCURRENCIES, BenchConfig
+from bench.suite import run
 from serving.processes import stop_on_signals
 
 
