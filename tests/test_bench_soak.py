@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.soak.report import MAX_RSS_GROWTH, judge, phase_counts, summarise, write
+from bench.soak.findings import MAX_RSS_GROWTH, judge, phase_counts, summarise
+from bench.soak.report import write
 from bench.soak.rss import ALL_SERVICES, Growth, RssSample, StackProcesses, growth, label_of, read_process, service_of
 from bench.soak.timeline import Phase, Schedule, Timeline
 from bench.soak.traffic import CONNECTION_ERROR, LOST, Outcome, TrafficSettings, pause_after, send

@@ -9,6 +9,7 @@ status is non-zero when issue 11's done-criteria fail.
 
 Rooms: :mod:`~bench.soak.timeline` (schedule, phases, which phase a request belongs to),
 :mod:`~bench.soak.traffic` (clients, uploads, outcomes), :mod:`~bench.soak.rss` (``/proc`` sampling, growth),
-:mod:`~bench.soak.report` (counts, rules, markdown/JSON/plot), :mod:`~bench.soak.run` (the run itself),
-``__main__`` (the command line).
+:mod:`~bench.soak.findings` (counts per phase, latency, memory growth, the pass/fail rules),
+:mod:`~bench.soak.report` (markdown, JSON, CSVs, plot), :mod:`~bench.soak.run` (the run itself), ``__main__``
+(the command line).
 """

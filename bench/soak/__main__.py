@@ -11,7 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.soak.report import MAX_RSS_GROWTH, write
+from bench.soak.findings import MAX_RSS_GROWTH
+from bench.soak.report import write
 from bench.soak.run import DEFAULT_OUT, DEFAULT_S3_DATA, SoakConfig, SoakSetupError, run
 from bench.soak.timeline import Schedule
 from serving.processes import ProcessStartError, stop_on_signals

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.soak.report import MAX_RSS_GROWTH, SoakReport, summarise
+from bench.soak.findings import MAX_RSS_GROWTH, SoakReport, summarise
 from bench.soak.rss import RssSample, StackProcesses
 from bench.soak.timeline import Phase, Schedule, Timeline
 from bench.soak.traffic import ImageUrls, Inputs, Outcome, TrafficSettings, make_session, run_clients, wait_or_stop
