@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from bench.soak.findings import MAX_RSS_GROWTH, judge, phase_counts, summarise
@@ -306,8 +307,6 @@ async def silent_server(answer: bytes | None) -> AsyncIterator[str]:
 
 
 def test_a_request_without_an_answer_is_lost_at_the_client_deadline_and_others_keep_their_status() -> None:
-    import aiohttp
-
     busy = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
 
     async def scenario() -> list[tuple[str, float, float]]:
@@ -330,6 +329,64 @@ def test_a_request_without_an_answer_is_lost_at_the_client_deadline_and_others_k
     assert hung == LOST and hung_pause == 0.0 and 0.45 < waited < 2.0
     assert (busy_status, busy_pause) == ("503", 1.0)
     assert (refused, refused_pause) == (CONNECTION_ERROR, 1.0)
+
+
+def test_photos_are_uploaded_through_the_presigned_form_and_renewed_at_half_their_lifetime() -> None:
+    from aiohttp import BodyPartReader, web
+
+    from bench.soak.traffic import ImageUrls
+
+    forms: list[list[str]] = []
+    grants = 0
+
+    async def grant(request: web.Request) -> web.Response:
+        nonlocal grants
+        grants += 1
+        body = await request.json()
+        assert body["content_type"] == "image/jpeg"
+        base = f"http://{request.host}"
+        return web.json_response(
+            {"upload_url": f"{base}/bucket", "fields": {"key": f"uploads/{grants}.jpg", "policy": "signed"},
+             "get_url": f"{base}/get/{grants}", "expires_in": 1}
+        )  # fmt: skip
+
+    async def store(request: web.Request) -> web.Response:
+        reader = await request.multipart()
+        names = []
+        while (part := await reader.next()) is not None:
+            assert isinstance(part, BodyPartReader)
+            names.append(str(part.name))
+        forms.append(names)
+        return web.Response(status=204)
+
+    async def scenario() -> tuple[list[str], list[str], int]:
+        app = web.Application()
+        app.add_routes([web.post("/v1/uploads", grant), web.post("/bucket", store)])
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with aiohttp.ClientSession() as session:
+                images = ImageUrls(
+                    session, TrafficSettings(url=f"http://127.0.0.1:{port}"), [b"\xff\xd8a", b"\xff\xd8b"]
+                )
+                await images.refresh()
+                first = list(images.urls)
+                stop = asyncio.Event()
+                renewing = asyncio.create_task(images.keep_fresh(stop))
+                await asyncio.sleep(0.9)  # the URLs live 1 s: renewed after 0.5 s
+                stop.set()
+                await renewing
+                return first, images.urls, images.uploads
+        finally:
+            await runner.cleanup()
+
+    first, renewed, uploads = asyncio.run(scenario())
+    assert first == [first[0].rsplit("/", 1)[0] + "/1", first[0].rsplit("/", 1)[0] + "/2"]
+    assert renewed[0].endswith("/3") and renewed[1].endswith("/4") and uploads == 4
+    assert forms == [["key", "policy", "file"]] * 4  # the signed fields first, the file last
 
 
 # --- a real run -----------------------------------------------------------------------------------------------
