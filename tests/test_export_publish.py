@@ -16,9 +16,9 @@ from export.onnx_export import dynamic_axes, export_onnx, onnx_opset, validate_o
 from export.pipeline import text_batch
 from export.publish import publish, versions
 from export.raw_text import TEMPLATE, build_raw_text_config
-from export.testing import default_tokenizer_dir, publish_tiny_model
 from export.triton_config import check_model_config, parse_model_config
 from taskspec import DISASTER, POSE, SENTIMENT, TASKS, get_task
+from tests.support.tiny_models import default_tokenizer_dir, publish_tiny_model
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

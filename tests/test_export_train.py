@@ -14,10 +14,10 @@ from export.data import DEFAULT_DATA_DIR, load_dataset, resolve_data_dir
 from export.models import load_text_classifier
 from export.publish import save_tokenizer
 from export.recipes import TextRecipe
-from export.testing import default_tokenizer_dir
 from export.train import predict_text_torch, seed_everything, stratified_sample, train_text
 from preprocess.text import TextEncoder
 from taskspec import SENTIMENT
+from tests.support.tiny_models import default_tokenizer_dir
 
 pytestmark = [
     pytest.mark.slow,
