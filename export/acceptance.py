@@ -249,11 +249,12 @@ def check_files(
             accuracy_drop=drop,
             agreement_with_first=float(np.mean(predicted == first)),
         )
-        reports.append(_judged(report))
+        reports.append(judge(report))
     return reports
 
 
-def _judged(report: FileReport) -> FileReport:
+def judge(report: FileReport) -> FileReport:
+    """``report`` with the problems that put it below its floor (none: it passed)."""
     floor, problems = report.served.floor, []
     if not np.isfinite(report.max_abs_diff):
         problems.append("non-finite logits")

@@ -54,7 +54,6 @@ from taskspec import (
 )
 from taskspec.manifest import path_problem, write_manifest
 
-
 _WRITTEN_HERE = frozenset({MANIFEST_FILE, METRICS_FILE, MODEL_CARD_FILE})
 """Files every version gets from the publishing step itself, never from a caller's file list."""
 

@@ -55,7 +55,8 @@ def load_weather(spec: taskspec.TaskSpec, data_dir: Path) -> Dataset:
     rows = weather_rows()
     test = np.array([i for i, text in enumerate(rows.texts) if text.endswith(f"{_PLACES[-1]}.")])
     train = np.setdiff1d(np.arange(len(rows)), test)
-    return Dataset(spec.name, rows.take(train), rows.take(test), "synthetic weather reports (tests/support/toy_task.py)")
+    description = "synthetic weather reports (tests/support/toy_task.py)"
+    return Dataset(spec.name, rows.take(train), rows.take(test), description)
 
 
 _RECIPE = TextRecipe(train_size=None, val_size=6, max_length=16, batch_size=8, epochs=4, lr=1e-4)

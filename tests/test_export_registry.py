@@ -1,0 +1,125 @@
+"""A fourth task is one spec and one registry entry: registered from a test module, built through the one
+publish path, checked by ``export validate``, known to the command line through ``MTC_TASK_MODULES``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import taskspec
+from export.errors import RegistryError
+from export.recipes import ImageRecipe
+from export.registry import ENTRIES, TaskEntry, entry_for, load_dataset, recipe_for, register_entry
+from export.validate import validate_repository
+from taskspec import SENTIMENT, TASKS, TaskModuleError, TaskRegistrationError, get_task, load_task_modules, text_tasks
+from tests.support.toy_task import ENTRY, WEATHER, publish_toy_repository
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TOY_MODULES = {"MTC_TASK_MODULES": "tests.support.toy_task"}
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k != "MTC_TASK_MODULES"}
+    return subprocess.run(
+        [sys.executable, "-m", "export", *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**environment, **(env or {})},
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def toy_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The toy task published (tiny random model, its own held-out split) through the one publish path."""
+    return publish_toy_repository(tmp_path_factory.mktemp("toy"))
+
+
+def test_the_toy_task_is_known_everywhere_the_exporter_looks(tmp_path: Path) -> None:
+    assert get_task("weather") is WEATHER and WEATHER in text_tasks()
+    assert entry_for("weather") is ENTRY and recipe_for("quick", "weather").max_length == 16  # type: ignore[union-attr]
+    data = load_dataset("weather", data_dir=tmp_path)  # synthetic rows: no dataset folder needed
+    assert len(data.test) == 12 and sorted(set(data.test.labels.tolist())) == [0, 1, 2]
+
+
+def test_the_toy_task_is_published_with_every_file_validated(toy_repository: Path) -> None:
+    assert validate_repository(toy_repository, ["weather"]) == {"weather": []}
+    version = toy_repository / "weather" / "1"
+    records = json.loads((version / "metrics.json").read_text())["validation"]["files"]
+    assert {name: r["passed"] for name, r in records.items()} == {"model.onnx": True, "model.int8.onnx": True}
+    assert records["model.int8.onnx"]["test"]["n"] == 12  # its own held-out split
+    assert (toy_repository / "weather" / "labels.txt").read_text().split() == ["sunny", "rainy", "snowy"]
+    assert (toy_repository / "weather" / "configs" / "cpu.pbtxt").is_file()
+    assert (toy_repository / "weather_text" / "1" / "tokenizer.json").is_file()
+
+
+def test_the_command_line_learns_the_task_from_mtc_task_modules(toy_repository: Path) -> None:
+    good = run_cli("validate", "--repository", str(toy_repository), "--tasks", "weather", env=TOY_MODULES)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert good.stdout.split() == ["weather:", "ok"]
+    unknown = run_cli("validate", "--repository", str(toy_repository), "--tasks", "weather")
+    assert unknown.returncode == 2 and "unknown task(s) weather" in unknown.stderr
+    broken = run_cli("validate", env={"MTC_TASK_MODULES": "tests.support.no_such_module"})
+    assert broken.returncode == 2
+    assert broken.stderr.strip().splitlines() == [
+        "error: MTC_TASK_MODULES: cannot import 'tests.support.no_such_module': No module named "
+        "'tests.support.no_such_module'"
+    ]
+
+
+def test_registration_refuses_clashes_and_unsafe_names() -> None:
+    assert taskspec.register(WEATHER) is WEATHER  # importing the module twice is harmless
+    with pytest.raises(TaskRegistrationError, match="already registered"):
+        taskspec.register(replace(SENTIMENT, title="Another sentiment"))
+    for name in ("Weather", "../weather", "weather/x", "w" * 49, "sentiment_text", "rain_text", ""):
+        with pytest.raises(TaskRegistrationError, match="cannot register"):
+            taskspec.register(replace(WEATHER, name=name))
+    with pytest.raises(TaskRegistrationError, match=r"output dims \(3,\) do not match 2 labels"):
+        taskspec.register(replace(WEATHER, name="rain", labels=("a", "b")))
+    with pytest.raises(TaskRegistrationError, match="built-in"):
+        taskspec.unregister("sentiment")
+    assert "rain" not in TASKS
+    with pytest.raises(TaskModuleError, match="not a dotted Python module name"):
+        load_task_modules("tests.support.toy_task, /tmp/evil.py")
+    assert load_task_modules("") == [] and load_task_modules(["tests.support.toy_task"]) == ["tests.support.toy_task"]
+
+
+def test_an_entry_needs_a_known_task_and_recipes_of_its_modality() -> None:
+    with pytest.raises(RegistryError, match="unknown task 'hail'"):
+        register_entry(replace(ENTRY, task="hail"))
+    with pytest.raises(RegistryError, match="already has a registry entry"):
+        register_entry(replace(ENTRY, checkpoint="elsewhere"))
+    assert ENTRIES["weather"] is ENTRY
+    image_recipe = ImageRecipe(val_fraction=0.1, epochs=1, batch_size=8, lr=1e-3, weight_decay=0.0,
+                               label_smoothing=0.0, dropout=0.0)  # fmt: skip
+    taskspec.register(replace(WEATHER, name="hail"))
+    try:
+        with pytest.raises(RegistryError, match="has no export registry entry"):
+            entry_for("hail")
+        with pytest.raises(RegistryError, match="give a TextRecipe for every profile"):
+            register_entry(TaskEntry("hail", local=ENTRY.local, recipes={"quick": image_recipe}))
+        assert "hail" not in ENTRIES
+    finally:
+        taskspec.unregister("hail")
+
+
+@pytest.mark.slow
+def test_export_build_trains_and_publishes_the_toy_task(tmp_path: Path) -> None:
+    """The real build (MiniLM fine-tuned on the synthetic rows, about a minute on 2 cores): nothing but the
+    spec and the registry entry tells it about the task."""
+    result = run_cli("build", "--tasks", "weather", "--repository", str(tmp_path), "--no-progress", env=TOY_MODULES)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "weather: test accuracy" in result.stdout
+    metrics = json.loads((tmp_path / "weather" / "1" / "metrics.json").read_text())
+    assert metrics["profile"] == "quick" and metrics["test"]["n"] == 12
+    assert all(record["passed"] for record in metrics["validation"]["files"].values())
+    check = run_cli("validate", "--repository", str(tmp_path), "--tasks", "weather", env=TOY_MODULES)
+    assert check.returncode == 0, check.stdout
