@@ -5,6 +5,11 @@ image preprocessing, label mapping), the dashboard and the tests all read these
 objects. Renaming a tensor or a label here changes every one of them together, and
 the contract tests fail if a published model repository disagrees.
 
+A task outside the built-ins is added with :func:`register` from a module that every process
+imports at start-up: name it in ``MTC_TASK_MODULES`` and call :func:`load_task_modules` first thing
+(the exporter's command line does; the facade and the serving stack should). The exporter also needs
+its registry entry (``export.registry.register_entry``: dataset loader, recipes).
+
 This module is deliberately dependency-free (standard library only) so that every
 environment - the facade, the Triton stub, the exporter - can import it.
 """

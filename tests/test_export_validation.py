@@ -37,7 +37,9 @@ def _negated(module: TextClassifier) -> TextClassifier:
     """The same model with its head negated: every label flips."""
     flipped = copy.deepcopy(module)
     with torch.no_grad():
-        for parameter in flipped.model.classifier.parameters():
+        head = flipped.model.classifier
+        assert isinstance(head, torch.nn.Module)
+        for parameter in head.parameters():
             parameter.neg_()
     return flipped
 
@@ -89,7 +91,7 @@ def test_an_int8_file_below_its_floor_stops_the_whole_version(tmp_path: Path, mo
 def test_model_onnx_must_match_pytorch_within_the_export_tolerance(tmp_path: Path, monkeypatch) -> None:
     module = tiny_bert(2, seed=0)
     other = _export(tiny_bert(2, seed=1), tmp_path / "other.onnx")
-    real_export = export.pipeline.export_onnx
+    from export.onnx_export import export_onnx as real_export
 
     def wrong_export(module: torch.nn.Module, spec, sample, path: Path, **kwargs) -> Path:
         real_export(module, spec, sample, path, **kwargs)
