@@ -3,22 +3,32 @@ publish path, checked by ``export validate``, known to the command line through 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 import taskspec
 from export.errors import RegistryError
 from export.recipes import ImageRecipe
-from export.registry import ENTRIES, TaskEntry, entry_for, load_dataset, recipe_for, register_entry
+from export.registry import (
+    ENTRIES,
+    TaskEntry,
+    entry_for,
+    load_dataset,
+    recipe_for,
+    register_entry,
+    unregister_entry,
+)
 from export.validate import validate_repository
 from taskspec import SENTIMENT, TASKS, TaskModuleError, TaskRegistrationError, get_task, load_task_modules, text_tasks
-from tests.support.toy_task import ENTRY, WEATHER, publish_toy_repository
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TOY_MODULES = {"MTC_TASK_MODULES": "tests.support.toy_task"}
@@ -37,15 +47,28 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def toy() -> Iterator[ModuleType]:
+    """tests.support.toy_task, registered for this module's tests only (other tests see the built-ins)."""
+    module = importlib.import_module("tests.support.toy_task")  # the first import registers
+    taskspec.register(module.WEATHER)  # later ones: register again (a no-op when still there)
+    register_entry(module.ENTRY)
+    yield module
+    unregister_entry("weather")
+    taskspec.unregister("weather")
+
+
 @pytest.fixture(scope="module")
-def toy_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def toy_repository(toy: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The toy task published (tiny random model, its own held-out split) through the one publish path."""
-    return publish_toy_repository(tmp_path_factory.mktemp("toy"))
+    repository: Path = toy.publish_toy_repository(tmp_path_factory.mktemp("toy"))
+    return repository
 
 
-def test_the_toy_task_is_known_everywhere_the_exporter_looks(tmp_path: Path) -> None:
-    assert get_task("weather") is WEATHER and WEATHER in text_tasks()
-    assert entry_for("weather") is ENTRY and recipe_for("quick", "weather").max_length == 16  # type: ignore[union-attr]
+def test_the_toy_task_is_known_everywhere_the_exporter_looks(toy: ModuleType, tmp_path: Path) -> None:
+    weather, entry = toy.WEATHER, toy.ENTRY
+    assert get_task("weather") is weather and weather in text_tasks()
+    assert entry_for("weather") is entry and recipe_for("quick", "weather").max_length == 16  # type: ignore[union-attr]
     data = load_dataset("weather", data_dir=tmp_path)  # synthetic rows: no dataset folder needed
     assert len(data.test) == 12 and sorted(set(data.test.labels.tolist())) == [0, 1, 2]
 
@@ -75,15 +98,16 @@ def test_the_command_line_learns_the_task_from_mtc_task_modules(toy_repository: 
     ]
 
 
-def test_registration_refuses_clashes_and_unsafe_names() -> None:
-    assert taskspec.register(WEATHER) is WEATHER  # importing the module twice is harmless
+def test_registration_refuses_clashes_and_unsafe_names(toy: ModuleType) -> None:
+    weather = toy.WEATHER
+    assert taskspec.register(weather) is weather  # importing the module twice is harmless
     with pytest.raises(TaskRegistrationError, match="already registered"):
         taskspec.register(replace(SENTIMENT, title="Another sentiment"))
     for name in ("Weather", "../weather", "weather/x", "w" * 49, "sentiment_text", "rain_text", ""):
         with pytest.raises(TaskRegistrationError, match="cannot register"):
-            taskspec.register(replace(WEATHER, name=name))
+            taskspec.register(replace(weather, name=name))
     with pytest.raises(TaskRegistrationError, match=r"output dims \(3,\) do not match 2 labels"):
-        taskspec.register(replace(WEATHER, name="rain", labels=("a", "b")))
+        taskspec.register(replace(weather, name="rain", labels=("a", "b")))
     with pytest.raises(TaskRegistrationError, match="built-in"):
         taskspec.unregister("sentiment")
     assert "rain" not in TASKS
@@ -92,20 +116,21 @@ def test_registration_refuses_clashes_and_unsafe_names() -> None:
     assert load_task_modules("") == [] and load_task_modules(["tests.support.toy_task"]) == ["tests.support.toy_task"]
 
 
-def test_an_entry_needs_a_known_task_and_recipes_of_its_modality() -> None:
+def test_an_entry_needs_a_known_task_and_recipes_of_its_modality(toy: ModuleType) -> None:
+    weather, entry = toy.WEATHER, toy.ENTRY
     with pytest.raises(RegistryError, match="unknown task 'hail'"):
-        register_entry(replace(ENTRY, task="hail"))
+        register_entry(replace(entry, task="hail"))
     with pytest.raises(RegistryError, match="already has a registry entry"):
-        register_entry(replace(ENTRY, checkpoint="elsewhere"))
-    assert ENTRIES["weather"] is ENTRY
+        register_entry(replace(entry, checkpoint="elsewhere"))
+    assert ENTRIES["weather"] is entry
     image_recipe = ImageRecipe(val_fraction=0.1, epochs=1, batch_size=8, lr=1e-3, weight_decay=0.0,
                                label_smoothing=0.0, dropout=0.0)  # fmt: skip
-    taskspec.register(replace(WEATHER, name="hail"))
+    taskspec.register(replace(weather, name="hail"))
     try:
         with pytest.raises(RegistryError, match="has no export registry entry"):
             entry_for("hail")
         with pytest.raises(RegistryError, match="give a TextRecipe for every profile"):
-            register_entry(TaskEntry("hail", local=ENTRY.local, recipes={"quick": image_recipe}))
+            register_entry(TaskEntry("hail", local=entry.local, recipes={"quick": image_recipe}))
         assert "hail" not in ENTRIES
     finally:
         taskspec.unregister("hail")
