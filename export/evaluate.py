@@ -16,7 +16,6 @@ import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
-from export.data import ImageSplit, TextSplit
 from preprocess.image import normalize, read_resized
 from preprocess.text import TextEncoder, TokenBatch
 from taskspec import TaskSpec
@@ -77,15 +76,6 @@ def image_logits(
         (out,) = onnx_session.run([spec.output.name], {spec.inputs[0].name: pixels})
         chunks.append(out)
     return np.concatenate(chunks) if chunks else np.zeros((0, spec.num_labels), np.float32)
-
-
-def split_logits(
-    onnx_path: Path, spec: TaskSpec, split: TextSplit | ImageSplit, *, tokenizer_file: Path | None, progress: bool
-) -> np.ndarray:
-    if isinstance(split, TextSplit):
-        assert tokenizer_file is not None
-        return text_logits(onnx_path, tokenizer_file, spec, split.texts, progress=progress)
-    return image_logits(onnx_path, spec, split.paths, progress=progress)
 
 
 def quantize_int8(onnx_path: Path, target: Path) -> Path:
