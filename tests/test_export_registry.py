@@ -148,3 +148,26 @@ def test_export_build_trains_and_publishes_the_toy_task(tmp_path: Path) -> None:
     assert all(record["passed"] for record in metrics["validation"]["files"].values())
     check = run_cli("validate", "--repository", str(tmp_path), "--tasks", "weather", env=TOY_MODULES)
     assert check.returncode == 0, check.stdout
+
+
+@pytest.mark.integration
+def test_a_real_triton_serves_the_toy_task_as_published(toy: ModuleType, toy_repository: Path) -> None:
+    """The serving half of the exporter's contract: Triton loads the toy task's token model (its CPU config,
+    int8) and its raw-text model, which answers with one of the spec's labels."""
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    from serving.triton import TritonServer
+
+    with TritonServer.on_free_ports(toy_repository) as server:
+        client = httpclient.InferenceServerClient(f"{server.host}:{server.http_port}")
+        index = {m["name"]: m.get("state") for m in client.get_model_repository_index()}
+        assert index == {"weather": "READY", "weather_text": "READY"}
+        assert client.get_model_config("weather")["default_model_filename"] == "model.int8.onnx"
+        text = httpclient.InferInput("text", [2, 1], "BYTES")
+        text.set_data_from_numpy(np.array([[b"Snow drifts on the pass"], [b"Sunshine all day"]], dtype=object))
+        outputs = [httpclient.InferRequestedOutput(n) for n in ("label", "probabilities")]
+        result = client.infer("weather_text", [text], outputs=outputs)
+    labels = [label.decode() for label in result.as_numpy("label").reshape(-1)]
+    assert all(label in toy.WEATHER.labels for label in labels) and len(labels) == 2
+    np.testing.assert_allclose(result.as_numpy("probabilities").sum(axis=1), 1.0, atol=1e-5)
