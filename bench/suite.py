@@ -1,7 +1,7 @@
 """The benchmark run behind ``python -m bench`` / ``make bench``.
 
 1. Picks the models: the trained ones published in ``model_repository/``; a task with none gets a
-   tiny random model from ``export.testing.build_tiny_repository`` (the report says so: its
+   tiny random model from ``tests.support.tiny_models.build_tiny_repository`` (the report says so: its
    numbers then describe the serving path, not the real model).
 2. Builds a scratch repository with each model and its variants (:mod:`bench.variants`).
 3. Starts real Triton, the facade and a static image host (:mod:`bench.servers`).
@@ -71,7 +71,7 @@ def prepare_repository(config: BenchConfig, scratch: Path, results: BenchResults
     for spec in trained:
         results.model_sources[spec.name] = f"trained model from {config.repository.name}/"
     if missing:
-        from export.testing import build_tiny_repository
+        from tests.support.tiny_models import build_tiny_repository
 
         tiny = build_tiny_repository(scratch / "tiny", tasks=[s.name for s in missing])
         for spec in missing:
@@ -81,7 +81,7 @@ def prepare_repository(config: BenchConfig, scratch: Path, results: BenchResults
             )
         results.notes.append(
             f"No trained model for {', '.join(s.name for s in missing)} in {config.repository}: "
-            "benchmarked export.testing.build_tiny_repository's random tiny models instead."
+            "benchmarked tests.support.tiny_models.build_tiny_repository's random tiny models instead."
         )
     variants = VariantRepository(root=scratch / "repository")
     for source in sorted(set(sources.values())):

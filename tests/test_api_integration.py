@@ -163,7 +163,7 @@ def start_triton(repository: Path, http_port: int, grpc_port: int, metrics_port:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterator[Stack]:
-    from export.testing import build_tiny_repository
+    from tests.support.tiny_models import build_tiny_repository
 
     root = tmp_path_factory.mktemp("facade-stack")
     repository = build_tiny_repository(root)
