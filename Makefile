@@ -8,11 +8,13 @@ TRITON_VENV ?= .venv-triton
 PY := $(VENV)/bin/python
 PROFILE ?= quick
 PYTEST_ARGS ?=
+SOAK_DURATION ?= 600
+SOAK_ARGS ?=
 
 export AWS_EC2_METADATA_DISABLED := true
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install venv triton-env browser-deps run models push pull test test-unit lint fmt typecheck bench clean
+.PHONY: help install venv triton-env browser-deps run models push pull test test-unit lint fmt typecheck bench soak clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -67,6 +69,9 @@ fmt: venv ## Format and autofix
 
 bench: install ## Benchmarks: report in bench/results/
 	$(PY) -m bench
+
+soak: install ## Soak + faults: 64 clients, Triton frozen then killed (SOAK_DURATION=600, SOAK_ARGS=...); bench/results/soak/
+	$(PY) -m bench.soak --duration $(SOAK_DURATION) $(SOAK_ARGS)
 
 clean: ## Remove environments and caches (keeps model_repository/)
 	rm -rf $(VENV) $(TRITON_VENV) .mypy_cache .ruff_cache .pytest_cache

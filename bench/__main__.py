@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.suite import DEFAULT_CONCURRENCIES, FULL_CONCURRENCIES, QUICK_CONCURRENCIES, BenchConfig, run
+from bench.config import DEFAULT_CONCURRENCIES, FULL_CONCURRENCIES, QUICK_CONCURRENCIES, BenchConfig
+from bench.suite import run
+from serving.processes import stop_on_signals
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
@@ -17,6 +20,7 @@ def parse_levels(text: str) -> tuple[int, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    stop_on_signals()  # SIGTERM / SIGHUP stop the servers this started, like Ctrl-C
     defaults = BenchConfig()
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--repository", type=Path, default=defaults.repository, help="published model repository")
@@ -45,7 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         int8_concurrencies=defaults.int8_concurrencies if args.concurrency is None and not args.quick else ends,
         run_facade_comparisons=not args.no_facade_comparisons,
     )
-    results = run(config)
+    try:
+        results = run(config)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: every server started is stopped by now
+        print("==> stopped before the end: no report", file=sys.stderr)
+        return 130
     print(f"==> report: {config.out / 'report.md'} ({results.wall_s:.0f} s)")
     for note in results.notes:
         print(f"    note: {note}")

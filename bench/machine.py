@@ -6,9 +6,9 @@ import os
 import platform
 import shutil
 import subprocess
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 
 def _cpu_model() -> str:
@@ -57,28 +57,41 @@ def _version(package: str) -> str | None:
 MEASURED_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "tritonclient", "fastapi", "uvicorn", "torch", "transformers")
 
 
-def describe_machine() -> dict[str, Any]:
+@dataclass
+class Machine:
+    """The machine a benchmark ran on."""
+
+    cpu: str
+    cores: int | None
+    memory_gib: float | None
+    gpus: list[str]
+    os: str
+    python: str
+    load_average_at_start: list[float] | None
+    """1, 5 and 15-minute load averages when the run started: how busy the machine already was."""
+    packages: dict[str, str] = field(default_factory=dict)
+    """Versions of the packages on the measured path (those installed)."""
+    triton: str | None = None
+    """Triton's version, once a run has started it."""
+
+    def summary(self) -> str:
+        """One line for a report: CPU, cores, memory and the load average at the start."""
+        return (
+            f"{self.cpu}, {self.cores} cores, {self.memory_gib} GiB; load average at start {self.load_average_at_start}"
+        )
+
+
+def describe_machine() -> Machine:
     """CPU, cores, memory, GPU(s), OS and the versions of the packages on the measured path."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "memory_gib": _memory_gib(),
-        "gpus": _gpus(),
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "load_average_at_start": [round(x, 2) for x in load] if load else None,
-        "packages": {
-            name: _version(name)
-            for name in (
-                "onnxruntime",
-                "onnxruntime-gpu",
-                "tritonclient",
-                "fastapi",
-                "uvicorn",
-                "torch",
-                "transformers",
-            )
-            if _version(name)
-        },
-    }
+    versions = {name: _version(name) for name in MEASURED_PACKAGES}
+    return Machine(
+        cpu=_cpu_model(),
+        cores=os.cpu_count(),
+        memory_gib=_memory_gib(),
+        gpus=_gpus(),
+        os=f"{platform.system()} {platform.release()}",
+        python=platform.python_version(),
+        load_average_at_start=[round(x, 2) for x in load] if load else None,
+        packages={name: version for name, version in versions.items() if version},
+    )

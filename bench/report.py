@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt
 
+from bench import facade_report
 from bench.loadgen import LoadResult
-
-if TYPE_CHECKING:
-    from bench.suite import BatchingPoint, BenchResults, StageBreakdown
+from bench.measurements import BatchingPoint, BenchResults, StageBreakdown, ratio
 
 PRE_STAGES = ("tokenize", "fetch", "preprocess")
 STAGE_PARTS = (
@@ -33,13 +33,6 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value:,.{digits}f}"
-
-
-def ratio(a: float, b: float) -> float | None:
-    """``a / b``, or None where it is undefined."""
-    if not b or math.isnan(a) or math.isnan(b):
-        return None
-    return a / b
 
 
 def load_table(results: list[LoadResult], first_column: str = "concurrency") -> list[str]:
@@ -163,7 +156,7 @@ def headlines(results: BenchResults) -> list[str]:
         if top is None:
             continue
         gain = ratio(on[top].result.throughput_rps, off[top].result.throughput_rps)
-        mean_batch = on[top].summary()["mean_batch"]
+        mean_batch = on[top].mean_batch
         lines.append(
             f"**{task}**: dynamic batching gives **{_fmt(gain, 2)}x** the throughput at {top} clients "
             f"(p99 {_fmt(on[top].result.p(99))} ms vs {_fmt(off[top].result.p(99))} ms without; "
@@ -180,8 +173,8 @@ def headlines(results: BenchResults) -> list[str]:
             f"at {c_high} clients, {comparison.int8_bytes / max(comparison.fp32_bytes, 1):.0%} of the size; "
             f"same top label on {comparison.agreement:.0%} of {comparison.samples} inputs"
         )
-    # bench/facade.py writes its headlines as markdown bullets already.
-    lines.extend(str(h).removeprefix("- ") for h in results.facade.get("headlines", []))
+    if results.facade is not None:
+        lines.extend(facade_report.headlines(results.facade))
     return lines
 
 
@@ -198,11 +191,11 @@ def write_report(results: BenchResults, out: Path) -> Path:
         "",
         "## Machine",
         "",
-        f"- CPU: {machine.get('cpu')} - {machine.get('cores')} cores, {machine.get('memory_gib')} GiB memory",
-        f"- GPU: {', '.join(machine.get('gpus') or []) or 'none (Triton runs the models on the CPU)'}",
-        f"- OS: {machine.get('os')}, Python {machine.get('python')}, Triton {machine.get('triton', '?')}",
-        f"- Packages: {', '.join(f'{k} {v}' for k, v in (machine.get('packages') or {}).items())}",
-        f"- Load average at start: {machine.get('load_average_at_start')}",
+        f"- CPU: {machine.cpu} - {machine.cores} cores, {machine.memory_gib} GiB memory",
+        f"- GPU: {', '.join(machine.gpus) or 'none (Triton runs the models on the CPU)'}",
+        f"- OS: {machine.os}, Python {machine.python}, Triton {machine.triton or '?'}",
+        f"- Packages: {', '.join(f'{k} {v}' for k, v in machine.packages.items())}",
+        f"- Load average at start: {machine.load_average_at_start}",
         "",
         "The load generator, Triton, the facade and the image host all share this machine's cores, so "
         "absolute numbers are low and noisy; compare the **ratios within one run**. Model-level GPU "
@@ -272,11 +265,11 @@ def write_report(results: BenchResults, out: Path) -> Path:
             "|---|---:|---:|---:|---:|---:|---|",
         ]
         for point in points:
-            s = point.summary()
-            sizes = ", ".join(f"{k}: {v}" for k, v in s["batches"].items()) or "-"
+            r = point.result
+            sizes = ", ".join(f"{k}: {v}" for k, v in point.batches.items()) or "-"
             md.append(
-                f"| {point.variant} | {s['concurrency']} | {_fmt(s['throughput_rps'])} | {_fmt(s['p50_ms'], 2)} | "
-                f"{_fmt(s['p99_ms'], 2)} | {s['mean_batch'] or '-'} | {sizes} |"
+                f"| {point.variant} | {r.concurrency} | {_fmt(r.throughput_rps)} | {_fmt(r.p(50), 2)} | "
+                f"{_fmt(r.p(99), 2)} | {point.mean_batch or '-'} | {sizes} |"
             )
         md += ["", f"![{task} dynamic batching]({plot})"]
 
@@ -300,8 +293,8 @@ def write_report(results: BenchResults, out: Path) -> Path:
                     f"{comparison.max_prob_diff:.4f} |"
                 )
 
-    if results.facade.get("markdown"):
-        md += ["", str(results.facade["markdown"]).strip()]
+    if results.facade is not None:
+        md += ["", facade_report.markdown(results.facade).strip()]
 
     md.append("")
     report = out / "report.md"
@@ -315,7 +308,7 @@ def to_json(results: BenchResults) -> dict[str, Any]:
     return {
         "started": results.started,
         "wall_s": round(results.wall_s, 1),
-        "machine": results.machine,
+        "machine": asdict(results.machine),
         "model_sources": results.model_sources,
         "input_sources": results.input_sources,
         "notes": results.notes,
@@ -337,5 +330,5 @@ def to_json(results: BenchResults) -> dict[str, Any]:
             }
             for task, c in results.int8.items()
         },
-        "facade": {k: v for k, v in results.facade.items() if k != "markdown"},
+        "facade": facade_report.to_json(results.facade) if results.facade is not None else None,
     }

@@ -1,4 +1,5 @@
-"""The servers a benchmark run starts for itself: real Triton, the facade, a static image host.
+"""The servers a benchmark run starts for itself: real Triton, facades, a static image host, uvicorn apps;
+and what Triton's statistics say about a measured window.
 
 All on free local ports, logs under the run's output folder, stopped on exit, the same way
 ``make run`` (serving.stack) starts them.
@@ -47,15 +48,15 @@ def facade_server(
     extra_env: Mapping[str, str] | None = None,
     name: str = "facade",
 ) -> Iterator[str]:
-    """The facade (uvicorn, one worker, no access log) in front of ``triton``; yields its base URL."""
+    """The facade in front of ``triton`` through its checked launcher (``python -m frontend_api``, as ``make run``
+    starts it; one uvicorn worker, no access log) on a free loopback port; yields its base URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**facade_env(triton, repository, allowed_http_hosts), **(extra_env or {})}
+    listen = {"MTC_API_HOST": "127.0.0.1", "MTC_API_PORT": str(port), "MTC_API_ACCESS_LOG": "false"}
+    env = {**facade_env(triton, repository, allowed_http_hosts), **listen, **(extra_env or {})}
     process = ManagedProcess(
         name=name,
-        command=python_module(
-            "uvicorn", "frontend_api.app:app", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"
-        ),
+        command=python_module("frontend_api"),
         ready_url=f"{url}/readyz",
         log_file=log_dir / f"{name}.log",
         env=env,
@@ -80,6 +81,59 @@ def image_host(folder: Path, log_dir: Path) -> Iterator[str]:
     )
     with process:
         yield f"127.0.0.1:{port}"
+
+
+@contextmanager
+def triton_for(
+    repository: Path, models: Sequence[str], log_dir: Path, *, config_name: str | None = None
+) -> Iterator[TritonServer]:
+    """Real Triton serving ``models`` of ``repository`` on free ports; ``config_name`` as in :class:`TritonServer`
+    (None: the CPU variants, ``configs/cpu.pbtxt``; "": every model's ``config.pbtxt``)."""
+    server = TritonServer.on_free_ports(
+        repository,
+        model_control_mode="explicit",
+        load_models=list(models),
+        model_config_name=config_name,
+        log_file=log_dir / f"facade-bench-triton-{'cpu' if config_name is None else config_name or 'default'}.log",
+        startup_timeout=300,
+    )
+    with server:
+        yield server
+
+
+@contextmanager
+def facade_for(
+    triton: TritonServer, repository: Path, log_dir: Path, tasks: Sequence[str], *, padding: str, name: str
+) -> Iterator[str]:
+    """A facade process (uvicorn, no access log) on ``triton``; yields its base URL."""
+    extra_env = {
+        "MTC_API_TASKS": json.dumps(list(tasks)),
+        "MTC_API_TEXT_PADDING": padding,
+        # Closed-loop load at concurrency 32 on a small CPU queues for seconds; a request the facade gave up on
+        # (504) would still be computed by Triton, wasting the capacity being measured.
+        "MTC_API_TRITON_TIMEOUT_S": "300",
+    }
+    with facade_server(triton, repository, log_dir, extra_env=extra_env, name=name) as url:
+        yield url
+
+
+@contextmanager
+def factory_server(name: str, factory: str, log_dir: Path, env: Mapping[str, str]) -> Iterator[str]:
+    """A uvicorn process serving ``factory`` (``module:function``) on a free port; yields its base URL."""
+    port = free_port()
+    process = ManagedProcess(
+        name=name,
+        command=python_module(
+            "uvicorn", factory, "--factory", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"
+        ),
+        ready_url=f"http://127.0.0.1:{port}/healthz",
+        log_file=log_dir / f"{name.replace(' ', '-')}.log",
+        env=dict(env),
+        cwd=PROJECT_ROOT,
+        startup_timeout=300,
+    )
+    with process:
+        yield f"http://127.0.0.1:{port}"
 
 
 def model_stats(triton: TritonServer, model: str) -> dict[str, Any]:

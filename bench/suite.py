@@ -1,7 +1,7 @@
 """The benchmark run behind ``python -m bench`` / ``make bench``.
 
 1. Picks the models: the trained ones published in ``model_repository/``; a task with none gets a
-   tiny random model from ``export.testing.build_tiny_repository`` (the report says so: its
+   tiny random model from ``tests.support.tiny_models.build_tiny_repository`` (the report says so: its
    numbers then describe the serving path, not the real model).
 2. Builds a scratch repository with each model and its variants (:mod:`bench.variants`).
 3. Starts real Triton, the facade and a static image host (:mod:`bench.servers`).
@@ -18,21 +18,25 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
+import json
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+import urllib.request
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
+from bench.config import BenchConfig
 from bench.inputs import Samples, load_samples
 from bench.loadgen import LoadResult, Send, run_load, triton_sender
+from bench.machine import describe_machine
+from bench.measurements import BatchingPoint, BenchResults, Int8Comparison, StageBreakdown
+from bench.report import write_report
 from bench.servers import (
     batches_between,
     executed_batches,
@@ -46,87 +50,8 @@ from bench.variants import VariantRepository, build_variant_repository
 from preprocess.image import DEFAULT_MAX_PIXELS, decode_batch
 from preprocess.probabilities import softmax
 from preprocess.text import TextEncoder
-from serving.triton import PROJECT_ROOT, TritonServer
+from serving.triton import TritonServer
 from taskspec import MODEL_FILE, TaskSpec, get_task
-
-# Four levels over 1-64 keep `make bench` to a few minutes on 2 cores; --full doubles from 1 to 64.
-DEFAULT_CONCURRENCIES = (1, 4, 16, 64)
-FULL_CONCURRENCIES = (1, 2, 4, 8, 16, 32, 64)
-QUICK_CONCURRENCIES = (1, 16)
-
-
-@dataclass
-class BenchConfig:
-    """What to measure and for how long (``quick`` trims levels for a smoke run)."""
-
-    repository: Path = PROJECT_ROOT / "model_repository"
-    out: Path = PROJECT_ROOT / "bench" / "results"
-    tasks: tuple[str, ...] = ("sentiment", "disaster", "pose")
-    concurrencies: tuple[int, ...] = DEFAULT_CONCURRENCIES
-    duration_s: float = 2.0
-    warmup_s: float = 0.5
-    batching_concurrencies: tuple[int, ...] = (1, 64)
-    int8_concurrencies: tuple[int, ...] = (1, 16)
-    run_facade_comparisons: bool = True
-
-
-@dataclass
-class BatchingPoint:
-    variant: str
-    result: LoadResult
-    batches: dict[int, int]
-
-    def summary(self) -> dict[str, Any]:
-        executions = sum(self.batches.values())
-        rows = sum(size * count for size, count in self.batches.items())
-        return {
-            "variant": self.variant,
-            **self.result.summary(),
-            "batches": {str(k): v for k, v in self.batches.items()},
-            "mean_batch": round(rows / executions, 2) if executions else None,
-        }
-
-
-@dataclass
-class StageBreakdown:
-    """Where the time of one request goes at one load level (means over the level's answers)."""
-
-    concurrency: int
-    client_mean_ms: float
-    facade_ms: dict[str, float]
-    """The facade's own ``timings_ms`` (tokenize, fetch, preprocess, inference, total)."""
-    triton_ms: dict[str, float]
-    """Triton's statistics for the model: queue and compute per request."""
-
-
-@dataclass
-class Int8Comparison:
-    task: str
-    agreement: float
-    max_prob_diff: float
-    samples: int
-    fp32_bytes: int
-    int8_bytes: int
-    points: list[tuple[str, LoadResult]] = field(default_factory=list)
-
-
-@dataclass
-class BenchResults:
-    """Everything the report is written from."""
-
-    config: BenchConfig
-    machine: dict[str, Any]
-    model_sources: dict[str, str] = field(default_factory=dict)
-    input_sources: dict[str, str] = field(default_factory=dict)
-    sweeps: dict[str, list[LoadResult]] = field(default_factory=dict)
-    stages: dict[str, list[StageBreakdown]] = field(default_factory=dict)
-    batching: dict[str, list[BatchingPoint]] = field(default_factory=dict)
-    int8: dict[str, Int8Comparison] = field(default_factory=dict)
-    facade: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    started: str = ""
-    wall_s: float = 0.0
-
 
 # --- picking the models --------------------------------------------------------------------------
 
@@ -137,10 +62,8 @@ def has_published_model(repository: Path, task: str) -> bool:
     return latest_version_dir(repository, task) is not None
 
 
-def prepare_repository(
-    config: BenchConfig, scratch: Path, results: BenchResults
-) -> tuple[VariantRepository, dict[str, Path]]:
-    """The variant repository, and for each task the published folder its model came from."""
+def prepare_repository(config: BenchConfig, scratch: Path, results: BenchResults) -> VariantRepository:
+    """The variant repository of each task's published model (a tiny random one where none is published)."""
     specs = [get_task(t) for t in config.tasks]
     trained = [s for s in specs if has_published_model(config.repository, s.name)]
     missing = [s for s in specs if s not in trained]
@@ -148,7 +71,7 @@ def prepare_repository(
     for spec in trained:
         results.model_sources[spec.name] = f"trained model from {config.repository.name}/"
     if missing:
-        from export.testing import build_tiny_repository
+        from tests.support.tiny_models import build_tiny_repository
 
         tiny = build_tiny_repository(scratch / "tiny", tasks=[s.name for s in missing])
         for spec in missing:
@@ -158,7 +81,7 @@ def prepare_repository(
             )
         results.notes.append(
             f"No trained model for {', '.join(s.name for s in missing)} in {config.repository}: "
-            "benchmarked export.testing.build_tiny_repository's random tiny models instead."
+            "benchmarked tests.support.tiny_models.build_tiny_repository's random tiny models instead."
         )
     variants = VariantRepository(root=scratch / "repository")
     for source in sorted(set(sources.values())):
@@ -166,7 +89,7 @@ def prepare_repository(
         variants.models.update(part.models)
         variants.versions.update(part.versions)
         variants.notes.extend(part.notes)
-    return variants, sources
+    return variants
 
 
 # --- request builders ------------------------------------------------------------------------------
@@ -379,22 +302,21 @@ async def measure_int8(
             results.int8[task] = comparison
 
 
-FacadeComparisons = Callable[..., dict[str, Any]]
+def run_facade_comparisons(
+    triton: TritonServer, repository: Path, log_dir: Path, config: BenchConfig, results: BenchResults
+) -> None:
+    """Facade vs direct Triton, bucketed vs fixed padding, the transformers baseline (:mod:`bench.facade`)."""
+    from bench.facade import run_comparisons
 
-
-def run_facade_comparisons(context: dict[str, Any], results: BenchResults) -> None:
-    """Facade vs direct Triton, bucketed vs fixed padding, transformers baseline: bench/facade.py."""
     try:
-        facade_bench = importlib.import_module("bench.facade")
-    except ImportError as exc:
-        results.notes.append(f"bench/facade.py is not available ({exc}): facade comparisons not measured")
-        return
-    entry: FacadeComparisons | None = getattr(facade_bench, "run_comparisons", None)
-    if entry is None:
-        results.notes.append("bench/facade.py has no run_comparisons(): facade comparisons not measured")
-        return
-    try:
-        results.facade = entry(**context)
+        results.facade = run_comparisons(
+            triton=triton,
+            repository=repository,
+            tasks=config.tasks,
+            log_dir=log_dir,
+            duration_s=config.duration_s,
+            warmup_s=config.warmup_s,
+        )
     except Exception as exc:  # one failing section must not lose the rest of the report
         results.notes.append(f"facade comparisons failed: {type(exc).__name__}: {exc}")
 
@@ -404,9 +326,6 @@ def run_facade_comparisons(context: dict[str, Any], results: BenchResults) -> No
 
 def run(config: BenchConfig) -> BenchResults:
     """Run every scenario and write the report; returns the results."""
-    from bench.machine import describe_machine
-    from bench.report import write_report
-
     started = time.time()
     results = BenchResults(config=config, machine=describe_machine())
     results.started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))
@@ -415,7 +334,7 @@ def run(config: BenchConfig) -> BenchResults:
     with tempfile.TemporaryDirectory(prefix="mtc-bench-") as tmp:
         scratch = Path(tmp)
         progress(started, "preparing models")
-        variants, sources = prepare_repository(config, scratch, results)
+        variants = prepare_repository(config, scratch, results)
         results.notes.extend(variants.notes)
         config.tasks = tuple(t for t in config.tasks if t in variants.models)
 
@@ -434,7 +353,7 @@ def run(config: BenchConfig) -> BenchResults:
 
         progress(started, f"starting Triton with {len(variants.model_names())} models")
         with triton_server(variants.root, log_dir) as triton, image_host(photos, log_dir) as host:
-            results.machine["triton"] = server_version(triton)
+            results.machine.triton = server_version(triton)
             image_urls = [f"http://{host}/{p.name}" for p in sorted(photos.glob("*.jpg"))]
             extra = {"MTC_API_ALLOWED_IMAGE_HOSTS": f'["{host}"]', "MTC_API_TASKS": _json_list(config.tasks)}
             with facade_server(
@@ -448,20 +367,7 @@ def run(config: BenchConfig) -> BenchResults:
                 asyncio.run(measure_int8(config, triton, variants, requests, results))
                 if config.run_facade_comparisons:
                     progress(started, "facade comparisons (bench/facade.py)")
-                    context = {
-                        "triton": triton,
-                        "facade_url": facade_url,
-                        "repository": variants.root,
-                        "sources": sources,
-                        "tasks": config.tasks,
-                        "samples": samples,
-                        "image_urls": image_urls,
-                        "image_host": host,
-                        "log_dir": log_dir,
-                        "duration_s": config.duration_s,
-                        "warmup_s": config.warmup_s,
-                    }
-                    run_facade_comparisons(context, results)
+                    run_facade_comparisons(triton, variants.root, log_dir, config, results)
     results.wall_s = time.time() - started
     write_report(results, config.out)
     return results
@@ -474,14 +380,9 @@ def progress(started: float, message: str) -> None:
 
 def server_version(triton: TritonServer) -> str:
     """Triton's version from its server metadata (``GET /v2``)."""
-    import json
-    import urllib.request
-
     with urllib.request.urlopen(f"{triton.url}/v2", timeout=10) as response:
         return str(json.load(response).get("version", "?"))
 
 
 def _json_list(values: Sequence[str]) -> str:
-    import json
-
     return json.dumps(list(values))

@@ -7,7 +7,9 @@
 # (nvcr.io/nvidia/tensorrt:24.10-py3 for tritonserver:24.10-py3, both TensorRT 10.5): a plan only
 # loads on the TensorRT version (and GPU architecture) that built it. Published versions are immutable,
 # so the plan is published as the NEXT version (the latest version's files + model.plan + model.plan.json,
-# with a new manifest.json), and model_repository/<task>/configs/tensorrt.pbtxt is written.
+# with a new manifest.json), and model_repository/<task>/configs/tensorrt.pbtxt is written. Before that the plan
+# runs on the task's held-out data (MTC_DATA_DIR) and must reach taskspec.TENSORRT_FLOOR against model.onnx:
+# $PYTHON needs the tensorrt package of the same TensorRT version (pip install "tensorrt==10.5.*").
 # Serve them by adding --model-config-name=tensorrt to Triton's command (GPU hosts only), then
 # publish with `python -m export push` as usual. See docs/deployment.md, "TensorRT".
 set -euo pipefail

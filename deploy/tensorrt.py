@@ -2,7 +2,11 @@
 
 ``deploy/build_trt_plan.sh`` runs ``trtexec`` inside NGC's TensorRT container of the same release as
 the Triton image on the latest version's ``model.onnx``, and publishes the result as the next version
-(published versions are immutable: ``python -m deploy.tensorrt publish-plan``)::
+(published versions are immutable: ``python -m deploy.tensorrt publish-plan``). Publishing goes through
+the exporter's one path (:func:`export.pipeline.publish_derived`): the plan first runs on the task's
+held-out split (``--data-dir``; the profile and seed of the source version) and is held to
+``taskspec.TENSORRT_FLOOR`` against the version's ``model.onnx``; that needs the ``tensorrt`` Python
+package of the plan's TensorRT version and a GPU where ``publish-plan`` runs, else nothing is published::
 
     <task>/<version+1>/...                 every file of <version>, and:
     <task>/<version+1>/model.plan          the engine (GPU model and TensorRT version specific)
@@ -28,7 +32,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.triton_config import build_model_config, render_model_config
-from taskspec import TaskSpec, get_task
+from taskspec import TENSORRT_FLOOR, TaskSpec, get_task
 
 PLAN_FILE = "model.plan"
 PLAN_INFO_FILE = "model.plan.json"
@@ -99,6 +103,27 @@ def write_fp16_accelerator_config(spec: TaskSpec, model_dir: Path) -> Path:
     return path
 
 
+def publish_plan(spec: TaskSpec, source: Path, plan: Path, info: Path, *, data_dir: Path | None = None) -> Path:
+    """Publish ``source`` + ``plan`` (+ its build ``info``) as the next version, once the plan has passed
+    :data:`taskspec.TENSORRT_FLOOR` against ``source``'s ``model.onnx`` on the held-out split."""
+    from export.build import held_out_split
+    from export.errors import ExportError
+    from export.pipeline import publish_derived
+    from export.registry import load_dataset, recipe_for
+    from export.served import ServedFile, read_metrics
+
+    metrics = read_metrics(source) or {}
+    profile, seed = metrics.get("profile"), metrics.get("seed")
+    if profile not in ("quick", "full") or not isinstance(seed, int):
+        raise ExportError(f"{source}/metrics.json does not say which profile and seed built it: rebuild it first")
+    held_out = held_out_split(
+        load_dataset(spec.name, data_dir=data_dir).test, recipe_for(profile, spec.name), seed=seed
+    )
+    served = ServedFile(PLAN_FILE, f"configs/{CONFIG_NAME}.pbtxt", TENSORRT_FLOOR)
+    published = publish_derived(spec, source, {served: plan}, held_out=held_out, extra_files={PLAN_INFO_FILE: info})
+    return published.version_dir
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.tensorrt", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan.add_argument("--from-version", type=Path, required=True, help="the version folder the plan was built from")
     plan.add_argument("--plan", type=Path, required=True, help="the engine trtexec wrote")
     plan.add_argument("--info", type=Path, required=True, help="model.plan.json: TensorRT version, GPU, shapes")
+    plan.add_argument("--data-dir", type=Path, default=None, help="datasets folder (default: $MTC_DATA_DIR)")
     args = parser.parse_args(argv)
     spec = get_task(args.task)
     if args.command == "shapes":
@@ -124,10 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(write_tensorrt_config(spec, args.repository / spec.name))
     elif args.command == "publish-plan":
         from export.errors import ExportError
-        from export.publish import publish_derived
 
         try:
-            print(publish_derived(spec, args.from_version, {PLAN_FILE: args.plan, PLAN_INFO_FILE: args.info}))
+            print(publish_plan(spec, args.from_version, args.plan, args.info, data_dir=args.data_dir))
         except (ExportError, OSError) as exc:
             parser.exit(2, f"error: {exc}\n")
     else:

@@ -1,10 +1,13 @@
-"""``export build``: train, export, validate, evaluate and publish each task.
+"""``export build``: train each task, then export, validate and publish it through the one path.
 
-For every task: load the data (held-out test split set aside), load the pretrained checkpoint,
-train with the profile's recipe, export to ONNX, check the export against PyTorch (a mismatch
-raises :class:`ExportValidationError` and nothing is published), measure the held-out accuracy of
-the exported file (and of its int8 variant when asked), then publish a new version with
-``metrics.json`` and ``model_card.md``.
+For every task: look up its registry entry (:mod:`export.registry`: dataset loader, recipe of the
+profile), load the data (held-out test split set aside), load the pretrained checkpoint, train
+with the recipe, then hand the trained module and the held-out split to
+:func:`export.pipeline.export_validate_publish`: it exports to ONNX, makes the files the configs
+serve (``model.int8.onnx`` for ``configs/cpu.pbtxt``), measures each against PyTorch and on the
+held-out split, refuses the version if any is below its floor, and publishes it with
+``metrics.json`` and ``model_card.md``. Text tasks take the text recipe's path, image tasks the
+image one (by the recipe's kind, never the task's name).
 """
 
 from __future__ import annotations
@@ -21,16 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.data import PROJECT_ROOT, Dataset, DataSource, ImageSplit, TextSplit, load_dataset, stratified_split
+from export.data import PROJECT_ROOT, Dataset, DataSource, ImageSplit, Split, stratified_split
 from export.errors import CheckpointError, ExportError
-from export.evaluate import image_inputs, quantize_int8, split_logits
 from export.features import extract_features
-from export.metrics import classification_metrics, model_card
 from export.models import EfficientNetFeatures, ImageClassifier, load_text_classifier
-from export.onnx_export import DEFAULT_OPSET, export_onnx, validate_onnx
-from export.pipeline import text_batch
-from export.publish import publish, save_tokenizer
-from export.recipes import ImageRecipe, Profile, TextRecipe, recipe_for
+from export.pipeline import export_validate_publish
+from export.publish import save_tokenizer
+from export.recipes import ImageRecipe, Profile, Recipe, TextRecipe
+from export.registry import entry_for, load_dataset, recipe_for
 from export.train import (
     finetune_image,
     resolve_device,
@@ -39,7 +40,7 @@ from export.train import (
     train_head,
     train_text,
 )
-from taskspec import INT8_MODEL_FILE, TOKENIZER_FILE, TaskSpec, get_task
+from taskspec import TOKENIZER_FILE, TaskSpec, get_task
 
 DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
 DEFAULT_IMAGE_CHECKPOINT = "efficientnet-lite0"
@@ -174,38 +175,10 @@ def _common_metrics(
     }
 
 
-def _export_check(
-    module: torch.nn.Module, spec: TaskSpec, sample: dict[str, np.ndarray], batch: dict[str, np.ndarray], path: Path
-) -> dict[str, Any]:
-    export_onnx(module, spec, {k: torch.from_numpy(v) for k, v in sample.items()}, path, opset=DEFAULT_OPSET)
-    report = validate_onnx(module, path, spec, batch)
-    return {"opset": DEFAULT_OPSET, **report.to_dict()}
-
-
-def _evaluate(
-    spec: TaskSpec,
-    onnx_path: Path,
-    test: TextSplit | ImageSplit,
-    metrics: dict[str, Any],
-    options: BuildOptions,
-    workdir: Path,
-    tokenizer_file: Path | None,
-) -> dict[str, Path]:
-    """Held-out metrics of the exported file (and its int8 variant); returns extra files to publish."""
-    logits = split_logits(onnx_path, spec, test, tokenizer_file=tokenizer_file, progress=options.progress)
-    metrics["test"] = classification_metrics(test.labels, logits.argmax(axis=1), spec.labels)
-    extra: dict[str, Path] = {}
-    if options.int8 or spec.cpu is not None:  # the CPU variant is served: always measure it
-        quantized = quantize_int8(onnx_path, workdir / INT8_MODEL_FILE)
-        q_logits = split_logits(quantized, spec, test, tokenizer_file=tokenizer_file, progress=options.progress)
-        metrics["int8"] = {
-            "file": quantized.name,
-            "size_mb": round(quantized.stat().st_size / 1e6, 2),
-            "fp32_size_mb": round(onnx_path.stat().st_size / 1e6, 2),
-            "test": classification_metrics(test.labels, q_logits.argmax(axis=1), spec.labels),
-        }
-        extra[quantized.name] = quantized
-    return extra
+def held_out_split(test: Split, recipe: Recipe, *, seed: int, limit: int | None = None) -> Split:
+    """The part of a dataset's test split a build reports (the recipe's ``test_size``, stratified, seeded)."""
+    size = _cap(recipe.test_size, limit)
+    return test.take(np.sort(stratified_sample(test.labels, size, seed)))
 
 
 def build_text_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> BuildResult:
@@ -213,7 +186,7 @@ def build_text_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bui
     recipe = recipe_for(options.profile, spec.name)
     assert isinstance(recipe, TextRecipe) and spec.text is not None
     data = load_dataset(spec.name, source=options.data_source, data_dir=options.data_dir, cache_dir=workdir / "hub")
-    checkpoint = options.checkpoints.get(spec.name) or default_text_checkpoint()
+    checkpoint = options.checkpoints.get(spec.name) or entry_for(spec.name).checkpoint or default_text_checkpoint()
     checkpoint_dir = resolve_text_checkpoint(checkpoint, PROJECT_ROOT / ".cache" / "hub")
     device = resolve_device(options.device)
 
@@ -222,9 +195,7 @@ def build_text_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bui
     val = data.train.take(np.sort(order[:val_size]))
     rest = data.train.take(order[val_size:])
     train = rest.take(stratified_sample(rest.labels, _cap(recipe.train_size, options.limit), options.seed))
-    test = data.test.take(
-        np.sort(stratified_sample(data.test.labels, _cap(recipe.test_size, options.limit), options.seed))
-    )
+    test = held_out_split(data.test, recipe, seed=options.seed, limit=options.limit)
     print(f"==> {spec.name}: {len(train)} train / {len(val)} val / {len(test)} test examples; {data.description}")
 
     tokenizer_file = save_tokenizer(checkpoint_dir, workdir / TOKENIZER_FILE)
@@ -250,17 +221,11 @@ def build_text_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bui
         if len(val):
             metrics["val"] = {"accuracy": last["val_accuracy"], "n": len(val)}
 
-    # Trace at the smallest bucket; check at the largest with other texts and another batch size.
-    sample = text_batch(tokenizer_file.parent, test.texts[:2], spec.text.buckets[0], preprocessing=spec.text)
-    check = text_batch(tokenizer_file.parent, test.texts[:8], spec.text.max_length, preprocessing=spec.text)
-    onnx_path = workdir / "model.onnx"
-    metrics["export"] = _export_check(result.module, spec, sample, check, onnx_path)
-    extra = _evaluate(spec, onnx_path, test, metrics, options, workdir, tokenizer_file)
-    card = model_card(spec.title, spec.labels, metrics)
-    version_dir = publish(
-        spec, onnx_path, options.repository, tokenizer_dir=checkpoint_dir, metrics=metrics, card=card, extra_files=extra
-    )
-    return BuildResult(spec.name, version_dir, metrics, time.monotonic() - started)
+    published = export_validate_publish(
+        result.module, spec, held_out=test, repository=options.repository, tokenizer_dir=checkpoint_dir,
+        metrics=metrics, int8=options.int8, seed=options.seed, progress=options.progress,
+    )  # fmt: skip
+    return BuildResult(spec.name, published.version_dir, published.metrics, time.monotonic() - started)
 
 
 def build_image_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> BuildResult:
@@ -268,7 +233,7 @@ def build_image_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bu
     recipe = recipe_for(options.profile, spec.name)
     assert isinstance(recipe, ImageRecipe) and spec.image is not None
     data = load_dataset(spec.name, source=options.data_source, data_dir=options.data_dir, cache_dir=workdir / "hub")
-    checkpoint = options.checkpoints.get(spec.name) or DEFAULT_IMAGE_CHECKPOINT
+    checkpoint = options.checkpoints.get(spec.name) or entry_for(spec.name).checkpoint or DEFAULT_IMAGE_CHECKPOINT
     weights = resolve_image_checkpoint(checkpoint)
     device = resolve_device(options.device)
 
@@ -277,8 +242,7 @@ def build_image_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bu
         full_train = full_train.take(np.sort(stratified_sample(full_train.labels, options.limit, options.seed)))
     train_idx, val_idx = stratified_split(full_train.labels, recipe.val_fraction, options.seed)
     train, val = full_train.take(train_idx), full_train.take(val_idx)
-    test_size = _cap(recipe.test_size, options.limit)
-    test = data.test.take(np.sort(stratified_sample(data.test.labels, test_size, options.seed)))
+    test = held_out_split(data.test, recipe, seed=options.seed, limit=options.limit)
     print(f"==> {spec.name}: {len(train)} train / {len(val)} val / {len(test)} test images; {data.description}")
 
     seed_everything(options.seed)
@@ -316,24 +280,26 @@ def build_image_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bu
         train={"accuracy": round(float(np.mean(train_pred == train.labels)), 4), "n": len(train)},
         val={"accuracy": round(best_val, 4), "n": len(val)},
     )
-    sample, check = image_inputs(spec, test.paths[:1]), image_inputs(spec, test.paths[1:5])
-    name = spec.inputs[0].name
-    onnx_path = workdir / "model.onnx"
-    metrics["export"] = _export_check(model, spec, {name: next(sample)}, {name: next(check)}, onnx_path)
-    extra = _evaluate(spec, onnx_path, test, metrics, options, workdir, None)
-    card = model_card(spec.title, spec.labels, metrics)
-    version_dir = publish(spec, onnx_path, options.repository, metrics=metrics, card=card, extra_files=extra)
-    return BuildResult(spec.name, version_dir, metrics, time.monotonic() - started)
+    published = export_validate_publish(
+        model, spec, held_out=test, repository=options.repository,
+        metrics=metrics, int8=options.int8, seed=options.seed, progress=options.progress,
+    )  # fmt: skip
+    return BuildResult(spec.name, published.version_dir, published.metrics, time.monotonic() - started)
+
+
+def _spec(task: str) -> TaskSpec:
+    try:
+        return get_task(task)
+    except KeyError as exc:
+        raise ExportError(str(exc.args[0])) from None
 
 
 def build_task(task: str, options: BuildOptions) -> BuildResult:
-    """Train, export, validate, evaluate and publish one task."""
-    try:
-        spec = get_task(task)
-    except KeyError as exc:
-        raise ExportError(str(exc.args[0])) from None
+    """Train, export, validate and publish one task (its recipe's kind picks the training path)."""
+    spec = _spec(task)
+    recipe = recipe_for(options.profile, task)
     with tempfile.TemporaryDirectory(prefix=f"mtc-build-{task}-") as scratch:
-        if spec.modality == "text":
+        if isinstance(recipe, TextRecipe):
             return build_text_task(spec, options, Path(scratch))
         return build_image_task(spec, options, Path(scratch))
 
@@ -341,18 +307,16 @@ def build_task(task: str, options: BuildOptions) -> BuildResult:
 def preflight(tasks: Sequence[str], options: BuildOptions) -> None:
     """Fail on an unknown task, a missing dataset or checkpoint before minutes of training are spent."""
     for task in tasks:
-        try:
-            spec = get_task(task)
-        except KeyError as exc:
-            raise ExportError(str(exc.args[0])) from None
+        _spec(task)
+        entry = entry_for(task)
+        recipe = recipe_for(options.profile, task)
         if options.data_source == "local":
             load_dataset(task, data_dir=options.data_dir)
-        if spec.modality == "text":
-            resolve_text_checkpoint(
-                options.checkpoints.get(task) or default_text_checkpoint(), PROJECT_ROOT / ".cache" / "hub"
-            )
+        checkpoint = options.checkpoints.get(task) or entry.checkpoint
+        if isinstance(recipe, TextRecipe):
+            resolve_text_checkpoint(checkpoint or default_text_checkpoint(), PROJECT_ROOT / ".cache" / "hub")
         else:
-            resolve_image_checkpoint(options.checkpoints.get(task) or DEFAULT_IMAGE_CHECKPOINT)
+            resolve_image_checkpoint(checkpoint or DEFAULT_IMAGE_CHECKPOINT)
     try:
         resolve_device(options.device)
     except ValueError as exc:

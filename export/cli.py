@@ -5,9 +5,10 @@
     python -m export push [--url s3://bucket/prefix] [--create-bucket] [--force]
     python -m export pull [--url s3://bucket/prefix]
 
-A problem the user can fix (unknown task, missing dataset, wrong checkpoint, bad flag) prints one
-``error: ...`` line on stderr and exits with status 2; ``validate`` exits with 1 when it finds a
-problem in the repository.
+A problem the user can fix (unknown task, missing dataset, wrong checkpoint, bad flag, a version
+below its quality floor) prints one ``error: ...`` line on stderr and exits with status 2;
+``validate`` exits with 1 when it finds a problem in the repository. Tasks registered by the modules
+named in ``MTC_TASK_MODULES`` (:func:`taskspec.load_task_modules`) are known to every command.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import NoReturn
 
 from export.errors import ExportError
 from export.recipes import PROFILES
-from taskspec import TASKS
+from taskspec import TASKS, TaskModuleError, TaskRegistrationError, load_task_modules
 
 EXIT_USAGE = 2
 DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
@@ -179,6 +180,11 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        load_task_modules()
+    except (TaskModuleError, TaskRegistrationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     args = parser().parse_args(argv)
     handlers = {"build": _build, "validate": _validate, "push": _sync, "pull": _sync}
     try:

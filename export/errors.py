@@ -24,8 +24,21 @@ class ExportValidationError(ExportError):
     """The exported ONNX model disagrees with its PyTorch reference; it is not published."""
 
 
+class QualityFloorError(ExportValidationError):
+    """A file a config would serve is below its quality floor on the held-out data (agreement with the
+    PyTorch reference, logit difference or accuracy); no file of its version is published."""
+
+
+class RegistryError(ExportError):
+    """A task has no export registry entry (dataset loader, recipes), or a conflicting one."""
+
+
 class PublishError(ExportError):
     """A model cannot be written into the model repository."""
+
+
+class UnvalidatedFileError(PublishError):
+    """A version would hold a model file without a passing held-out validation record; nothing was written."""
 
 
 class UnsafeKeyError(ExportError):

@@ -41,16 +41,55 @@ def _confusion_table(confusion: list[list[int]], names: Sequence[str]) -> str:
     return "\n".join([header, rule, *rows])
 
 
-def model_card(title: str, names: Sequence[str], metrics: Mapping[str, Any]) -> str:
-    """A short markdown card: data, recipe, held-out accuracy / F1, confusion matrix, export check."""
-    test = metrics["test"]
+def _validation_table(validation: Mapping[str, Any]) -> list[str]:
+    """The card's table of every model file's held-out validation against its floor."""
+    files = validation.get("files") or {}
     lines = [
-        f"# {title} ({metrics['task']}, profile {metrics['profile']})",
+        "## Validation before publishing",
         "",
-        f"- **Data**: {metrics['data']}",
-        f"- **Base model**: {metrics['checkpoint']}",
-        f"- **Recipe**: {metrics['recipe_summary']}",
-        f"- **Device**: {metrics['device']}; training took {metrics['train_seconds']:.0f} s; seed {metrics['seed']}",
+        f"Every model file of this version ran on the {validation.get('held_out_rows', '?')} held-out rows before "
+        "it was published; a file below its floor would have stopped the whole version.",
+        "",
+        "| file | served by | top-1 agreement with reference (rows) | max \\|logit diff\\| | held-out accuracy | "
+        "floor | passed |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, record in files.items():
+        floor, config = record["floor"], record.get("config")
+        parts = [f"agreement >= {floor['min_agreement']:.0%}"]
+        if floor.get("max_abs_diff") is not None:
+            parts.append(f"diff <= {floor['max_abs_diff']:g}")
+        if floor.get("max_accuracy_drop") is not None:
+            parts.append(f"accuracy >= model.onnx - {floor['max_accuracy_drop'] * 100:.1f} points")
+        lines.append(
+            f"| `{name}` | {f'`{config}`' if config else 'not served'} | "
+            f"{record['agreement']:.2%} vs {record['reference']} ({record['sample_rows']}) | "
+            f"{record['max_abs_diff']:.2e} | {record['accuracy']:.2%} | {', '.join(parts)} | "
+            f"{'yes' if record['passed'] else 'NO'} |"
+        )
+    lines.append("")
+    for name, record in files.items():
+        lines.append(f"- `{name}` floor: {record['floor']['reason']}.")
+    return [*lines, ""]
+
+
+def model_card(title: str, names: Sequence[str], metrics: Mapping[str, Any]) -> str:
+    """A short markdown card: data, recipe, held-out accuracy / F1, validation of every model file, confusion matrix.
+
+    Only what ``metrics`` holds is shown (a test model has no data, recipe or training figures).
+    """
+    test = metrics["test"]
+    lines = [f"# {title} ({metrics['task']}, profile {metrics.get('profile', '-')})", ""]
+    for key, label in (("data", "Data"), ("checkpoint", "Base model"), ("recipe_summary", "Recipe"), ("note", "Note")):
+        if key in metrics:
+            lines.append(f"- **{label}**: {metrics[key]}")
+    if "device" in metrics:
+        lines.append(
+            f"- **Device**: {metrics['device']}; training took {metrics['train_seconds']:.0f} s; seed {metrics['seed']}"
+        )
+    if "derived_from_version" in metrics:
+        lines.append(f"- **Derived from version** {metrics['derived_from_version']} (its files plus the new ones)")
+    lines += [
         "",
         "## Held-out test (never used for training or tuning)",
         "",
@@ -67,14 +106,6 @@ def model_card(title: str, names: Sequence[str], metrics: Mapping[str, Any]) -> 
             f"- int8 (dynamic quantisation, `{q['file']}`, {q['size_mb']:.1f} MB): accuracy {q['test']['accuracy']:.2%}"
         )
     lines += ["", "Confusion matrix (test):", "", _confusion_table(test["confusion_matrix"], names), ""]
-    export = metrics.get("export")
-    if export:
-        lines += [
-            "## Export check",
-            "",
-            f"ONNX opset {export['opset']}; max |logit difference| vs PyTorch {export['max_abs_diff']:.2e} "
-            f"(tolerance {export['atol']:g}), same label on {export['argmax_agreement']:.0%} of "
-            f"{export['batch_size']} rows.",
-            "",
-        ]
+    if "validation" in metrics:
+        lines += _validation_table(metrics["validation"])
     return "\n".join(lines)

@@ -1,20 +1,16 @@
-"""ONNX export with named tensors and dynamic axes, and validation against the PyTorch reference.
+"""ONNX export with named tensors and dynamic axes.
 
 The tensor names and the dynamic axes come from the task spec, so the exported graph, the
-config.pbtxt and the facade agree by construction. :func:`validate_onnx` runs the ONNX model with
-ONNX Runtime on the same batch as the PyTorch module and raises :class:`ExportValidationError` when
-the logits differ by more than the spec's tolerance or the predicted labels disagree: a model that
-fails it is never published.
+config.pbtxt and the facade agree by construction. Checking an export against its PyTorch reference
+(on the held-out data, for every file a version serves) is :mod:`export.acceptance`'s job.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
@@ -61,7 +57,7 @@ def export_onnx(
     args = tuple(sample[name] for name in spec.input_names)
     with torch.no_grad(), warnings.catch_warnings():
         # The legacy tracer warns about Python control flow on shapes in transformers' mask code;
-        # validate_onnx checks the result on other shapes, which is what matters.
+        # export.acceptance checks the result on the held-out batches' other shapes, which is what matters.
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module,
@@ -79,20 +75,8 @@ def export_onnx(
     return path
 
 
-@dataclass(frozen=True)
-class ValidationReport:
-    """How closely the ONNX model reproduces the PyTorch reference on one batch."""
-
-    batch_size: int
-    max_abs_diff: float
-    argmax_agreement: float
-    atol: float
-
-    def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
-
-
-def _check_signature(session: ort.InferenceSession, spec: TaskSpec) -> None:
+def check_signature(session: ort.InferenceSession, spec: TaskSpec) -> None:
+    """Raise :class:`ExportValidationError` unless the session's input and output names are the spec's."""
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
     if sorted(inputs) != sorted(spec.input_names):
@@ -105,53 +89,3 @@ def onnx_opset(path: Path) -> int:
     """The default-domain opset of an ONNX file."""
     model = onnx.load(str(path), load_external_data=False)
     return max(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def validate_onnx(
-    module: torch.nn.Module,
-    onnx_path: Path,
-    spec: TaskSpec,
-    batch: Mapping[str, np.ndarray],
-    *,
-    atol: float | None = None,
-    min_agreement: float = 1.0,
-) -> ValidationReport:
-    """Compare ONNX Runtime and PyTorch logits on ``batch``; raise :class:`ExportValidationError` on mismatch.
-
-    Checks: input/output names, opset >= 17, output shape, max abs difference <= ``atol`` (the
-    spec's ``export_atol`` by default) and the share of rows with the same argmax >= ``min_agreement``.
-    """
-    atol = spec.export_atol if atol is None else atol
-    opset = onnx_opset(onnx_path)
-    if opset < MIN_OPSET:
-        raise ExportValidationError(f"{onnx_path} uses opset {opset}; at least {MIN_OPSET} is required")
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    _check_signature(session, spec)
-    feeds = {name: np.ascontiguousarray(batch[name]).astype(spec_dtype) for name, spec_dtype in _dtypes(spec).items()}
-    (onnx_logits,) = session.run([spec.output.name], feeds)
-    module = module.eval()
-    device = next(module.parameters()).device
-    with torch.no_grad():
-        torch_logits = module(**{k: torch.from_numpy(v).to(device) for k, v in feeds.items()}).float().cpu().numpy()
-    rows = int(next(iter(feeds.values())).shape[0])
-    expected_shape = (rows, *spec.output.dims)
-    if onnx_logits.shape != expected_shape:
-        raise ExportValidationError(f"ONNX output shape {onnx_logits.shape} != expected {expected_shape}")
-    if torch_logits.shape != onnx_logits.shape:
-        raise ExportValidationError(f"PyTorch output shape {torch_logits.shape} != ONNX {onnx_logits.shape}")
-    diff = float(np.max(np.abs(onnx_logits.astype(np.float64) - torch_logits.astype(np.float64))))
-    agreement = float(np.mean(onnx_logits.argmax(axis=1) == torch_logits.argmax(axis=1)))
-    report = ValidationReport(batch_size=rows, max_abs_diff=diff, argmax_agreement=agreement, atol=atol)
-    if not np.isfinite(diff) or diff > atol:
-        raise ExportValidationError(
-            f"{spec.name}: ONNX logits differ from PyTorch by {diff:.3g} (> atol {atol:g}) on a batch of {rows}"
-        )
-    if agreement < min_agreement:
-        raise ExportValidationError(
-            f"{spec.name}: ONNX and PyTorch predict the same label for only {agreement:.1%} of {rows} rows"
-        )
-    return report
-
-
-def _dtypes(spec: TaskSpec) -> dict[str, np.dtype[np.generic]]:
-    return {t.name: np.dtype(t.numpy_dtype) for t in spec.inputs}

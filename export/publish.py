@@ -1,4 +1,10 @@
-"""Publish an exported model into the Triton model repository as a new version.
+"""Write a new version into the Triton model repository: the last step of the one publish path.
+
+Call :func:`export.pipeline.export_validate_publish` (or :func:`export.pipeline.publish_derived`), not
+this module: they measure every model file on held-out data first. :func:`publish` refuses to seal a
+version whose model files (``*.onnx``, ``*.plan``) lack a passing validation record with their own
+SHA-256 in ``metrics.json`` (:func:`export.served.unaccepted_files`), so nothing reaches the
+repository unchecked.
 
 Layout (file names from taskspec)::
 
@@ -9,7 +15,7 @@ Layout (file names from taskspec)::
     <repository>/<task>/<n>/model.int8.onnx     tasks with a CPU variant: the file configs/cpu.pbtxt serves
     <repository>/<task>/<n>/preprocessing.json  spec.preprocessing_document()
     <repository>/<task>/<n>/tokenizer.json      text tasks; truncation and padding disabled
-    <repository>/<task>/<n>/metrics.json        when given
+    <repository>/<task>/<n>/metrics.json        training and held-out validation figures of every model file
     <repository>/<task>/<n>/model_card.md       when given
     <repository>/<task>/<n>/manifest.json       sha256 + size of every other file, and their digest
                                                 (format: :mod:`taskspec.manifest`)
@@ -33,8 +39,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from export.errors import PublishError
+from export.errors import PublishError, UnvalidatedFileError
 from export.raw_text import publish_raw_text
+from export.served import unaccepted_files
 from export.triton_config import write_model_config
 from taskspec import (
     MANIFEST_FILE,
@@ -45,7 +52,10 @@ from taskspec import (
     TOKENIZER_FILE,
     TaskSpec,
 )
-from taskspec.manifest import verify_version, version_files, write_manifest
+from taskspec.manifest import path_problem, write_manifest
+
+_WRITTEN_HERE = frozenset({MANIFEST_FILE, METRICS_FILE, MODEL_CARD_FILE})
+"""Files every version gets from the publishing step itself, never from a caller's file list."""
 
 
 def versions(model_dir: Path) -> list[int]:
@@ -101,9 +111,10 @@ def publish(
 ) -> Path:
     """Write ``onnx_path`` and its artifacts as a new version of ``spec``'s model; return the version folder.
 
-    ``extra_files`` (name in the version folder -> source file) carries other files of the version. Tasks
-    with a CPU serving variant need its file (``model.int8.onnx``): when it is not among ``extra_files``
-    (e.g. a build that did not evaluate it), it is quantized here from ``onnx_path``.
+    ``extra_files`` (name in the version folder -> source file) carries the other files of the version,
+    e.g. ``model.int8.onnx`` (tasks with a CPU serving variant must have it). ``metrics`` must hold the
+    passing held-out validation record of every model file (:mod:`export.acceptance`); otherwise
+    :class:`UnvalidatedFileError` and nothing is written.
     """
     if not onnx_path.is_file():
         raise PublishError(f"{onnx_path} does not exist")
@@ -118,19 +129,11 @@ def publish(
         (staging / PREPROCESSING_FILE).write_text(json.dumps(preprocessing, indent=2) + "\n")
         if tokenizer_dir is not None and spec.modality == "text":
             save_tokenizer(tokenizer_dir, staging / TOKENIZER_FILE)
-        if metrics is not None:
-            (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
-        if card is not None:
-            (staging / MODEL_CARD_FILE).write_text(card)
         for name, source in (extra_files or {}).items():
-            if Path(name).name != name or name in {MODEL_FILE, PREPROCESSING_FILE, TOKENIZER_FILE, MANIFEST_FILE}:
+            if Path(name).name != name or name in {MODEL_FILE, PREPROCESSING_FILE, TOKENIZER_FILE, *_WRITTEN_HERE}:
                 raise PublishError(f"extra file name {name!r} is not a plain, free file name")
             shutil.copyfile(source, staging / name)
-        if spec.cpu is not None and not (staging / spec.cpu.model_file).is_file():
-            from export.evaluate import quantize_int8
-
-            quantize_int8(onnx_path, staging / spec.cpu.model_file)
-        version_dir = _seal_and_rename(staging, model_dir)
+        version_dir = _seal_accepted(spec, staging, model_dir, metrics, card)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -140,32 +143,46 @@ def publish(
     return version_dir
 
 
-def publish_derived(spec: TaskSpec, source: Path, extra_files: Mapping[str, Path]) -> Path:
-    """A new version of ``spec``'s model: the files of the published version ``source`` plus ``extra_files``
-    (name in the version folder -> source file), e.g. a TensorRT plan built from its ``model.onnx``.
-
-    Published versions are immutable (their manifest, the facade's cache key, promises their content),
-    so a file derived from one is published as the next version, never added to it. ``source`` must
-    match its manifest when it has one.
-    """
-    if (source / MANIFEST_FILE).is_file() and (problems := verify_version(source)):
-        raise PublishError(f"{source} does not match its manifest: {'; '.join(problems)}")
-    model_dir = source.parent
-    if model_dir.name != spec.model_name or not source.name.isdigit():
-        raise PublishError(f"{source} is not a version folder of {spec.model_name}")
+def publish_files(
+    spec: TaskSpec,
+    model_dir: Path,
+    files: Mapping[str, Path],
+    *,
+    metrics: Mapping[str, Any],
+    card: str | None,
+) -> Path:
+    """A new version of ``spec`` in ``model_dir`` made of ``files`` (name in the version -> source file),
+    ``metrics.json`` and ``model_card.md``; the same acceptance rule as :func:`publish`."""
+    if model_dir.name != spec.model_name:
+        raise PublishError(f"{model_dir} is not the model folder of {spec.model_name}")
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
     try:
-        for name, path in version_files(source):
+        for name, path in files.items():
+            if path_problem(name) is not None or name in _WRITTEN_HERE:
+                raise PublishError(f"file name {name!r} is not a plain, free file name")
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, staging / name)
-        for name, path in extra_files.items():
-            if Path(name).name != name or name == MANIFEST_FILE or (staging / name).exists():
-                raise PublishError(f"extra file name {name!r} is not a plain, free file name")
-            shutil.copyfile(path, staging / name)
-        return _seal_and_rename(staging, model_dir)
+        return _seal_accepted(spec, staging, model_dir, metrics, card)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _seal_accepted(
+    spec: TaskSpec, staging: Path, model_dir: Path, metrics: Mapping[str, Any] | None, card: str | None
+) -> Path:
+    """Write metrics and card into ``staging``, refuse unaccepted model files, then seal and rename it."""
+    if metrics is not None:
+        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
+    if card is not None:
+        (staging / MODEL_CARD_FILE).write_text(card)
+    problems = unaccepted_files(spec, staging, metrics)
+    if problems:
+        raise UnvalidatedFileError(
+            f"{spec.name}: not published: {'; '.join(problems)} "
+            "(publish through export.pipeline.export_validate_publish, which validates every model file)"
+        )
+    return _seal_and_rename(staging, model_dir)
 
 
 def _seal_and_rename(staging: Path, model_dir: Path) -> Path:

@@ -40,7 +40,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tqdm import tqdm
 
 from export.errors import ImmutableVersionError, ManifestMismatchError, UnsafeKeyError
-from taskspec import MANIFEST_FILE, TEXT_TASKS
+from taskspec import MANIFEST_FILE, text_tasks
 from taskspec.manifest import (
     IGNORED_NAMES,
     MAX_MANIFEST_BYTES,
@@ -59,8 +59,14 @@ else:
 # One PUT per file up to S3's single-part limit: keeps ETag == MD5 so changes are detectable.
 _SINGLE_PART = TransferConfig(multipart_threshold=5 * 1024**3, multipart_chunksize=512 * 1024**2)
 _VERSION = re.compile(r"(?P<version>[^/]+/[0-9]+)/(?P<name>.+)")
-MUTABLE_VERSION_MODELS = frozenset(spec.raw_text_model_name for spec in TEXT_TASKS)
-"""Models whose version folder is rewritten in place by design (export.raw_text), not published."""
+
+
+def mutable_version_models() -> frozenset[str]:
+    """Models whose version folder is rewritten in place by design (export.raw_text), not published:
+    the raw-text model of every text task known now (registered ones included)."""
+    return frozenset(spec.raw_text_model_name for spec in text_tasks())
+
+
 _LISTED = 20  # keys named in one error message; the rest are counted
 
 
@@ -166,7 +172,7 @@ def version_of(relative: str) -> tuple[str, str] | None:
 
 def is_published(version: str) -> bool:
     """A version folder that never changes once in the bucket (all but the raw-text models' one)."""
-    return version.split("/", 1)[0] not in MUTABLE_VERSION_MODELS
+    return version.split("/", 1)[0] not in mutable_version_models()
 
 
 def _listing(problems: Iterable[str]) -> str:

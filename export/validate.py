@@ -4,7 +4,10 @@ For each task's latest version: config.pbtxt parses strictly and matches the spe
 matches, preprocessing.json equals the spec's document, text tasks carry an untruncated,
 unpadded tokenizer.json, and model.onnx has the spec's tensor names, opset >= 17 and runs on a
 padded batch with the expected output shape. Text tasks' raw-text models are checked too, and so is
-their CPU variant (``configs/cpu.pbtxt`` as generated, and its ``model.int8.onnx``).
+their CPU variant (``configs/cpu.pbtxt`` as generated, and its ``model.int8.onnx``). Every model file
+of the version must carry a passing held-out validation record with its own SHA-256 in
+``metrics.json`` (:func:`export.served.unaccepted_files`): a version published before files were
+validated, or a file swapped after, is reported.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 from export.onnx_export import MIN_OPSET, onnx_opset
 from export.publish import latest_version_dir
 from export.raw_text import RAW_TEXT_VERSION, build_raw_text_config, shipped_code
+from export.served import read_metrics, unaccepted_files
 from export.triton_config import (
     build_model_config,
     check_model_config,
@@ -81,6 +85,7 @@ def validate_task(repository: Path, spec: TaskSpec) -> list[str]:
     problems += _check_onnx(spec, version / MODEL_FILE)
     if spec.cpu is not None:
         problems += _check_cpu_variant(spec, spec.cpu, model_dir, version)
+    problems += [f"{version}: {problem}" for problem in unaccepted_files(spec, version, read_metrics(version))]
     return problems
 
 

@@ -5,13 +5,21 @@ image preprocessing, label mapping), the dashboard and the tests all read these
 objects. Renaming a tensor or a label here changes every one of them together, and
 the contract tests fail if a published model repository disagrees.
 
+A task outside the built-ins is added with :func:`register` from a module that every process
+imports at start-up: name it in ``MTC_TASK_MODULES`` and call :func:`load_task_modules` first thing
+(the exporter's command line does; the facade and the serving stack should). The exporter also needs
+its registry entry (``export.registry.register_entry``: dataset loader, recipes).
+
 This module is deliberately dependency-free (standard library only) so that every
 environment - the facade, the Triton stub, the exporter - can import it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+import os
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -198,6 +206,75 @@ class BatchingSpec:
 
 
 @dataclass(frozen=True)
+class QualityFloor:
+    """The least one served file of a version must achieve before the version is published.
+
+    Checked by the exporter's one publish path (:func:`export.pipeline.export_validate_publish`) on
+    the held-out data: top-1 agreement with the PyTorch reference on a held-out sample, the largest
+    logit difference on that sample, and the accuracy on the held-out split compared with that of
+    ``model.onnx``. A file below its floor is not published (nor is the rest of its version).
+    """
+
+    min_agreement: float
+    """Least share of held-out sample rows whose top-1 label equals the PyTorch reference's."""
+    reason: str
+    """Why this floor: shown with a refusal and in the model card."""
+    max_abs_diff: float | None = None
+    """Largest |logit difference| from the PyTorch reference on the sample (None: measured, not gated)."""
+    max_accuracy_drop: float | None = None
+    """Most held-out accuracy the file may lose against ``model.onnx`` (0.015: 1.5 points; None: not gated)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ValueError(f"min_agreement {self.min_agreement} is not a share in [0, 1]")
+        if self.max_abs_diff is not None and self.max_abs_diff < 0:
+            raise ValueError("max_abs_diff must not be negative")
+        if self.max_accuracy_drop is not None and not 0.0 <= self.max_accuracy_drop <= 1.0:
+            raise ValueError(f"max_accuracy_drop {self.max_accuracy_drop} is not a share in [0, 1]")
+        if not self.reason.strip():
+            raise ValueError("a floor needs its reason")
+
+    def to_document(self) -> dict[str, object]:
+        return {
+            "min_agreement": self.min_agreement,
+            "max_abs_diff": self.max_abs_diff,
+            "max_accuracy_drop": self.max_accuracy_drop,
+            "reason": self.reason,
+        }
+
+
+MODEL_MIN_AGREEMENT = 0.99
+"""Floor of ``model.onnx``'s top-1 agreement with PyTorch (its logits must also be within ``export_atol``)."""
+MODEL_FLOOR_REASON = (
+    "model.onnx is the PyTorch model itself in another runtime: its logits must stay within the task's "
+    "export tolerance; only rows whose two top logits are closer than that may change label"
+)
+
+INT8_FLOOR = QualityFloor(
+    min_agreement=0.97,
+    max_accuracy_drop=0.015,
+    reason=(
+        "dynamic int8 (per-channel weights) moves the logits of the quick text models by up to ~0.35, so "
+        "rows the fp32 model scores as near-ties can change label (quick sentiment: 13 of 600, 12 of them "
+        "with a logit margin under 0.2); a broken quantisation disagrees far more often. What a user "
+        "notices is accuracy: at most 1.5 points below model.onnx on the held-out split"
+    ),
+)
+"""Floor of the dynamic-int8 file (``model.int8.onnx``), measured 2026-12 on the quick models."""
+
+TENSORRT_FLOOR = QualityFloor(
+    min_agreement=0.98,
+    max_accuracy_drop=0.01,
+    reason=(
+        "a TensorRT plan is model.onnx compiled for one GPU; in fp16 its logits move by about 1e-3 to 1e-2, so "
+        "only near-ties may change label. Not yet measured on this project's models (the build machine has "
+        "no GPU): tighten it from the first plan's figures"
+    ),
+)
+"""Floor of a TensorRT plan (``model.plan``, ``configs/tensorrt.pbtxt``), checked against ``model.onnx``."""
+
+
+@dataclass(frozen=True)
 class CpuServing:
     """How a CPU-only Triton serves the model: ``configs/cpu.pbtxt``, used with ``--model-config-name=cpu``
     (models without that file keep ``config.pbtxt``).
@@ -211,6 +288,8 @@ class CpuServing:
     model_file: str = INT8_MODEL_FILE
     instance_count: int = 2
     intra_op_threads: int = 1
+    floor: QualityFloor = INT8_FLOOR
+    """What ``model_file`` must achieve on the held-out data before a version with it is published."""
 
 
 @dataclass(frozen=True)
@@ -253,6 +332,11 @@ class TaskSpec:
     def input_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.inputs)
 
+    @property
+    def model_floor(self) -> QualityFloor:
+        """The floor of ``model.onnx`` (served by ``config.pbtxt``): ``export_atol`` and :data:`MODEL_MIN_AGREEMENT`."""
+        return QualityFloor(min_agreement=MODEL_MIN_AGREEMENT, max_abs_diff=self.export_atol, reason=MODEL_FLOOR_REASON)
+
     def preprocessing_document(self) -> dict[str, object]:
         """The content of ``preprocessing.json``, published next to the weights of each version."""
         doc: dict[str, object] = {"task": self.name, "labels": list(self.labels), "inputs": list(self.input_names)}
@@ -263,9 +347,11 @@ class TaskSpec:
         return doc
 
 
-def _text_task(
+def text_task(
     name: str, title: str, labels: tuple[str, ...], buckets: tuple[int, ...], examples: tuple[str, ...]
 ) -> TaskSpec:
+    """A text classifier like the built-in ones: a BERT-family encoder's ``input_ids`` / ``attention_mask``
+    -> ``logits``, batching up to 64 texts, served in int8 on CPU hosts (a new text task starts here)."""
     return TaskSpec(
         name=name,
         title=title,
@@ -310,7 +396,7 @@ POSE_LABELS: tuple[str, ...] = (
     "using_laptop",
 )
 
-SENTIMENT = _text_task(
+SENTIMENT = text_task(
     "sentiment",
     "Movie-review sentiment",
     ("negative", "positive"),
@@ -323,7 +409,7 @@ SENTIMENT = _text_task(
     ),
 )
 
-DISASTER = _text_task(
+DISASTER = text_task(
     "disaster",
     "Disaster tweets",
     ("not_disaster", "disaster"),
@@ -354,8 +440,25 @@ POSE = TaskSpec(
     export_atol=1e-3,
 )
 
-TASKS: dict[str, TaskSpec] = {t.name: t for t in (SENTIMENT, DISASTER, POSE)}
+BUILTIN_TASKS: tuple[TaskSpec, ...] = (SENTIMENT, DISASTER, POSE)
+TASKS: dict[str, TaskSpec] = {t.name: t for t in BUILTIN_TASKS}
+"""Every task this process knows: the built-ins and those added with :func:`register` (same dict object
+for the whole process, so a module holding it sees later registrations)."""
 TEXT_TASKS: tuple[TaskSpec, ...] = tuple(t for t in TASKS.values() if t.modality == "text")
+"""The built-in text tasks (fixed at import); :func:`text_tasks` includes registered ones."""
+
+TASK_MODULES_ENV = "MTC_TASK_MODULES"
+"""Comma-separated Python modules imported at start-up (:func:`load_task_modules`) that register tasks."""
+_TASK_NAME = re.compile(r"[a-z][a-z0-9_]{0,47}")
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+class TaskRegistrationError(ValueError):
+    """A task spec that cannot be registered (bad name, clash with a known task, inconsistent tensors)."""
+
+
+class TaskModuleError(ImportError):
+    """A module named in ``MTC_TASK_MODULES`` is not a module name or cannot be imported."""
 
 
 def get_task(name: str) -> TaskSpec:
@@ -365,3 +468,78 @@ def get_task(name: str) -> TaskSpec:
     except KeyError:
         known = ", ".join(sorted(TASKS))
         raise KeyError(f"unknown task {name!r}; known tasks: {known}") from None
+
+
+def text_tasks() -> tuple[TaskSpec, ...]:
+    """The text tasks known now, registered ones included."""
+    return tuple(t for t in TASKS.values() if t.modality == "text")
+
+
+def _registration_problems(spec: TaskSpec) -> list[str]:
+    problems = []
+    if not _TASK_NAME.fullmatch(spec.name):
+        problems.append(f"name {spec.name!r} is not 1-48 lowercase letters, digits or _ starting with a letter")
+    if spec.name.endswith("_text"):
+        problems.append("names ending in _text are the raw-text models' names")
+    if spec.name in {t.raw_text_model_name for t in TASKS.values()}:
+        problems.append(f"{spec.name!r} is the raw-text model of another task")
+    if not spec.labels or len(set(spec.labels)) != len(spec.labels) or not all(spec.labels):
+        problems.append("labels must be non-empty and distinct")
+    if spec.output.dims != (len(spec.labels),):
+        problems.append(f"output dims {spec.output.dims} do not match {len(spec.labels)} labels")
+    if len(set(spec.input_names)) != len(spec.inputs) or not spec.inputs:
+        problems.append("inputs must be non-empty with distinct names")
+    if (spec.modality == "text") != (spec.text is not None) or (spec.modality == "image") != (spec.image is not None):
+        problems.append(f"a {spec.modality} task declares exactly its own preprocessing (text or image)")
+    return problems
+
+
+def register(spec: TaskSpec) -> TaskSpec:
+    """Add a task outside the built-ins to this process's :data:`TASKS`; returns it.
+
+    Registering the very same spec again is a no-op (a module imported twice); another spec under a
+    known name, a name that is not route- and folder-safe, or a spec whose tensors and labels
+    disagree raises :class:`TaskRegistrationError`. Every process that serves or builds the task
+    must register it: name its module in ``MTC_TASK_MODULES`` (:func:`load_task_modules`).
+    """
+    known = TASKS.get(spec.name)
+    if known is not None:
+        if known == spec:
+            return known
+        raise TaskRegistrationError(f"task {spec.name!r} is already registered with another spec")
+    problems = _registration_problems(spec)
+    if problems:
+        raise TaskRegistrationError(f"cannot register task {spec.name!r}: {'; '.join(problems)}")
+    TASKS[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Remove a registered task (tests); the built-ins cannot be removed."""
+    if name in {t.name for t in BUILTIN_TASKS}:
+        raise TaskRegistrationError(f"{name!r} is a built-in task")
+    TASKS.pop(name, None)
+
+
+def load_task_modules(modules: str | Sequence[str] | None = None) -> list[str]:
+    """Import the modules that register extra tasks; returns their names.
+
+    ``modules`` is a comma-separated string or a sequence of dotted module names; None reads
+    ``MTC_TASK_MODULES`` (unset or empty: nothing to import). Each name must be a dotted Python
+    identifier (no paths); importing it is expected to call :func:`register` (and, for the
+    exporter, ``export.registry.register_entry``). Call it once at process start, before task names
+    are resolved: the facade, the exporter's command line and the serving stack all do.
+    """
+    if modules is None:
+        modules = os.environ.get(TASK_MODULES_ENV, "")
+    names = [m.strip() for m in modules.split(",")] if isinstance(modules, str) else [m.strip() for m in modules]
+    names = [m for m in names if m]
+    for name in names:
+        if not _MODULE_NAME.fullmatch(name):
+            raise TaskModuleError(f"{TASK_MODULES_ENV}: {name!r} is not a dotted Python module name")
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # any failure of a task module means its tasks are not there
+            raise TaskModuleError(f"{TASK_MODULES_ENV}: cannot import {name!r}: {exc}") from exc
+    return names

@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 
 from export.data import resolve_data_dir
-from export.testing import default_tokenizer_dir
 from taskspec import TOKENIZER_FILE
+from tests.support.tiny_models import default_tokenizer_dir
 
 ORIENTATION = 0x0112  # the EXIF tag
 

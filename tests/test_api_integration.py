@@ -163,7 +163,7 @@ def start_triton(repository: Path, http_port: int, grpc_port: int, metrics_port:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterator[Stack]:
-    from export.testing import build_tiny_repository
+    from tests.support.tiny_models import build_tiny_repository
 
     root = tmp_path_factory.mktemp("facade-stack")
     repository = build_tiny_repository(root)
@@ -264,8 +264,8 @@ def test_text_probabilities_match_onnx_runtime_on_the_same_model(stack: Stack) -
 
 
 def test_the_benchmarks_minimal_proxy_answers_what_the_facade_answers(stack: Stack, tmp_path: Path) -> None:
-    """bench/facade.py's overhead reference forwards token ids to the same Triton: same probabilities."""
-    from bench.facade import proxy_for
+    """bench/baselines.py's overhead reference forwards token ids to the same Triton: same probabilities."""
+    from bench.baselines import proxy_for
 
     text = "A beautiful, moving film with a career-best performance from the lead."
     facade = httpx.post(f"{stack.api_url}/v1/sentiment", json={"texts": [text]}, timeout=30)

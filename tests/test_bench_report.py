@@ -5,9 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench.config import BenchConfig
 from bench.loadgen import LoadResult
+from bench.machine import Machine
+from bench.measurements import (
+    BatchingPoint,
+    BenchResults,
+    FacadeResults,
+    Int8Comparison,
+    LatencyStats,
+    OverheadResult,
+    StageBreakdown,
+)
 from bench.report import headlines, stage_columns, write_report
-from bench.suite import BatchingPoint, BenchConfig, BenchResults, Int8Comparison, StageBreakdown
 
 
 def result(label: str, concurrency: int, latency_ms: float, requests: int, duration_s: float = 1.0) -> LoadResult:
@@ -17,7 +27,16 @@ def result(label: str, concurrency: int, latency_ms: float, requests: int, durat
 def sample_results(tmp_path: Path) -> BenchResults:
     results = BenchResults(
         config=BenchConfig(out=tmp_path),
-        machine={"cpu": "Test CPU", "cores": 2, "memory_gib": 8.0, "gpus": [], "os": "Linux", "triton": "2.51.0"},
+        machine=Machine(
+            cpu="Test CPU",
+            cores=2,
+            memory_gib=8.0,
+            gpus=[],
+            os="Linux",
+            python="3.11.7",
+            load_average_at_start=[0.5, 0.4, 0.3],
+            triton="2.51.0",
+        ),
     )
     results.started = "2026-01-01 00:00:00 UTC"
     results.model_sources = {"sentiment": "trained model from model_repository/"}
@@ -47,7 +66,15 @@ def sample_results(tmp_path: Path) -> BenchResults:
             triton_ms={"queue_ms": 2.0, "compute_ms": 5.0},
         )
     ]
-    results.facade = {"headlines": ["facade adds 1.2 ms"], "markdown": "## Facade vs direct Triton\n\nbody"}
+    results.facade = FacadeResults(
+        notes=["Model: test"],
+        overhead=OverheadResult(
+            text_tokens=60,
+            padded_to=64,
+            facade=LatencyStats(requests=10, p50_ms=11.0, p95_ms=12.0, p99_ms=13.0, mean_ms=11.5),
+            direct=LatencyStats(requests=10, p50_ms=10.0, p95_ms=11.0, p99_ms=12.0, mean_ms=10.5),
+        ),
+    )
     return results
 
 
@@ -59,7 +86,7 @@ def test_headline_ratios_are_computed_from_the_run() -> None:
     assert "mean executed batch 4.57" in batching
     assert "**2.00x** faster at p50" in int8 and "1.50x the throughput at 16 clients" in int8
     assert "26% of the size" in int8 and "same top label on 97% of 64 inputs" in int8
-    assert facade == "facade adds 1.2 ms"
+    assert facade == "Facade p50 11.00 ms vs direct tritonclient 10.00 ms (x1.100, target <= 1.15) for a 60-token text"
 
 
 def test_report_has_the_machine_tables_and_plots(tmp_path: Path) -> None:
@@ -69,7 +96,7 @@ def test_report_has_the_machine_tables_and_plots(tmp_path: Path) -> None:
     assert "GPU: none" in text
     assert "| 16 | 400 | 400.0 | 40.00 | 40.00 | 40.00 | 0 |" in text
     assert "| dynamic batching on | 16 | 800.0 | 20.00 | 20.00 | 4.57 | 4: 150, 8: 25 |" in text
-    assert "## Facade vs direct Triton" in text
+    assert "## Facade comparisons (bench/facade.py)" in text and "p50 ratio facade / direct: **1.100**" in text
     for plot in ("sweep_sentiment.png", "batching_sentiment.png"):
         assert f"]({plot})" in text
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -77,7 +104,7 @@ def test_report_has_the_machine_tables_and_plots(tmp_path: Path) -> None:
     assert data["sweeps"]["sentiment"][1]["throughput_rps"] == 400.0
     assert data["batching"]["sentiment"][1]["batches"] == {"4": 150, "8": 25}
     assert data["int8"]["sentiment"]["agreement"] == 0.96875
-    assert "markdown" not in data["facade"]
+    assert data["facade"]["overhead"]["p50_ratio"] == 1.1 and data["machine"]["cpu"] == "Test CPU"
 
 
 def test_errors_show_in_the_table(tmp_path: Path) -> None:

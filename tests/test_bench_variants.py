@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.testing import build_tiny_repository
+    from tests.support.tiny_models import build_tiny_repository
 
     return build_tiny_repository(tmp_path_factory.mktemp("tiny"), tasks=("disaster", "pose"))
 

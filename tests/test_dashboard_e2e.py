@@ -1,6 +1,6 @@
 """The dashboard end to end in a real headless Chromium, against the real stack.
 
-Started once for the module: tiny random-weight models (``export.testing``), a real Triton, the
+Started once for the module: tiny random-weight models (``tests.support.tiny_models``), a real Triton, the
 local S3 server, the facade (``python -m frontend_api``) and the dashboard (``python -m dashboard``, login on), all on
 free ports. A user logs in, types a review, clicks an example tweet, uploads a photo, reads the
 Monitoring tab, and sees the page say that the API is down when the facade stops, then work again
@@ -24,10 +24,10 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from skimage import data as skimage_data
 
 from export.s3sync import S3Settings, ensure_bucket, make_client
-from export.testing import build_tiny_repository
 from serving.processes import ManagedProcess, python_module
 from serving.triton import PROJECT_ROOT, TritonServer, free_port
 from taskspec import DISASTER, POSE, SENTIMENT
+from tests.support.tiny_models import build_tiny_repository
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from export.testing import build_tiny_repository
+from tests.support.tiny_models import build_tiny_repository
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

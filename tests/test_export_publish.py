@@ -1,4 +1,4 @@
-"""Publishing: versions never overwrite each other, artifacts travel with the weights, bad exports are refused."""
+"""Publishing: versions never overwrite each other, artifacts travel with the weights, unchecked files are refused."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from export.errors import ExportValidationError, PublishError
+from export.errors import PublishError, UnvalidatedFileError
 from export.models import TinyCNN, tiny_bert
-from export.onnx_export import dynamic_axes, export_onnx, onnx_opset, validate_onnx
+from export.onnx_export import dynamic_axes, export_onnx
 from export.pipeline import text_batch
 from export.publish import publish, versions
 from export.raw_text import TEMPLATE, build_raw_text_config
-from export.testing import default_tokenizer_dir, publish_tiny_model
 from export.triton_config import check_model_config, parse_model_config
 from taskspec import DISASTER, POSE, SENTIMENT, TASKS, get_task
+from tests.support.tiny_models import default_tokenizer_dir, publish_tiny_model
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,28 +40,49 @@ def test_dynamic_axes_follow_the_spec() -> None:
     assert dynamic_axes(POSE) == {"pixel_values": {0: "batch"}, "logits": {0: "batch"}}
 
 
-def test_publish_writes_a_new_version_each_time_and_never_overwrites(pose_onnx: Path, tmp_path: Path) -> None:
+def test_publish_writes_a_new_version_each_time_and_never_overwrites(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    first = publish(POSE, pose_onnx, repo, metrics={"accuracy": 0.5}, card="# first\n")
+    first = publish_tiny_model(POSE, repo, seed=0).version_dir
     first_bytes = (first / "model.onnx").read_bytes()
-    second = publish(POSE, pose_onnx, repo, metrics={"accuracy": 0.7}, card="# second\n")
+    first_metrics = (first / "metrics.json").read_text()
+    second = publish_tiny_model(POSE, repo, seed=1).version_dir
     assert (first.name, second.name) == ("1", "2")
     assert versions(repo / "pose") == [1, 2]
-    assert (first / "model.onnx").read_bytes() == first_bytes
-    assert json.loads((first / "metrics.json").read_text()) == {"accuracy": 0.5}
-    assert (second / "model_card.md").read_text() == "# second\n"
+    assert (first / "model.onnx").read_bytes() == first_bytes and (first / "metrics.json").read_text() == first_metrics
+    assert json.loads((second / "metrics.json").read_text())["seed"] == 1
+    assert "# Human pose / action (pose, profile tiny)" in (second / "model_card.md").read_text()
     assert not [p for p in (repo / "pose").iterdir() if p.name.startswith(".")], "staging folder left behind"
     assert json.loads((second / "preprocessing.json").read_text()) == POSE.preprocessing_document()
     assert check_model_config(POSE, repo / "pose") == []
 
 
-def test_publish_skips_a_version_number_already_taken(pose_onnx: Path, tmp_path: Path) -> None:
+def test_publish_skips_a_version_number_already_taken(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     (repo / "pose" / "3").mkdir(parents=True)
     (repo / "pose" / "3" / "keep.txt").write_text("someone else's")
-    version = publish(POSE, pose_onnx, repo)
+    version = publish_tiny_model(POSE, repo).version_dir
     assert version.name == "4"
     assert (repo / "pose" / "3" / "keep.txt").read_text() == "someone else's"
+
+
+def test_publish_refuses_a_model_file_that_was_not_validated(pose_onnx: Path, tmp_path: Path) -> None:
+    """Only the one publish path (export.pipeline) can publish: it records each file's held-out check."""
+    repo = tmp_path / "repo"
+    with pytest.raises(UnvalidatedFileError, match=r"model\.onnx has no held-out validation record"):
+        publish(POSE, pose_onnx, repo, metrics={"accuracy": 0.5})
+    other = publish_tiny_model(POSE, tmp_path / "other", seed=1)  # other weights: another sha256
+    record = json.loads((other.version_dir / "metrics.json").read_text())
+    with pytest.raises(UnvalidatedFileError, match="not the file that was validated"):
+        publish(POSE, pose_onnx, repo, metrics=record)
+    import hashlib
+
+    record["validation"]["files"]["model.onnx"].update(
+        sha256=hashlib.sha256(pose_onnx.read_bytes()).hexdigest(), passed=False, problems=["below the floor"]
+    )
+    with pytest.raises(UnvalidatedFileError, match="did not pass"):
+        publish(POSE, pose_onnx, repo, metrics=record)
+    assert versions(repo / "pose") == [] and not list((repo / "pose").iterdir())  # no version, no staging
+    assert not (repo / "pose" / "config.pbtxt").exists()
 
 
 def test_publish_refuses_a_text_model_without_tokenizer(pose_onnx: Path, tmp_path: Path) -> None:
@@ -96,18 +117,6 @@ def test_text_publish_ships_an_untruncated_unpadded_tokenizer_and_the_raw_text_m
     assert published.validation.max_abs_diff <= DISASTER.export_atol
     metrics = json.loads((version / "metrics.json").read_text())
     assert metrics["export"]["opset"] >= 17 and metrics["export"]["argmax_agreement"] == 1.0
-
-
-def test_validation_refuses_an_onnx_file_that_does_not_match_pytorch(tmp_path: Path) -> None:
-    exported = tiny_bert(2, seed=0)
-    other = tiny_bert(2, seed=1)  # different weights: the export no longer matches
-    batch = text_batch(default_tokenizer_dir(), ["a good film", "bad"], 32)
-    path = export_onnx(exported, SENTIMENT, {k: torch.from_numpy(v) for k, v in batch.items()}, tmp_path / "m.onnx")
-    assert onnx_opset(path) >= 17
-    report = validate_onnx(exported, path, SENTIMENT, batch)
-    assert report.max_abs_diff < 1e-4
-    with pytest.raises(ExportValidationError, match="differ from PyTorch"):
-        validate_onnx(other, path, SENTIMENT, batch)
 
 
 def test_export_has_dynamic_batch_and_sequence_axes(tmp_path: Path) -> None:
@@ -186,8 +195,8 @@ def test_text_publish_ships_the_int8_file_that_the_cpu_config_serves(tmp_path: P
     assert np.abs(outputs[0] - outputs[1]).max() < 0.1
 
 
-def test_image_publish_has_no_cpu_variant(pose_onnx: Path, tmp_path: Path) -> None:
-    version = publish(POSE, pose_onnx, tmp_path / "repo")
+def test_image_publish_has_no_cpu_variant(tmp_path: Path) -> None:
+    version = publish_tiny_model(POSE, tmp_path / "repo").version_dir
     assert not (version / "model.int8.onnx").exists()
     assert not (tmp_path / "repo" / "pose" / "configs").exists()
 
@@ -198,7 +207,7 @@ def test_publish_seals_each_version_with_a_manifest(pose_onnx: Path, tmp_path: P
 
     from taskspec.manifest import read_manifest, verify_version
 
-    version = publish(POSE, pose_onnx, tmp_path / "repo", metrics={"accuracy": 0.5}, card="# card\n")
+    version = publish_tiny_model(POSE, tmp_path / "repo").version_dir
     document = json.loads((version / "manifest.json").read_text())
     assert set(document) == {"format", "files", "digest"} and document["format"] == 1
     on_disk = sorted(p.name for p in version.iterdir() if p.name != "manifest.json")
@@ -210,7 +219,7 @@ def test_publish_seals_each_version_with_a_manifest(pose_onnx: Path, tmp_path: P
     assert document["digest"] == hashlib.sha256(canonical.encode()).hexdigest()
     assert read_manifest(version).digest == document["digest"] and verify_version(version) == []
 
-    second = publish(POSE, pose_onnx, tmp_path / "repo", metrics={"accuracy": 0.6})
-    assert read_manifest(second).digest != document["digest"]  # other metrics, other content
+    second = publish_tiny_model(POSE, tmp_path / "repo", seed=1).version_dir
+    assert read_manifest(second).digest != document["digest"]  # other weights, other content
     with pytest.raises(PublishError, match="free file name"):
         publish(POSE, pose_onnx, tmp_path / "repo", extra_files={"manifest.json": pose_onnx})

@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from export.build import BuildOptions, build
-from export.data import DEFAULT_DATA_DIR, load_dataset, resolve_data_dir
+from export.data import DEFAULT_DATA_DIR, resolve_data_dir
 from export.models import load_text_classifier
 from export.publish import save_tokenizer
 from export.recipes import TextRecipe
-from export.testing import default_tokenizer_dir
+from export.registry import load_dataset
 from export.train import predict_text_torch, seed_everything, stratified_sample, train_text
 from preprocess.text import TextEncoder
 from taskspec import SENTIMENT
+from tests.support.tiny_models import default_tokenizer_dir
 
 pytestmark = [
     pytest.mark.slow,
@@ -84,6 +85,11 @@ def test_smoke_build_publishes_text_and_image_models_with_cards(tmp_path: Path) 
         assert metrics["test"]["n"] == 45 if result.task == "disaster" else metrics["test"]["n"] > 0
         assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
         assert metrics["export"]["max_abs_diff"] <= 1e-3 and metrics["export"]["opset"] >= 17
+        served = {"disaster": {"model.onnx", "model.int8.onnx"}, "pose": {"model.onnx"}}[result.task]
+        assert set(metrics["validation"]["files"]) == served  # each checked on the held-out split
+        assert all(
+            r["passed"] and r["test"]["n"] == metrics["test"]["n"] for r in metrics["validation"]["files"].values()
+        )
         card = (result.version_dir / "model_card.md").read_text()
         assert "Held-out test" in card and "Confusion matrix" in card
         assert f"{metrics['test']['accuracy']:.2%}" in card

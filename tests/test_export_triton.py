@@ -12,10 +12,10 @@ import tritonclient.http as httpclient
 
 from export.models import TinyCNN, tiny_bert
 from export.pipeline import text_batch
-from export.testing import build_tiny_repository, default_tokenizer_dir
 from export.triton_config import check_model_config
 from serving.triton import TritonServer
 from taskspec import DISASTER, POSE, SENTIMENT
+from tests.support.tiny_models import build_tiny_repository, default_tokenizer_dir
 
 pytestmark = pytest.mark.integration
 

@@ -9,11 +9,13 @@ import pytest
 
 from export.build import resolve_image_checkpoint, resolve_text_checkpoint
 from export.cli import _checkpoints
-from export.data import load_local, stratified_split
+from export.data import har_local, imdb_local, stratified_split
 from export.errors import CheckpointError, DatasetError
 from export.metrics import classification_metrics, model_card
-from export.recipes import RECIPES, ImageRecipe, TextRecipe
+from export.recipes import ImageRecipe, TextRecipe
+from export.registry import recipe_for
 from export.train import length_grouped_batches, stratified_sample
+from taskspec import POSE, SENTIMENT
 
 
 def test_length_grouped_batches_cover_every_example_once_with_little_padding() -> None:
@@ -67,10 +69,10 @@ def test_classification_metrics_and_card() -> None:
 
 def test_profiles_cover_every_task_with_the_right_recipe_kind() -> None:
     for profile in ("quick", "full"):
-        assert isinstance(RECIPES[profile]["sentiment"], TextRecipe)
-        assert isinstance(RECIPES[profile]["disaster"], TextRecipe)
-        assert isinstance(RECIPES[profile]["pose"], ImageRecipe)
-    assert RECIPES["full"]["pose"].finetune_epochs > 0  # type: ignore[union-attr]
+        assert isinstance(recipe_for(profile, "sentiment"), TextRecipe)
+        assert isinstance(recipe_for(profile, "disaster"), TextRecipe)
+        assert isinstance(recipe_for(profile, "pose"), ImageRecipe)
+    assert recipe_for("full", "pose").finetune_epochs > 0  # type: ignore[union-attr]
 
 
 def test_checkpoint_flag_parsing() -> None:
@@ -96,9 +98,9 @@ def test_missing_dataset_layout_is_a_dataset_error(tmp_path: Path) -> None:
     (tmp_path / "human_action" / "train" / "calling").mkdir(parents=True)
     (tmp_path / "human_action" / "val").mkdir(parents=True)
     with pytest.raises(DatasetError, match="lacks class folders"):
-        load_local("pose", tmp_path)
+        har_local(POSE, tmp_path)
     (tmp_path / "imdb").mkdir()
     (tmp_path / "imdb" / "train.csv.gz").write_bytes(b"not gzip")
     (tmp_path / "imdb" / "val.csv.gz").write_bytes(b"not gzip")
     with pytest.raises(DatasetError, match="cannot read"):
-        load_local("sentiment", tmp_path)
+        imdb_local(SENTIMENT, tmp_path)

@@ -12,7 +12,6 @@ from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from export.raw_text import shipped_code
-from export.testing import default_tokenizer_dir, publish_tiny_model
 from export.validate import validate_task
 from preprocess.errors import InvalidArtifacts, InvalidImage
 from preprocess.image import DEFAULT_MAX_PIXELS, decode_image, normalize, open_image, sniff_format
@@ -20,6 +19,7 @@ from preprocess.probabilities import softmax
 from preprocess.text import TextEncoder
 from taskspec import DISASTER, POSE, TOKENIZER_FILE, ImagePreprocessing, TextPreprocessing
 from tests.preprocess_inputs import cased_tokenizer_dir, encode_image
+from tests.support.tiny_models import default_tokenizer_dir, publish_tiny_model
 
 assert DISASTER.text is not None and POSE.image is not None
 TEXT = DISASTER.text  # buckets 16, 32, 64

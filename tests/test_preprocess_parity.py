@@ -20,7 +20,7 @@ fp32 ONNX file on the same tensors, only the batch composition differs between p
 a 2-core CPU: 0.0 for the evaluation path's logits; the tiny models' logits are about 0.02 for text, 0.3 for
 pose).
 
-The models are tiny random ones (``export.testing``) published with a *cased* copy of the MiniLM tokenizer,
+The models are tiny random ones (``tests.support.tiny_models``) published with a *cased* copy of the MiniLM tokenizer,
 so that the declared ``lowercase`` is what lowercases (with the uncased tokenizer a path that skipped it
 would send the same ids, and no skew could be seen because there would be none).
 
@@ -55,7 +55,6 @@ from fastapi.testclient import TestClient
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.evaluate import image_inputs, image_logits, text_inputs, text_logits
-from export.testing import build_tiny_repository
 from export.triton_config import render_model_config
 from frontend_api.app import create_app
 from frontend_api.settings import ApiSettings
@@ -76,6 +75,7 @@ from taskspec import (
 )
 from tests.fakes.frontend_api import FakeTriton, ImageHostTransport
 from tests.preprocess_inputs import cased_tokenizer_dir, sample_photos, sample_texts
+from tests.support.tiny_models import build_tiny_repository
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
