@@ -1,7 +1,7 @@
 """One error taxonomy, one body shape (RFC 9457 ``application/problem+json``), one status map.
 
 Third-party exceptions are translated where they enter the facade (Triton client, image fetcher,
-S3) into an :class:`ApiError` subclass; the handlers in :mod:`frontend_api.app` turn every
+S3) into an :class:`ApiError` subclass; the handlers in :mod:`frontend_api.problems` turn every
 :class:`ApiError`, validation error and unexpected exception into a problem document. The ``type``
 of each kind is a stable URI (relative to the API's origin) that clients may switch on.
 """

@@ -51,15 +51,16 @@ from frontend_api.errors import (
 from frontend_api.metrics import ApiMetrics
 from frontend_api.settings import ApiSettings
 from preprocess.errors import InvalidImage
+from preprocess.image import IMAGE_MEDIA_TYPES
 from preprocess.image import sniff_format as sniff_format
 from taskspec import ImagePreprocessing
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 """(host, port) -> IP addresses (strings)."""
 
-ACCEPTED_CONTENT_TYPES = frozenset(
-    {"image/jpeg", "image/png", "image/webp", "image/gif", "application/octet-stream", "binary/octet-stream"}
-)
+ACCEPTED_CONTENT_TYPES = frozenset({*IMAGE_MEDIA_TYPES, "application/octet-stream", "binary/octet-stream"})
+"""Content types an image host may answer with: the formats the decoder takes, and the generic types S3 gives
+objects stored without one (the magic bytes decide then)."""
 
 
 class SystemResolver:

@@ -1,24 +1,38 @@
-"""Request and response bodies of the REST API (the contract the dashboard and clients use)."""
+"""Request and response bodies of the REST API (the contract the dashboard and clients use).
+
+Request limits come from the task spec: a classification request carries at most
+``spec.batching.max_batch_size`` items (one request never exceeds the model's Triton batch), and an
+image request asks for at most as many top labels as the task has. The request models are built per
+task (:func:`text_request_model`, :func:`image_request_model`), so each route's OpenAPI schema states
+its own task's limits. What the validators enforce is what the schema declares: the checks that JSON
+Schema cannot express on its own are declared next to the keyword that states them, and
+tests/test_api_fuzz.py holds the two to each other.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar, cast
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, HttpUrl
+import email_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
-from taskspec import DISASTER, POSE, POSE_LABELS, SENTIMENT
+from preprocess.image import IMAGE_MEDIA_TYPES
+from taskspec import TASKS, Modality, TaskSpec
 
-MAX_TEXTS = 64
-"""Texts per request: one request never exceeds the text models' Triton max_batch_size."""
 MAX_TEXT_CHARS = 5000
-"""Characters per text; tokens past the model's maximum length are truncated anyway."""
-MAX_IMAGES = 16
-"""Images per request: the pose model's Triton max_batch_size."""
-UPLOAD_CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp")
+"""Characters per text (a facade limit on the work one text can cause; tokens past the served version's
+maximum length are truncated anyway)."""
+
+NON_BLANK_PATTERN = r"[^\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+"""JSON Schema ``pattern`` of a text with at least one character that is not whitespace as ``str.strip()`` sees it.
+
+Spelled with explicit ``\\uXXXX`` ranges, not ``\\S``: ``\\s`` means another set in each regex dialect
+(ECMA-262 counts U+FEFF, Python's ``re`` and ``str.strip`` count U+001C-U+001F and U+0085). A test checks,
+code point by code point, that this class is exactly the complement of ``str.isspace()``."""
 
 
 def _check_text(text: str) -> str:
-    if not text.strip():
+    if not text.strip():  # the check NON_BLANK_PATTERN declares
         raise ValueError("text must contain at least one non-whitespace character")
     try:
         text.encode("utf-8")
@@ -27,19 +41,124 @@ def _check_text(text: str) -> str:
     return text
 
 
-Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_check_text)]
+Text = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_TEXT_CHARS,
+        description=f"1 to {MAX_TEXT_CHARS} characters, at least one of them not whitespace",
+        json_schema_extra={"pattern": NON_BLANK_PATTERN},
+    ),
+    AfterValidator(_check_text),
+]
+
+
+def _check_email(value: str) -> str:
+    # email-validator's syntax check (no DNS), as pydantic's EmailStr, but with the `test` top-level domain
+    # allowed (test_environment): JSON Schema's `format: email` includes it, and so do generated clients' data.
+    try:
+        email_validator.validate_email(value, check_deliverability=False, test_environment=True)
+    except email_validator.EmailNotValidError as exc:
+        raise ValueError(f"value is not a valid email address: {exc}") from None
+    return value
+
+
+UserId = Annotated[
+    str,
+    Field(
+        max_length=254,
+        description="Caller's e-mail address (optional; for auditing). Syntax as `format: email`; the reserved "
+        "domains .local, .localhost, .invalid, .onion and .arpa are refused",
+        json_schema_extra={"format": "email"},
+    ),
+    AfterValidator(_check_email),
+]
+
+
+ImageUrl = Annotated[
+    HttpUrl,
+    # HttpUrl's schema says only `format: uri`, which any scheme meets; the pattern states what it checks.
+    Field(json_schema_extra={"pattern": "^[Hh][Tt][Tt][Pp][Ss]?://"}),
+]
+"""An http(s) URL (at most 2083 characters)."""
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _per_task(base: type[M], spec: TaskSpec, doc: str, examples: list[Any], **fields: Any) -> type[M]:
+    """``base`` with ``fields`` (name -> (type, Field)) redeclared for ``spec``: a model of its own, named after
+    the task in the OpenAPI document (``sentiment`` -> ``SentimentRequest``)."""
+    name = "".join(part.capitalize() for part in spec.name.replace("-", "_").split("_")) + "Request"
+    namespace: dict[str, Any] = {
+        "__module__": __name__,
+        "__doc__": doc,
+        "__annotations__": {field: annotation for field, (annotation, _) in fields.items()},
+        "model_config": ConfigDict(json_schema_extra={"examples": examples}),
+        **{field: info for field, (_, info) in fields.items()},
+    }
+    return cast(type[M], type(name, (base,), namespace))
 
 
 class TextRequest(BaseModel):
-    """Texts to classify (one prediction per text, in order)."""
+    """Texts to classify (one prediction per text, in order). Each text task has its own subclass
+    (:func:`text_request_model`) with the task's limit on ``texts``."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"texts": list(SENTIMENT.examples), "user_id": "ada@example.com"}]},
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[Text] = Field(min_length=1)
+    user_id: UserId | None = None
+
+
+def text_request_model(spec: TaskSpec) -> type[TextRequest]:
+    """The request body of ``POST /v1/<spec.name>``: at most ``spec.batching.max_batch_size`` texts."""
+    limit = spec.batching.max_batch_size
+    example: dict[str, Any] = {"texts": list(spec.examples) or ["some text"], "user_id": "ada@example.com"}
+    return _per_task(
+        TextRequest,
+        spec,
+        f"Texts to classify: {spec.title} (one prediction per text, in order).",
+        [example],
+        texts=(list[Text], Field(min_length=1, max_length=limit, description=f"1 to {limit} texts")),
     )
 
-    texts: list[Text] = Field(min_length=1, max_length=MAX_TEXTS, description="1 to 64 non-empty texts")
-    user_id: EmailStr | None = Field(None, description="Caller's e-mail address (optional; for auditing)")
+
+class ImageRequest(BaseModel):
+    """Images to classify, given as (presigned) URLs the facade downloads. Each image task has its own
+    subclass (:func:`image_request_model`) with the task's limits on ``image_urls`` and ``top_k``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_urls: list[ImageUrl] = Field(min_length=1)
+    top_k: int = Field(3, ge=1)
+    user_id: UserId | None = None
+
+
+def image_request_model(spec: TaskSpec) -> type[ImageRequest]:
+    """The request body of ``POST /v1/<spec.name>``: at most ``spec.batching.max_batch_size`` URLs, ``top_k`` at
+    most the number of labels."""
+    limit = spec.batching.max_batch_size
+    example: dict[str, Any] = {
+        "image_urls": ["https://mtc-uploads.s3.us-east-1.amazonaws.com/uploads/3f2a.jpg?X-Amz-Signature=..."],
+        "top_k": min(3, spec.num_labels),
+    }
+    return _per_task(
+        ImageRequest,
+        spec,
+        f"Images to classify: {spec.title}, given as (presigned) URLs the facade downloads.",
+        [example],
+        image_urls=(
+            list[ImageUrl],
+            Field(
+                min_length=1,
+                max_length=limit,
+                description=f"1 to {limit} http(s) URLs, e.g. the get_url of /v1/uploads",
+            ),
+        ),
+        top_k=(
+            int,
+            Field(min(3, spec.num_labels), ge=1, le=spec.num_labels, description="How many of the best labels to list"),
+        ),
+    )
 
 
 class ModelRef(BaseModel):
@@ -61,50 +180,25 @@ class TextTimings(BaseModel):
     total: float = Field(description="Whole request inside the facade, ms")
 
 
+def _text_response_examples() -> list[Any]:
+    spec = next((spec for spec in TASKS.values() if spec.modality == "text"), None)
+    if spec is None:
+        return []
+    rest = round(0.1 / (spec.num_labels - 1), 3)
+    probabilities = {label: 0.9 if label == spec.labels[-1] else rest for label in spec.labels}
+    prediction = {"text_index": 0, "label": spec.labels[-1], "probabilities": probabilities}
+    timings = {"tokenize": 0.4, "inference": 9.8, "total": 10.6}
+    model = {"name": spec.model_name, "version": "1"}
+    return [{"task": spec.name, "model": model, "predictions": [prediction], "timings_ms": timings}]
+
+
 class TextResponse(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "task": "sentiment",
-                    "model": {"name": "sentiment", "version": "1"},
-                    "predictions": [
-                        {"text_index": 0, "label": "positive", "probabilities": {"negative": 0.1, "positive": 0.9}}
-                    ],
-                    "timings_ms": {"tokenize": 0.4, "inference": 9.8, "total": 10.6},
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": _text_response_examples()})
 
     task: str
     model: ModelRef
     predictions: list[TextPrediction]
     timings_ms: TextTimings
-
-
-class PoseRequest(BaseModel):
-    """Images to classify, given as (presigned) URLs the facade downloads."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "image_urls": [
-                        "https://mtc-uploads.s3.us-east-1.amazonaws.com/uploads/3f2a.jpg?X-Amz-Signature=..."
-                    ],
-                    "top_k": 3,
-                }
-            ]
-        },
-    )
-
-    image_urls: list[HttpUrl] = Field(
-        min_length=1, max_length=MAX_IMAGES, description="1 to 16 http(s) URLs, e.g. the get_url of /v1/uploads"
-    )
-    top_k: int = Field(3, ge=1, le=len(POSE_LABELS), description="How many of the best labels to list")
-    user_id: EmailStr | None = Field(None, description="Caller's e-mail address (optional; for auditing)")
 
 
 class LabelProbability(BaseModel):
@@ -126,8 +220,8 @@ class ImageTimings(BaseModel):
     total: float = Field(description="Whole request inside the facade, ms")
 
 
-class PoseResponse(BaseModel):
-    task: Literal["pose"] = "pose"
+class ImageResponse(BaseModel):
+    task: str
     model: ModelRef
     predictions: list[ImagePrediction]
     timings_ms: ImageTimings
@@ -143,9 +237,18 @@ class UploadRequest(BaseModel):
     filename: str | None = Field(
         None, min_length=1, max_length=200, description="Original file name (informational; the key is random)"
     )
-    content_type: Literal["image/jpeg", "image/png", "image/webp"] = Field(
-        "image/jpeg", description="Content type the upload must be sent with"
+    content_type: str = Field(
+        IMAGE_MEDIA_TYPES[0],
+        description="Content type the upload must be sent with: an image format the models' preprocessing decodes",
+        json_schema_extra={"enum": list(IMAGE_MEDIA_TYPES)},
     )
+
+    @field_validator("content_type")
+    @classmethod
+    def _an_image_format(cls, value: str) -> str:  # the check the `enum` above declares
+        if value not in IMAGE_MEDIA_TYPES:
+            raise ValueError(f"content_type must be one of {', '.join(IMAGE_MEDIA_TYPES)}")
+        return value
 
 
 class UploadResponse(BaseModel):
@@ -182,54 +285,63 @@ class UploadResponse(BaseModel):
         description="Form fields to send first, unchanged (key, Content-Type, policy and signature); "
         "the image follows as the field `file`"
     )
-    get_url: str = Field(description="Presigned GET URL of the same object: pass it to /v1/pose")
+    get_url: str = Field(description="Presigned GET URL of the same object: pass it to the image routes")
     key: str = Field(description="Object key in the upload bucket")
     expires_in: int = Field(description="Seconds the upload form and the GET URL stay valid")
     max_bytes: int = Field(description="Largest file the upload accepts (S3 refuses larger ones)")
 
 
 class ModelInfo(BaseModel):
+    """One task the facade serves: its served model version, that version's labels, the request limits."""
+
     task: str
     title: str
-    modality: Literal["text", "image"]
+    modality: Modality
     model: str = Field(description="Triton model name")
-    version: str | None = Field(description="Version Triton serves (the highest ready one); null when not ready")
-    labels: list[str]
-    ready: bool
-    max_items: int = Field(description="Most texts or images per request")
+    version: str | None = Field(
+        description="Version Triton serves and the facade classifies with (the highest ready one); null when not ready"
+    )
+    labels: list[str] = Field(
+        description="Labels of the served version (from its published artifacts: what predictions carry); the task "
+        "spec's while no version is served"
+    )
+    ready: bool = Field(description="Triton serves the model and the served version's artifacts load")
+    max_items: int = Field(description="Most texts or images per request (the model's Triton max_batch_size)")
+    max_text_chars: int | None = Field(None, description="Most characters per text (text tasks)")
+    max_tokens: int | None = Field(
+        None, description="Tokens a text is truncated to by the served version (text tasks; null when not ready)"
+    )
+    examples: list[str] = Field(default_factory=list, description="Example inputs (text tasks)")
+
+
+def model_info(spec: TaskSpec) -> ModelInfo:
+    """What ``/v1/models`` says of ``spec`` while none of its versions is served (spec values only)."""
+    return ModelInfo(
+        task=spec.name,
+        title=spec.title,
+        modality=spec.modality,
+        model=spec.model_name,
+        version=None,
+        labels=list(spec.labels),
+        ready=False,
+        max_items=spec.batching.max_batch_size,
+        max_text_chars=MAX_TEXT_CHARS if spec.modality == "text" else None,
+        examples=list(spec.examples),
+    )
+
+
+def _models_example() -> dict[str, Any]:
+    models = []
+    for number, spec in enumerate(TASKS.values()):
+        info = model_info(spec)
+        if number == 0 and spec.text is not None:  # the first one served
+            info = info.model_copy(update={"version": "1", "ready": True, "max_tokens": spec.text.max_length})
+        models.append(info.model_dump())
+    return {"models": models}
 
 
 class ModelsResponse(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "models": [
-                        {
-                            "task": "disaster",
-                            "title": DISASTER.title,
-                            "modality": "text",
-                            "model": "disaster",
-                            "version": "1",
-                            "labels": list(DISASTER.labels),
-                            "ready": True,
-                            "max_items": MAX_TEXTS,
-                        },
-                        {
-                            "task": "pose",
-                            "title": POSE.title,
-                            "modality": "image",
-                            "model": "pose",
-                            "version": None,
-                            "labels": list(POSE.labels),
-                            "ready": False,
-                            "max_items": MAX_IMAGES,
-                        },
-                    ]
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [_models_example()]})
 
     models: list[ModelInfo]
 

@@ -23,22 +23,21 @@ from frontend_api.errors import ApiError, InferenceFailed, ModelNotReady, Storag
 from frontend_api.images import ImageFetcher, Lease, decode_batch
 from frontend_api.metrics import ApiMetrics
 from frontend_api.schemas import (
-    MAX_IMAGES,
-    MAX_TEXTS,
     ImagePrediction,
+    ImageResponse,
     ImageTimings,
     LabelProbability,
     ModelInfo,
     ModelRef,
     ModelsResponse,
     ModelStats,
-    PoseResponse,
     Readiness,
     StatsResponse,
     TextPrediction,
     TextResponse,
     TextTimings,
     UploadResponse,
+    model_info,
 )
 from frontend_api.settings import ApiSettings
 from frontend_api.singleflight import SingleFlight
@@ -152,8 +151,7 @@ class PlatformService:
         t_infer = time.perf_counter()
         ids_name, mask_name = spec.input_names
         requests = [self._infer(spec, version, {ids_name: g.input_ids, mask_name: g.attention_mask}) for g in groups]
-        # One bucket (the usual case for a single text) needs no task of its own.
-        outputs = [await requests[0]] if len(requests) == 1 else await asyncio.gather(*requests)
+        outputs = await asyncio.gather(*requests)
         t_done = time.perf_counter()
         predictions: list[TextPrediction | None] = [None] * len(texts)
         labels = artifacts.labels
@@ -174,7 +172,7 @@ class PlatformService:
             timings_ms=timings,
         )
 
-    async def classify_images(self, spec: TaskSpec, urls: Sequence[str], top_k: int) -> PoseResponse:
+    async def classify_images(self, spec: TaskSpec, urls: Sequence[str], top_k: int) -> ImageResponse:
         """Fetch every image (SSRF-checked), decode and normalise off the loop, one batched Triton call."""
         start = time.perf_counter()
         served = await self.served(spec)
@@ -210,7 +208,8 @@ class PlatformService:
         )
         self.metrics.observe_stages(spec.name, timings.model_dump())
         self.metrics.items.labels(task=spec.name).inc(len(urls))
-        return PoseResponse(
+        return ImageResponse(
+            task=spec.name,
             model=ModelRef(name=spec.model_name, version=output.model_version or version),
             predictions=predictions,
             timings_ms=timings,
@@ -227,33 +226,25 @@ class PlatformService:
 
     # --- state ---
 
-    async def _model_state(self, spec: TaskSpec) -> tuple[bool, str | None]:
+    async def _model_info(self, spec: TaskSpec) -> ModelInfo:
+        """``spec`` as served: the version requests are classified with, and the labels and truncation length of
+        that version's artifacts (so they agree with predictions); the spec's values while none is served."""
+        info = model_info(spec)
         if not await self.triton.model_ready(spec.model_name):
-            return False, None
+            return info
         try:
-            versions = await self.triton.model_versions(spec.model_name)
+            served = await self.served(spec)
+            artifacts = await self.artifacts.get(spec, served.version, served.content)
         except ApiError:
-            return False, None
-        return True, _highest(versions)
+            return info
+        max_tokens = artifacts.encoder.preprocessing.max_length if isinstance(artifacts, TextArtifacts) else None
+        update = {"version": served.version, "labels": list(artifacts.labels), "ready": True, "max_tokens": max_tokens}
+        return info.model_copy(update=update)
 
     async def models(self) -> ModelsResponse:
-        """Every task with its served version and ready state (Triton down: all not ready)."""
-        states = await asyncio.gather(*(self._model_state(spec) for spec in self.tasks))
-        return ModelsResponse(
-            models=[
-                ModelInfo(
-                    task=spec.name,
-                    title=spec.title,
-                    modality=spec.modality,
-                    model=spec.model_name,
-                    version=version,
-                    labels=list(spec.labels),
-                    ready=ready,
-                    max_items=MAX_TEXTS if spec.modality == "text" else MAX_IMAGES,
-                )
-                for spec, (ready, version) in zip(self.tasks, states, strict=True)
-            ]
-        )
+        """Every task with its served version, that version's labels, its limits and ready state (Triton down: all
+        not ready)."""
+        return ModelsResponse(models=list(await asyncio.gather(*(self._model_info(spec) for spec in self.tasks))))
 
     async def readiness(self) -> Readiness:
         """Triton ready and every served task's model ready: one probe per ``readyz_cache_s`` whatever the

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from taskspec import TASKS
+from taskspec import TASK_MODULES_ENV, TASKS, TaskModuleError, load_task_modules
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +53,7 @@ def describe_settings_error(error: ValidationError) -> str:
 class ApiSettings(BaseSettings):
     """Every knob of the facade. Lists are given as JSON in the environment (``'["a", "b"]'``)."""
 
-    model_config = SettingsConfigDict(env_prefix="MTC_API_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MTC_API_", env_file=".env", extra="ignore", populate_by_name=True)
 
     # --- where `python -m frontend_api` listens (also what the exposure check reads) ---
     host: str = Field(
@@ -85,8 +85,16 @@ class ApiSettings(BaseSettings):
     readyz_cache_s: float = Field(
         1.0, ge=0, description="How long one /readyz answer is reused (one probe of Triton per period at most)"
     )
+    task_modules: str = Field(
+        "",
+        validation_alias=AliasChoices("MTC_API_TASK_MODULES", TASK_MODULES_ENV),
+        description=f"Comma-separated Python modules that register tasks beyond the built-ins, imported at start-up "
+        f"(taskspec.load_task_modules); also read from {TASK_MODULES_ENV}, which the exporter and the stack read too",
+    )
     tasks: list[str] = Field(
-        default_factory=lambda: list(TASKS), description="Tasks this facade serves (names from taskspec)"
+        default_factory=list,
+        description="Tasks this facade serves (names from taskspec); empty (the default): every known task, the "
+        "built-ins and those the task modules register",
     )
 
     # --- artifacts that travel with the weights ---
@@ -123,11 +131,11 @@ class ApiSettings(BaseSettings):
         300, ge=10, le=3600, description="Lifetime of presigned upload (POST) and GET URLs, in seconds"
     )
     allowed_buckets: list[str] = Field(
-        default_factory=list, description="Buckets (besides upload_bucket) that /v1/pose may fetch images from"
+        default_factory=list, description="Buckets (besides upload_bucket) that the image routes may fetch images from"
     )
     allowed_image_hosts: list[str] = Field(
         default_factory=list,
-        description="Extra hosts (host or host:port) /v1/pose may fetch from over https, any path",
+        description="Extra hosts (host or host:port) the image routes may fetch from over https, any path",
     )
     allowed_http_hosts: list[str] = Field(
         default_factory=list,
@@ -195,6 +203,22 @@ class ApiSettings(BaseSettings):
                     f"whitespace ({KEYGEN_HINT})"
                 )
         return keys
+
+    @model_validator(mode="after")
+    def _known_tasks(self) -> ApiSettings:
+        try:
+            load_task_modules(self.task_modules)
+        except TaskModuleError as exc:
+            raise ValueError(str(exc)) from None
+        if not self.tasks:
+            self.tasks = list(TASKS)
+        unknown = [name for name in self.tasks if name not in TASKS]
+        if unknown:
+            raise ValueError(
+                f"MTC_API_TASKS names unknown tasks {', '.join(map(repr, unknown))}; known: {', '.join(TASKS)} "
+                f"(a task outside the built-ins needs its module in {TASK_MODULES_ENV})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _not_open_beyond_loopback(self) -> ApiSettings:

@@ -2,7 +2,7 @@
 
 :class:`TritonBackend` is what the service layer depends on; :class:`TritonHttpClient` implements
 it with ``tritonclient.http.aio`` (one long-lived aiohttp connection pool, created in the app's
-lifespan), and :class:`frontend_api.testing.FakeTriton` implements it for unit tests. Every failure
+lifespan), and :class:`tests.fakes.frontend_api.FakeTriton` implements it for unit tests. Every failure
 is translated here into the facade's error taxonomy: unreachable or shutting down ->
 :class:`BackendUnavailable`, unknown or unloaded model -> :class:`ModelNotReady`, queue full or
 queue timeout (the model's queue policy) -> :class:`BackendOverloaded`, past the deadline ->

@@ -1,4 +1,5 @@
-"""Presigned S3 uploads: the client uploads an image straight to S3, then sends its GET URL to /v1/pose.
+"""Presigned S3 uploads: the client uploads an image straight to S3, then sends its GET URL to an image route
+(``/v1/pose``).
 
 Images never pass through the API's request body. The upload is a presigned POST (an S3 "browser
 upload" form) whose signed policy fixes the key, the bucket and the ``Content-Type``, limits the
@@ -21,8 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from frontend_api.errors import StorageUnavailable
 from frontend_api.schemas import UploadResponse
 from frontend_api.settings import ApiSettings
-
-_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
+from preprocess.image import image_format
 
 
 def make_s3_client(settings: ApiSettings, *, public: bool = False) -> Any:
@@ -49,7 +49,8 @@ def make_s3_client(settings: ApiSettings, *, public: bool = False) -> Any:
 
 def presign_upload(s3: Any, settings: ApiSettings, content_type: str) -> UploadResponse:
     """A presigned POST (form upload) and the GET URL for one new object (signing is local: no request to S3)."""
-    key = f"uploads/{uuid.uuid4().hex}.{_EXTENSIONS.get(content_type, 'bin')}"
+    known = image_format(content_type)
+    key = f"uploads/{uuid.uuid4().hex}.{known.extension if known is not None else 'bin'}"
     try:
         # The GET first: without credentials it raises NoCredentialsError, where botocore's POST signer
         # would fail with an AttributeError.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
@@ -26,30 +27,52 @@ DEFAULT_MAX_PIXELS = 40_000_000
 """Pixel cap for image files read from disk (datasets); the facade passes its own setting."""
 RESAMPLE = Image.Resampling.BILINEAR
 
-# Magic bytes -> Pillow format: only these decoders ever run.
-_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """One image file format the platform accepts, declared once: the decoder that runs on it, the media type
+    it travels under (upload forms, image hosts' ``Content-Type``) and how its files start."""
+
+    pillow: str
+    """Pillow's format name: the only decoder that ever runs on bytes that look like this format."""
+    media_type: str
+    extension: str
+    """File name extension of stored uploads."""
+    signatures: tuple[tuple[tuple[int, bytes], ...], ...]
+    """Ways a file of this format starts: each is (offset, bytes) pairs that must all match."""
+
+    def matches(self, data: bytes) -> bool:
+        return any(all(data[at : at + len(magic)] == magic for at, magic in signature) for signature in self.signatures)
+
+
+IMAGE_FORMATS: tuple[ImageFormat, ...] = (
+    ImageFormat("JPEG", "image/jpeg", "jpg", (((0, b"\xff\xd8\xff"),),)),
+    ImageFormat("PNG", "image/png", "png", (((0, b"\x89PNG\r\n\x1a\n"),),)),
+    ImageFormat("WEBP", "image/webp", "webp", (((0, b"RIFF"), (8, b"WEBP")),)),
+    ImageFormat("GIF", "image/gif", "gif", (((0, b"GIF87a"),), ((0, b"GIF89a"),))),
 )
+"""Every format :func:`open_image` decodes; the facade's upload forms and image fetcher accept exactly these."""
+IMAGE_MEDIA_TYPES: tuple[str, ...] = tuple(f.media_type for f in IMAGE_FORMATS)
+
+
+_FORMAT_NAMES = ", ".join(f.pillow for f in IMAGE_FORMATS[:-1]) + f" or {IMAGE_FORMATS[-1].pillow}"
+
+
+def image_format(media_type: str) -> ImageFormat | None:
+    """The format a media type names (``image/jpeg``), or None."""
+    return next((f for f in IMAGE_FORMATS if f.media_type == media_type), None)
 
 
 def sniff_format(data: bytes) -> str | None:
     """Pillow format name from magic bytes (JPEG, PNG, WEBP, GIF), or None."""
-    for magic, name in _MAGIC:
-        if data.startswith(magic):
-            return name
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    return None
+    return next((f.pillow for f in IMAGE_FORMATS if f.matches(data)), None)
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode ``data`` into an upright (EXIF orientation applied) RGB image; raises :class:`InvalidImage`."""
     fmt = sniff_format(data)
     if fmt is None:
-        raise InvalidImage("not a JPEG, PNG, WebP or GIF image (magic bytes)")
+        raise InvalidImage(f"not a {_FORMAT_NAMES} image (magic bytes)")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:

@@ -20,10 +20,10 @@ from fastapi.testclient import TestClient
 from frontend_api.app import create_app
 from frontend_api.errors import StorageUnavailable
 from frontend_api.settings import ApiSettings
-from frontend_api.testing import FakeTriton, make_artifact_repository, write_manifest
 from preprocess.probabilities import softmax
 from taskspec import DISASTER, MANIFEST_FILE, PREPROCESSING_FILE, TOKENIZER_FILE
 from taskspec.manifest import FileEntry, digest_of
+from tests.fakes.frontend_api import FakeTriton, make_artifact_repository, write_manifest
 
 REFRESH_S = 1.0
 
@@ -77,6 +77,26 @@ def test_a_republished_version_is_served_with_its_new_artifacts_after_the_refres
         assert classify(client) == pytest.approx(expected(("calm", "emergency"), tokens=1))
         # served from the cache until the next change
         assert classify(client) == pytest.approx(expected(("calm", "emergency"), tokens=1))
+
+
+def test_models_reports_the_labels_and_truncation_length_predictions_are_made_with(tmp_path: Path) -> None:
+    # A version published with other labels and a shorter maximum length than the task spec declares:
+    # /v1/models must describe the version requests are classified with, not the spec.
+    repo = make_artifact_repository(tmp_path, tasks=["disaster"], manifest=True)
+    version_dir = repo / "disaster" / "1"
+    doc = json.loads((version_dir / PREPROCESSING_FILE).read_text())
+    doc["text"]["buckets"], doc["text"]["max_length"] = [8, 16], 16
+    (version_dir / PREPROCESSING_FILE).write_text(json.dumps(doc))
+    republish(version_dir, manifest=True)
+    fake = FakeTriton(versions={"disaster": ["1"]})
+    with client_for(repo, fake) as client:
+        (model,) = client.get("/v1/models").json()["models"]
+        predicted = classify(client)
+        long_text = client.post("/v1/disaster", json={"texts": ["fire " * 100]})
+    assert model["labels"] == list(predicted) == ["calm", "emergency"] != list(DISASTER.labels)
+    assert model["version"] == "1" and model["ready"] is True
+    assert model["max_tokens"] == 16 != (DISASTER.text.max_length if DISASTER.text else None)
+    assert long_text.status_code == 200 and fake.calls[-1].shapes["input_ids"] == (1, model["max_tokens"])
 
 
 def test_artifacts_that_do_not_match_the_manifest_are_refused_until_they_do(tmp_path: Path) -> None:

@@ -29,8 +29,9 @@ from frontend_api.images import (
     sniff_format,
 )
 from frontend_api.settings import ApiSettings
-from frontend_api.testing import FakeTriton, HostHandler, ImageHostTransport, asgi_client, make_artifact_repository
+from preprocess.image import IMAGE_FORMATS, ImageFormat
 from taskspec import POSE
+from tests.fakes.frontend_api import FakeTriton, HostHandler, ImageHostTransport, asgi_client, make_artifact_repository
 
 PROBLEM = "application/problem+json"
 S3 = "127.0.0.1:9000"
@@ -159,6 +160,22 @@ def test_pose_downloads_each_url_and_returns_top_k(api, hosts: Hosts) -> None:
     assert float(response.headers["x-fetch-time-ms"]) == body["timings_ms"]["fetch"]
     # the facade connected to the checked address and kept the original Host header
     assert hosts.seen[0].startswith("93.184.216.34|images.example.com/a.jpg")
+
+
+@pytest.mark.parametrize("fmt", IMAGE_FORMATS, ids=lambda f: f.media_type)
+def test_every_image_format_the_decoder_declares_is_fetched_and_classified(api, hosts: Hosts, fmt: ImageFormat) -> None:
+    client, _ = api
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (90, 160, 30)).save(buffer, format=fmt.pillow)
+    data = buffer.getvalue()
+    assert sniff_format(data) == fmt.pillow
+    headers = {"content-type": fmt.media_type}
+    url = hosts.add(
+        f"https://images.example.com/photo.{fmt.extension}",
+        lambda r: httpx.Response(200, content=data, headers=headers),
+    )
+    response = client.post("/v1/pose", json={"image_urls": [url]})
+    assert response.status_code == 200, response.text
 
 
 def _png(color: tuple[int, int, int]) -> bytes:
@@ -338,9 +355,11 @@ def test_local_s3_over_http_is_allowed_only_for_the_configured_endpoint_and_buck
 
 def test_too_many_urls_or_bad_top_k_are_422(api) -> None:
     client, _ = api
-    urls = [f"https://images.example.com/{i}.jpg" for i in range(17)]
+    urls = [f"https://images.example.com/{i}.jpg" for i in range(POSE.batching.max_batch_size + 1)]
     problem(client.post("/v1/pose", json={"image_urls": urls}), 422, "invalid-request")
-    problem(client.post("/v1/pose", json={"image_urls": urls[:1], "top_k": 16}), 422, "invalid-request")
+    problem(
+        client.post("/v1/pose", json={"image_urls": urls[:1], "top_k": POSE.num_labels + 1}), 422, "invalid-request"
+    )
     problem(client.post("/v1/pose", json={"image_urls": urls[:1], "top_k": 0}), 422, "invalid-request")
 
 

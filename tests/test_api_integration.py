@@ -37,12 +37,12 @@ from PIL import Image
 from export.s3sync import S3Settings, ensure_bucket, make_client, push
 from frontend_api.artifacts import TextArtifacts, parse_artifacts
 from frontend_api.images import decode_image
-from frontend_api.testing import write_manifest
 from preprocess.probabilities import softmax
 from preprocess.text import TextEncoder
 from serving.processes import ManagedProcess
 from serving.triton import PROJECT_ROOT, TritonServer, free_port
 from taskspec import DISASTER, MANIFEST_FILE, MODEL_FILE, POSE, PREPROCESSING_FILE, SENTIMENT, TOKENIZER_FILE
+from tests.fakes.frontend_api import write_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -22,8 +22,8 @@ from aiohttp import web
 
 from frontend_api.app import create_app
 from frontend_api.settings import ApiSettings
-from frontend_api.testing import FakeTriton, asgi_client, make_artifact_repository
 from serving.triton import free_port
+from tests.fakes.frontend_api import FakeTriton, asgi_client, make_artifact_repository
 
 PROBLEM = "application/problem+json"
 

@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from frontend_api.app import served_app
 from frontend_api.settings import ApiSettings, describe_settings_error
-from frontend_api.testing import asgi_client, make_artifact_repository
 from serving.triton import PROJECT_ROOT, free_port
+from tests.fakes.frontend_api import asgi_client, make_artifact_repository
 
 KEY = "k3y-0f-sixteen-chars"
 
@@ -141,3 +141,26 @@ def test_with_keys_or_explicit_anonymous_access_any_address_is_served(
             return (await client.get("/v1/models")).status_code
 
     assert asyncio.run(scenario()) == status
+
+
+def test_unknown_tasks_and_task_modules_are_a_start_up_error() -> None:
+    # A misspelt task or a task module that cannot be imported stops the facade with one line, before it serves.
+    assert refusal(tasks=["sentiment", "wether"]).startswith(
+        "MTC_API_TASKS names unknown tasks 'wether'; known: sentiment, disaster, pose"
+    )
+    assert refusal(task_modules="tests.support.no_such_module").startswith(
+        "MTC_TASK_MODULES: cannot import 'tests.support.no_such_module'"
+    )
+    assert "is not a dotted Python module name" in refusal(task_modules="/tmp/evil.py")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MTC_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "frontend_api"],
+        cwd=PROJECT_ROOT,
+        env={**env, "MTC_TASK_MODULES": "tests.support.no_such_module"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("frontend_api: refusing to start: MTC_TASK_MODULES: cannot import")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,14 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from fastapi.testclient import TestClient
 
+import taskspec
 from frontend_api.app import create_app
 from frontend_api.errors import ERROR_KINDS
+from frontend_api.schemas import MAX_TEXT_CHARS
 from frontend_api.settings import ApiSettings
-from frontend_api.testing import FakeTriton, make_artifact_repository
-from taskspec import TASKS
+from preprocess.image import IMAGE_FORMATS, IMAGE_MEDIA_TYPES
+from taskspec import DISASTER, POSE, SENTIMENT, TASKS
+from tests.fakes.frontend_api import FakeTriton, make_artifact_repository
 
 PROBLEM = "application/problem+json"
 
@@ -79,13 +83,17 @@ def test_uploads_refuse_non_image_content_types(repo: Path) -> None:
     assert response.headers["content-type"].startswith(PROBLEM)
 
 
-def test_models_lists_every_task_with_version_labels_and_ready_state(repo: Path) -> None:
-    fake = FakeTriton(versions={"sentiment": ["1", "2"], "disaster": ["1"], "pose": ["4"]})
+def test_models_lists_every_task_with_version_labels_limits_and_ready_state(tmp_path: Path) -> None:
+    repo = make_artifact_repository(tmp_path, version="1")
+    make_artifact_repository(tmp_path, tasks=["sentiment"], version="2")
+    fake = FakeTriton(versions={"sentiment": ["1", "2"], "disaster": ["1", "3"], "pose": ["4"]})
     fake.not_ready.add("pose")
     client, _ = build(repo, fake)
     with client:
         body = client.get("/v1/models").json()
     models = {m["task"]: m for m in body["models"]}
+    # disaster/3 is served by Triton, but its artifacts are not published: requests would fail, so not ready
+    assert models["disaster"]["ready"] is False and models["disaster"]["version"] is None
     assert list(models) == list(TASKS)
     assert models["sentiment"] | {"labels": None} == {
         "task": "sentiment",
@@ -95,11 +103,15 @@ def test_models_lists_every_task_with_version_labels_and_ready_state(repo: Path)
         "version": "2",
         "labels": None,
         "ready": True,
-        "max_items": 64,
+        "max_items": SENTIMENT.batching.max_batch_size,
+        "max_text_chars": MAX_TEXT_CHARS,
+        "max_tokens": SENTIMENT.text.max_length if SENTIMENT.text else None,
+        "examples": list(SENTIMENT.examples),
     }
     assert models["sentiment"]["labels"] == ["negative", "positive"]
     assert models["pose"]["ready"] is False and models["pose"]["version"] is None
-    assert models["pose"]["modality"] == "image" and len(models["pose"]["labels"]) == 15
+    assert models["pose"]["modality"] == "image" and models["pose"]["labels"] == list(POSE.labels)
+    assert models["pose"]["max_items"] == POSE.batching.max_batch_size and models["pose"]["max_tokens"] is None
 
 
 def test_models_still_answers_when_triton_is_down(repo: Path) -> None:
@@ -217,7 +229,7 @@ def test_openapi_declares_every_error_as_problem_json_with_examples(repo: Path) 
                 if int(status) >= 400:
                     assert list(response["content"]) == [PROBLEM], (status, operation["operationId"])
     assert "/problems/bad-image" in pose["responses"]["400"]["description"]
-    assert schema["components"]["schemas"]["TextRequest"]["examples"]
+    assert schema["components"]["schemas"]["SentimentRequest"]["examples"]
     sentiment_example = schema["paths"]["/v1/sentiment"]["post"]["requestBody"]["content"]["application/json"]
     assert sentiment_example["example"]["texts"] == list(TASKS["sentiment"].examples)
     assert len({kind.type_uri() for kind in ERROR_KINDS}) == len(ERROR_KINDS)  # one stable type per kind
@@ -250,3 +262,53 @@ def test_uploads_without_s3_credentials_are_503_storage_unavailable(
         response = client.post("/v1/uploads", json={"content_type": "image/jpeg"})
     assert response.status_code == 503, response.text
     assert response.json()["type"] == "/problems/storage-unavailable"
+
+
+def test_request_limits_come_from_each_tasks_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two tasks whose specs batch fewer items than the built-ins: each route takes its own task's limits.
+    short = replace(DISASTER, name="short_tweets", batching=replace(DISASTER.batching, max_batch_size=4))
+    few = replace(POSE, name="few_photos", labels=POSE.labels[:5], batching=replace(POSE.batching, max_batch_size=2))
+    few = replace(few, output=replace(few.output, dims=(few.num_labels,)))
+    for spec in (short, few):
+        monkeypatch.setitem(taskspec.TASKS, spec.name, spec)
+    tasks = ["disaster", short.name, few.name]
+    repo = make_artifact_repository(tmp_path, tasks=tasks)
+    client, _ = build(repo, FakeTriton(versions={name: ["1"] for name in tasks}), tasks=tasks)
+    with client:
+        schema = client.get("/openapi.json").json()
+        models = {m["task"]: m for m in client.get("/v1/models").json()["models"]}
+        four, five = ["a", "b", "c", "d"], ["a", "b", "c", "d", "e"]
+        assert client.post(f"/v1/{short.name}", json={"texts": four}).status_code == 200
+        refused = client.post(f"/v1/{short.name}", json={"texts": five})
+        assert client.post("/v1/disaster", json={"texts": five}).status_code == 200
+        too_high = client.post(f"/v1/{few.name}", json={"image_urls": ["https://x.example/a.jpg"], "top_k": 6})
+    assert refused.status_code == 422 and refused.json()["errors"][0]["loc"] == ["body", "texts"]
+    assert too_high.status_code == 422 and too_high.json()["errors"][0]["loc"] == ["body", "top_k"]
+
+    def body_schema(task: str) -> dict[str, Any]:
+        ref = schema["paths"][f"/v1/{task}"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        found: dict[str, Any] = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
+        return found
+
+    assert body_schema("disaster")["properties"]["texts"]["maxItems"] == DISASTER.batching.max_batch_size
+    assert body_schema(short.name)["properties"]["texts"]["maxItems"] == 4
+    assert body_schema(few.name)["properties"]["image_urls"]["maxItems"] == 2
+    assert body_schema(few.name)["properties"]["top_k"]["maximum"] == 5
+    assert (models[short.name]["max_items"], models[few.name]["max_items"]) == (4, 2)
+    assert models["disaster"]["max_items"] == DISASTER.batching.max_batch_size
+
+
+def test_uploads_take_exactly_the_image_formats_the_decoder_declares(repo: Path) -> None:
+    client, _ = build(repo)
+    with client:
+        schema = client.get("/openapi.json").json()
+        keys = {
+            fmt.media_type: client.post("/v1/uploads", json={"content_type": fmt.media_type}) for fmt in IMAGE_FORMATS
+        }
+    content_type = schema["components"]["schemas"]["UploadRequest"]["properties"]["content_type"]
+    assert content_type["enum"] == list(IMAGE_MEDIA_TYPES) == [fmt.media_type for fmt in IMAGE_FORMATS]
+    for fmt in IMAGE_FORMATS:
+        response = keys[fmt.media_type]
+        assert response.status_code == 200, response.text
+        assert response.json()["key"].endswith(f".{fmt.extension}")
+        assert response.json()["fields"]["Content-Type"] == fmt.media_type

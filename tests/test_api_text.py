@@ -16,11 +16,11 @@ from fastapi.testclient import TestClient
 from frontend_api.app import create_app
 from frontend_api.artifacts import TextArtifacts, parse_artifacts
 from frontend_api.errors import InferenceFailed
-from frontend_api.schemas import MAX_TEXT_CHARS, MAX_TEXTS
+from frontend_api.schemas import MAX_TEXT_CHARS
 from frontend_api.settings import ApiSettings
-from frontend_api.testing import FakeTriton, make_artifact_repository, minilm_tokenizer_file
 from preprocess.probabilities import softmax
-from taskspec import DISASTER, PREPROCESSING_FILE
+from taskspec import DISASTER, PREPROCESSING_FILE, SENTIMENT
+from tests.fakes.frontend_api import FakeTriton, make_artifact_repository, minilm_tokenizer_file
 
 PROBLEM = "application/problem+json"
 
@@ -188,7 +188,7 @@ def test_a_new_version_is_picked_up_with_its_own_artifacts(tmp_path: Path) -> No
     ("payload", "field"),
     [
         ({"texts": []}, "texts"),
-        ({"texts": ["ok"] * (MAX_TEXTS + 1)}, "texts"),
+        ({"texts": ["ok"] * (SENTIMENT.batching.max_batch_size + 1)}, "texts"),
         ({"texts": [""]}, "texts"),
         ({"texts": ["   \n"]}, "texts"),
         ({"texts": ["x" * (MAX_TEXT_CHARS + 1)]}, "texts"),
@@ -226,10 +226,11 @@ def test_lone_surrogates_and_broken_json_are_422(client) -> None:
 
 def test_exactly_the_limits_are_accepted(client) -> None:
     http, fake = client
-    response = http.post("/v1/disaster", json={"texts": ["x" * MAX_TEXT_CHARS] + ["ok"] * (MAX_TEXTS - 1)})
+    limit = DISASTER.batching.max_batch_size
+    response = http.post("/v1/disaster", json={"texts": ["x" * MAX_TEXT_CHARS] + ["ok"] * (limit - 1)})
     assert response.status_code == 200
-    assert len(response.json()["predictions"]) == MAX_TEXTS
-    assert sum(c.shapes["input_ids"][0] for c in fake.calls) == MAX_TEXTS
+    assert len(response.json()["predictions"]) == limit
+    assert sum(c.shapes["input_ids"][0] for c in fake.calls) == limit
 
 
 def test_a_body_over_the_byte_limit_is_413_even_without_content_length(repo: Path) -> None:

@@ -22,8 +22,8 @@ from bench.measurements import (
     PaddingStatistics,
     ThroughputResult,
 )
-from frontend_api.testing import make_artifact_repository
 from preprocess.text import TextEncoder
+from tests.fakes.frontend_api import make_artifact_repository
 
 
 @pytest.fixture(scope="module")

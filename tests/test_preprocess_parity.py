@@ -58,7 +58,6 @@ from export.evaluate import image_inputs, image_logits, text_inputs, text_logits
 from export.triton_config import render_model_config
 from frontend_api.app import create_app
 from frontend_api.settings import ApiSettings
-from frontend_api.testing import FakeTriton, ImageHostTransport
 from preprocess.image import DEFAULT_MAX_PIXELS, decode_image
 from preprocess.probabilities import softmax
 from preprocess.text import TextEncoder
@@ -74,6 +73,7 @@ from taskspec import (
     ImagePreprocessing,
     TaskSpec,
 )
+from tests.fakes.frontend_api import FakeTriton, ImageHostTransport
 from tests.preprocess_inputs import cased_tokenizer_dir, sample_photos, sample_texts
 from tests.support.tiny_models import build_tiny_repository
 

@@ -1,6 +1,6 @@
 """Test doubles for the facade: a fake Triton and a model repository holding only artifacts.
 
-Used by the facade's unit tests, the schema fuzzing and anyone who needs the REST API without a
+Used by the facade's unit tests, the schema fuzzing, the parity test and anyone who needs the REST API without a
 Triton server (e.g. the dashboard's tests)::
 
     app = create_app(ApiSettings(model_repository=str(make_artifact_repository(tmp))), FakeTriton())
