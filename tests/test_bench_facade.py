@@ -170,7 +170,7 @@ def test_the_overhead_and_padding_comparisons_measure_real_facades(tmp_path: Pat
     from bench.baselines import proxy_for
     from bench.comparisons import compare_overhead, compare_padding
     from bench.servers import facade_for, triton_for
-    from export.testing import build_tiny_repository
+    from tests.support.tiny_models import build_tiny_repository
 
     repository = build_tiny_repository(tmp_path / "tiny", tasks=("sentiment", "disaster"))
     logs = tmp_path / "logs"

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.testing import build_tiny_repository
+    from tests.support.tiny_models import build_tiny_repository
 
     return build_tiny_repository(tmp_path_factory.mktemp("tiny-models"))
 

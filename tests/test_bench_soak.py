@@ -397,7 +397,7 @@ def test_photos_are_uploaded_through_the_presigned_form_and_renewed_at_half_thei
 def test_a_short_soak_with_tiny_models_sees_every_phase_and_loses_nothing(tmp_path: Path) -> None:
     """About a minute: the stack with tiny models, 25 s of traffic from 64 clients, Triton frozen for 5 s past
     the facade's 3 s deadline, then killed and restarted by the stack's supervisor."""
-    from export.testing import build_tiny_repository
+    from tests.support.tiny_models import build_tiny_repository
 
     repository = build_tiny_repository(tmp_path / "tiny")
     out = tmp_path / "soak"

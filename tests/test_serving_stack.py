@@ -167,7 +167,7 @@ def classify(api_url: str) -> int:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_a_killed_triton_is_restarted_by_the_stack_and_the_facade_answers_again(tmp_path: Path) -> None:
-    from export.testing import build_tiny_repository
+    from tests.support.tiny_models import build_tiny_repository
 
     repository = build_tiny_repository(tmp_path, tasks=("disaster",))
     http, grpc, metrics, api, dashboard, s3 = free_ports(6)
