@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +62,28 @@ class Service(Protocol):
     def note(self, message: str) -> None:
         """Append a line to the service's log (restarts are recorded next to the crash they follow)."""
         ...
+
+
+def serve_until_stopped(service: Service, ready: Callable[[], str], died: Callable[[], str]) -> int:
+    """A launcher's main loop: start ``service``, print ``ready()``, wait until Ctrl-C / SIGTERM / SIGHUP
+    (0) or until the service dies on its own (``died()`` on stderr, 1); stop it in every case.
+
+    Call :func:`stop_on_signals` first. A start-up failure prints ``error: ...`` and returns 1.
+    """
+    try:
+        service.start()
+        print(ready(), flush=True)
+        while service.running:
+            time.sleep(0.5)
+        print(died(), file=sys.stderr)
+        return 1
+    except ProcessStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP through stop_on_signals
+        return 0
+    finally:
+        service.stop()
 
 
 def stop_on_signals() -> None:

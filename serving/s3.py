@@ -37,12 +37,11 @@ import contextlib
 import shutil
 import socket
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.processes import ManagedProcess, ProcessStartError, free_ports, stop_on_signals
+from serving.processes import ManagedProcess, ProcessStartError, free_ports, serve_until_stopped, stop_on_signals
 
 GRPC_OFFSET = 10000
 """SeaweedFS's convention: a component's gRPC port is its HTTP port + 10000."""
@@ -258,20 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         host=args.host,
         port=args.port,
     )
-    try:
-        server.start()
-        print(f"S3 ready: {server.endpoint} (data in {args.data_dir}, log {args.log_file})", flush=True)
-        while server.running:
-            time.sleep(0.5)
-        print(f"the S3 server exited unexpectedly (code {server.returncode}); see {args.log_file}", file=sys.stderr)
-        return 1
-    except ProcessStartError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        server.stop()
+    return serve_until_stopped(
+        server,
+        ready=lambda: f"S3 ready: {server.endpoint} (data in {args.data_dir}, log {args.log_file})",
+        died=lambda: f"the S3 server exited unexpectedly (code {server.returncode}); see {args.log_file}",
+    )
 
 
 if __name__ == "__main__":

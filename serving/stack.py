@@ -20,11 +20,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from serving.processes import ManagedProcess, ProcessStartError, python_module, stop_on_signals
+from serving.processes import ManagedProcess, ProcessStartError, free_ports, python_module, stop_on_signals
 from serving.s3 import S3Server
 from serving.supervisor import CrashLoop, RestartPolicy, Supervisor
 from serving.triton import PROJECT_ROOT, TritonServer
@@ -63,6 +64,21 @@ class StackSettings(BaseSettings):
     @property
     def s3_endpoint(self) -> str:
         return f"http://{self.host}:{self.s3_port}"
+
+    @classmethod
+    def on_free_ports(cls, **overrides: Any) -> StackSettings:
+        """Loopback settings with every port free right now (tests, benchmarks, a second stack beside
+        ``make run``); ``overrides`` set the other fields."""
+        http, grpc, metrics, api, dashboard, s3 = free_ports(6)
+        ports = {
+            "triton_http_port": http,
+            "triton_grpc_port": grpc,
+            "triton_metrics_port": metrics,
+            "api_port": api,
+            "dashboard_port": dashboard,
+            "s3_port": s3,
+        }
+        return cls(**{"host": "127.0.0.1", **ports, **overrides})
 
 
 def missing_models(repository: Path) -> list[str]:

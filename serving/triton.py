@@ -32,7 +32,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -44,7 +43,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from serving.processes import RUN_ID_ENV, ProcessStartError, append_note, stop_on_signals
+from serving.processes import RUN_ID_ENV, ProcessStartError, append_note, serve_until_stopped, stop_on_signals
 from taskspec import CPU_CONFIG_NAME
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -387,20 +386,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_control_mode=args.model_control_mode,
         startup_timeout=args.startup_timeout,
     )
-    try:
-        server.start()
-        print(f"Triton ready: HTTP {server.url}  gRPC {server.grpc_url}  metrics {server.metrics_url}", flush=True)
-        while server.running:
-            time.sleep(0.5)
-        print(f"tritonserver exited unexpectedly.\n{server.log_tail()}", file=sys.stderr)
-        return 1
-    except TritonStartError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP (stop_on_signals)
-        return 0
-    finally:
-        server.stop()
+    return serve_until_stopped(
+        server,
+        ready=lambda: f"Triton ready: HTTP {server.url}  gRPC {server.grpc_url}  metrics {server.metrics_url}",
+        died=lambda: f"tritonserver exited unexpectedly.\n{server.log_tail()}",
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving.processes import ProcessStartError, free_ports
+from serving.processes import ProcessStartError
 from serving.stack import LocalStack, StackSettings
 from serving.supervisor import CrashLoop, RestartPolicy, Supervisor
 
@@ -170,15 +170,7 @@ def test_a_killed_triton_is_restarted_by_the_stack_and_the_facade_answers_again(
     from tests.support.tiny_models import build_tiny_repository
 
     repository = build_tiny_repository(tmp_path, tasks=("disaster",))
-    http, grpc, metrics, api, dashboard, s3 = free_ports(6)
-    settings = StackSettings(
-        host="127.0.0.1",
-        triton_http_port=http,
-        triton_grpc_port=grpc,
-        triton_metrics_port=metrics,
-        api_port=api,
-        dashboard_port=dashboard,
-        s3_port=s3,
+    settings = StackSettings.on_free_ports(
         s3_data_dir=tmp_path / "s3",
         model_repository=repository,
         log_dir=tmp_path / "logs",

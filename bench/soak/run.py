@@ -20,7 +20,6 @@ from bench.soak.findings import MAX_RSS_GROWTH, SoakReport, summarise
 from bench.soak.rss import RssSample, StackProcesses
 from bench.soak.timeline import Phase, Schedule, Timeline
 from bench.soak.traffic import ImageUrls, Inputs, Outcome, TrafficSettings, make_session, run_clients, wait_or_stop
-from serving.processes import free_ports
 from serving.stack import LocalStack, StackSettings, missing_models
 from serving.triton import PROJECT_ROOT
 
@@ -216,15 +215,7 @@ def local_stack(config: SoakConfig, recorder: Recorder) -> Iterator[LocalStack]:
     missing = [task for task in missing_models(repository) if task in config.tasks]
     if missing:
         raise SoakSetupError(f"no servable model for {', '.join(missing)} in {repository} (`make models`)")
-    http, grpc, metrics, api, dashboard, s3 = free_ports(6)
-    settings = StackSettings(
-        host="127.0.0.1",
-        triton_http_port=http,
-        triton_grpc_port=grpc,
-        triton_metrics_port=metrics,
-        api_port=api,
-        dashboard_port=dashboard,
-        s3_port=s3,
+    settings = StackSettings.on_free_ports(
         s3_data_dir=config.s3_data_dir,
         model_repository=repository,
         log_dir=config.out / "logs",
