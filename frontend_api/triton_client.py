@@ -185,9 +185,13 @@ class TritonHttpClient:
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 # A pooled keep-alive connection to a Triton that has since restarted: retry once on a new one.
                 if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
-                    raise BackendUnavailable(f"Triton at {self.url} is unreachable ({type(exc).__name__})") from exc
+                    raise BackendUnavailable(
+                        f"Triton at {self.url} is unreachable ({type(exc).__name__})", headers=RETRY_AFTER
+                    ) from exc
             except (aiohttp.ClientError, OSError) as exc:
-                raise BackendUnavailable(f"Triton at {self.url} is unreachable ({type(exc).__name__})") from exc
+                raise BackendUnavailable(
+                    f"Triton at {self.url} is unreachable ({type(exc).__name__})", headers=RETRY_AFTER
+                ) from exc
             except InferenceServerException as exc:
                 raise translate_error(exc, what, model) from exc
         raise AssertionError("unreachable")  # pragma: no cover

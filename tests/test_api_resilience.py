@@ -207,3 +207,18 @@ def test_other_triton_rejections_stay_502(repo: Path) -> None:
         assert "retry-after" not in response.headers
 
     asyncio.run(scenario())
+
+
+def test_an_unreachable_triton_is_503_with_retry_after(repo: Path) -> None:
+    """Nothing listens on Triton's port (a restart in progress): clients are told when to come back, so a
+    retrying client backs off instead of hammering the facade while Triton starts (seen in the soak)."""
+
+    async def scenario() -> httpx.Response:
+        app = create_app(settings_for(repo, triton_url=f"127.0.0.1:{free_port()}", triton_timeout_s=4))
+        async with asgi_client(app) as client:
+            return await client.post("/v1/sentiment", json={"texts": ["a fine film"]})
+
+    response = asyncio.run(scenario())
+    body = problem(response, 503, "backend-unavailable")
+    assert "unreachable" in body["detail"]
+    assert response.headers["retry-after"] == "1"
