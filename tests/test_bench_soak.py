@@ -429,3 +429,44 @@ def test_a_short_soak_with_tiny_models_sees_every_phase_and_loses_nothing(tmp_pa
     assert {row["service"] for row in report["rss_growth"]} >= {"Triton", "facade", "S3 server (SeaweedFS)"}
     text = (out / "report.md").read_text()
     assert "## Status per phase" in text and "Triton killed: SIGKILL" in text
+
+
+def test_a_triton_that_dies_right_after_the_thaw_keeps_the_freeze_window_open_until_a_new_one_serves() -> None:
+    """The fault driver against real processes: the 'Triton' it freezes exits on its own right after the thaw
+    (as Triton 2.51's Python backend has been seen to do after a 30 s SIGSTOP); the next process plays the
+    restarted Triton. The frozen phase must last until that one serves, and the after-thaw phase start then."""
+    from bench.soak.run import Recorder, Triton, drive_faults, process_alive
+
+    def sleeper(seconds: float) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"], start_new_session=True)
+
+    tritons = [sleeper(0.5)]
+
+    def current_pid() -> int | None:
+        if tritons[-1].poll() is not None:  # the 'supervisor' restarts a dead one
+            tritons.append(sleeper(30))
+        return tritons[-1].pid
+
+    schedule = Schedule(
+        duration_s=4.0, warmup_s=0.05, freeze_at_s=0.1, freeze_s=0.2, kill_at_s=3.0, settle_s=1.0, restart_timeout_s=10
+    )
+    recorder = Recorder()
+    began = time.monotonic()
+
+    def clock() -> float:
+        return time.monotonic() - began
+
+    async def ready() -> bool:
+        return len(tritons) > 1 and clock() > 1.5  # the restarted one serves a while after it started
+
+    try:
+        asyncio.run(drive_faults(schedule, recorder, clock, Triton(pid=current_pid), ready))
+    finally:
+        for process in tritons:
+            process.kill()
+            process.wait()
+    starts = {phase: at for at, phase in recorder.timeline.starts}
+    assert starts[Phase.AFTER_THAW] >= 1.5 + schedule.settle_s  # not thaw + settle (about 1.3 s)
+    assert any("died after the thaw" in event.what for event in recorder.timeline.events)
+    assert Phase.RECOVERED in starts and recorder.recovery_s is not None  # the kill was driven too
+    assert not process_alive(tritons[0].pid)

@@ -66,8 +66,9 @@ def markdown(report: SoakReport) -> str:
         f"Planned: {schedule.duration_s:g} s, warm-up {schedule.warmup_s:g} s, Triton frozen (SIGSTOP of its process "
         f"group) at {schedule.freeze_at_s:g} s for {schedule.freeze_s:g} s, killed (SIGKILL) at "
         f"{schedule.kill_at_s:g} s and restarted by the stack's supervisor; a fault window lasts until "
-        f"{schedule.settle_s:g} s after the fault is lifted. A request belongs to the fault window its lifetime "
-        "overlaps, otherwise to the phase it started in.",
+        f"{schedule.settle_s:g} s after the fault is lifted (a Triton that dies within that time of the thaw died "
+        "of the freeze: the freeze's window then lasts until a new Triton serves). A request belongs to the fault "
+        "window its lifetime overlaps, otherwise to the phase it started in.",
         "",
     ]
     md += [f"- {event.at_s:7.1f} s: {event.what}" for event in report.timeline.events]

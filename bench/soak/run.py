@@ -111,8 +111,20 @@ async def drive_faults(
         await sleep_until(clock, schedule.freeze_at_s + schedule.freeze_s)
     finally:
         triton.thaw()
-    timeline.note(clock(), f"Triton thawed: SIGCONT to process group {pid}")
-    await asyncio.sleep(schedule.settle_s)
+    thawed = clock()
+    timeline.note(thawed, f"Triton thawed: SIGCONT to process group {pid}")
+    # A freeze can outlive itself: Triton 2.51's Python backend (every model on a CPU host) has been seen to
+    # abort within a few seconds of a 30 s SIGSTOP (boost::interprocess::lock_exception in libtriton_python.so).
+    # A Triton that dies within settle_s of the thaw died of the freeze: the freeze's window then lasts until
+    # the stack serves again from a new Triton. A death after that counts against the run.
+    while clock() - thawed < schedule.settle_s:
+        if not process_alive(pid):
+            timeline.note(clock(), f"Triton died after the thaw (pid {pid}); the freeze's window lasts until it serves")
+            if await serving_again(schedule, timeline, clock, triton, ready, pid) is None:
+                return
+            await asyncio.sleep(schedule.settle_s)
+            break
+        await asyncio.sleep(0.1)
     timeline.begin(Phase.AFTER_THAW, clock())
 
     await sleep_until(clock, schedule.kill_at_s)
@@ -123,17 +135,39 @@ async def drive_faults(
     killed = clock()
     timeline.begin(Phase.RESTARTING, killed)
     timeline.note(killed, f"Triton killed: SIGKILL to process group {pid}; the stack's supervisor restarts it")
-    while clock() - killed < schedule.restart_timeout_s:
-        if triton.pid() not in (None, pid) and await ready():
-            recorder.recovery_s = clock() - killed
-            timeline.note(clock(), f"the facade is ready again (/readyz 200), a new Triton serving: pid {triton.pid()}")
-            break
-        await asyncio.sleep(0.5)
-    else:
-        timeline.note(clock(), f"Triton did not serve again within {schedule.restart_timeout_s:g} s")
+    recorder.recovery_s = await serving_again(schedule, timeline, clock, triton, ready, pid)
+    if recorder.recovery_s is None:
         return
     await asyncio.sleep(schedule.settle_s)
     timeline.begin(Phase.RECOVERED, clock())
+
+
+async def serving_again(
+    schedule: Schedule,
+    timeline: Timeline,
+    clock: Callable[[], float],
+    triton: Triton,
+    ready: Callable[[], Awaitable[bool]],
+    dead: int,
+) -> float | None:
+    """Seconds until the facade is ready again with a new Triton (not ``dead``), or None after the restart timeout."""
+    began = clock()
+    while clock() - began < schedule.restart_timeout_s:
+        if triton.pid() not in (None, dead) and await ready():
+            timeline.note(clock(), f"the facade is ready again (/readyz 200), a new Triton serving: pid {triton.pid()}")
+            return clock() - began
+        await asyncio.sleep(0.5)
+    timeline.note(clock(), f"Triton did not serve again within {schedule.restart_timeout_s:g} s")
+    return None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its parent to reap it does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
 async def sample_memory(

@@ -5,7 +5,9 @@ Phases, in order: warm-up, steady, frozen (Triton stopped with SIGSTOP), after t
 (Triton killed with SIGKILL until the stack's supervisor has it serving again), recovered. A fault phase
 lasts from the fault until ``settle_s`` after it was lifted (the thaw, or Triton seen ready again): the
 facade's short caches (``/readyz``, the negative cache of a failed version refresh, about a second each)
-may still answer from before. A request belongs to the fault phase its lifetime overlaps, otherwise to
+may still answer from before. A Triton that dies within ``settle_s`` of the thaw died of the freeze (Triton
+2.51's Python backend can abort after a long SIGSTOP): the frozen phase then lasts until a new Triton
+serves, plus ``settle_s``. A request belongs to the fault phase its lifetime overlaps, otherwise to
 the phase it started in: a request sent just before the freeze that ends in a 504 is the freeze's.
 """
 
