@@ -165,6 +165,7 @@ def judge(
     rss_growth: Sequence[Growth],
     recovery_s: float | None,
     *,
+    unplanned_deaths: int = 0,
     max_rss_growth: float = MAX_RSS_GROWTH,
 ) -> list[str]:
     """Issue 11's done-criteria, each failure as a sentence: no error outside the fault windows, no request
@@ -192,6 +193,10 @@ def judge(
             )
     if not rss_growth:
         failures.append("no memory samples in the baseline and end windows: RSS growth not measured")
+    if unplanned_deaths:
+        failures.append(
+            f"Triton died on its own {unplanned_deaths} time(s) outside the fault windows (see the timeline)"
+        )
     reached = {p.phase: p for p in phases}
     if Phase.RESTARTING in reached and recovery_s is None:
         failures.append("Triton did not serve again after the kill within the restart timeout")
@@ -213,6 +218,7 @@ def summarise(
     clients: int,
     client_timeout_s: float,
     recovery_s: float | None,
+    unplanned_deaths: int = 0,
     max_rss_growth: float = MAX_RSS_GROWTH,
 ) -> SoakReport:
     """Count, measure and judge a finished run."""
@@ -231,7 +237,7 @@ def summarise(
         processes=lives(samples, after=windows["baseline"][0]),
         rss_windows=windows,
         recovery_s=recovery_s,
-        failures=judge(phases, rss_rows, recovery_s, max_rss_growth=max_rss_growth),
+        failures=judge(phases, rss_rows, recovery_s, unplanned_deaths=unplanned_deaths, max_rss_growth=max_rss_growth),
         outcomes=list(outcomes),
         samples=list(samples),
     )

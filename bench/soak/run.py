@@ -82,6 +82,8 @@ class Recorder:
     """(time.monotonic(), line) of what the stack's supervisor said (restarts)."""
     uploads: int = 0
     upload_failures: list[str] = field(default_factory=list)
+    unplanned_deaths: int = 0
+    """Tritons that died on their own outside the fault windows (each fails the run)."""
 
 
 async def sleep_until(clock: Callable[[], float], at_s: float) -> None:
@@ -129,8 +131,15 @@ async def drive_faults(
 
     await sleep_until(clock, schedule.kill_at_s)
     pid = triton.pid()
-    if pid is None:
-        raise SoakSetupError("Triton is not running at the time of the kill")
+    if pid is None or not process_alive(pid):
+        # Died on its own after the freeze's window: the run fails (the report says why), but it goes on, so
+        # the report still shows what the clients saw and whether the kill and the restart after it work.
+        recorder.unplanned_deaths += 1
+        timeline.note(clock(), "Triton not running at the kill: it died on its own; waiting for the next one")
+        if await serving_again(schedule, timeline, clock, triton, ready, pid) is None:
+            return
+        pid = triton.pid()
+        assert pid is not None  # serving_again saw it
     triton.signal(signal.SIGKILL, pid)
     killed = clock()
     timeline.begin(Phase.RESTARTING, killed)
@@ -336,6 +345,7 @@ def run(config: SoakConfig) -> SoakReport:
         clients=config.clients,
         client_timeout_s=config.client_timeout_s,
         recovery_s=recorder.recovery_s,
+        unplanned_deaths=recorder.unplanned_deaths,
         max_rss_growth=config.max_rss_growth,
     )
     report.machine = machine
