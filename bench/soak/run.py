@@ -157,7 +157,7 @@ async def serving_again(
     clock: Callable[[], float],
     triton: Triton,
     ready: Callable[[], Awaitable[bool]],
-    dead: int,
+    dead: int | None,
 ) -> float | None:
     """Seconds until the facade is ready again with a new Triton (not ``dead``), or None after the restart timeout."""
     began = clock()
