@@ -20,6 +20,7 @@ import pytest
 from bench.soak.findings import MAX_RSS_GROWTH, judge, phase_counts, summarise
 from bench.soak.report import write
 from bench.soak.rss import ALL_SERVICES, Growth, RssSample, StackProcesses, growth, label_of, read_process, service_of
+from bench.soak.run import Recorder
 from bench.soak.timeline import Phase, Schedule, Timeline
 from bench.soak.traffic import CONNECTION_ERROR, LOST, Outcome, TrafficSettings, pause_after, send
 
@@ -435,33 +436,33 @@ def test_a_short_soak_with_tiny_models_sees_every_phase_and_loses_nothing(tmp_pa
     assert "## Status per phase" in text and "Triton killed: SIGKILL" in text
 
 
-def test_a_triton_that_dies_right_after_the_thaw_keeps_the_freeze_window_open_until_a_new_one_serves() -> None:
-    """The fault driver against real processes: the 'Triton' it freezes exits on its own right after the thaw
-    (as Triton 2.51's Python backend has been seen to do after a 30 s SIGSTOP); the next process plays the
-    restarted Triton. The frozen phase must last until that one serves, and the after-thaw phase start then."""
-    from bench.soak.run import Recorder, Triton, drive_faults, process_alive
+def sleeper(seconds: float) -> subprocess.Popen[bytes]:
+    """A stand-in for Triton's process group in the fault-driver tests."""
+    return subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"], start_new_session=True)
 
-    def sleeper(seconds: float) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"], start_new_session=True)
 
-    tritons = [sleeper(0.5)]
+def drive_against_sleepers(
+    schedule: Schedule, first_lives_s: float, *, restarts_from_s: float, ready_from_s: float
+) -> tuple[Recorder, list[subprocess.Popen[bytes]]]:
+    """``drive_faults`` against real processes: the first 'Triton' exits on its own after ``first_lives_s``; a
+    'supervisor' replaces a dead one (not before ``restarts_from_s``), and a replacement is ready (/readyz)
+    from ``ready_from_s`` on."""
+    from bench.soak.run import Triton, drive_faults
 
-    def current_pid() -> int | None:
-        if tritons[-1].poll() is not None:  # the 'supervisor' restarts a dead one
-            tritons.append(sleeper(30))
-        return tritons[-1].pid
-
-    schedule = Schedule(
-        duration_s=4.0, warmup_s=0.05, freeze_at_s=0.1, freeze_s=0.2, kill_at_s=3.0, settle_s=1.0, restart_timeout_s=10
-    )
+    tritons = [sleeper(first_lives_s)]
     recorder = Recorder()
     began = time.monotonic()
 
     def clock() -> float:
         return time.monotonic() - began
 
+    def current_pid() -> int | None:
+        if tritons[-1].poll() is not None and clock() > restarts_from_s:
+            tritons.append(sleeper(30))
+        return None if tritons[-1].poll() is not None else tritons[-1].pid
+
     async def ready() -> bool:
-        return len(tritons) > 1 and clock() > 1.5  # the restarted one serves a while after it started
+        return len(tritons) > 1 and tritons[-1].poll() is None and clock() > ready_from_s
 
     try:
         asyncio.run(drive_faults(schedule, recorder, clock, Triton(pid=current_pid), ready))
@@ -469,6 +470,19 @@ def test_a_triton_that_dies_right_after_the_thaw_keeps_the_freeze_window_open_un
         for process in tritons:
             process.kill()
             process.wait()
+    return recorder, tritons
+
+
+def test_a_triton_that_dies_right_after_the_thaw_keeps_the_freeze_window_open_until_a_new_one_serves() -> None:
+    """The 'Triton' the driver freezes exits on its own right after the thaw (as Triton 2.51's Python backend
+    has been seen to do after a 30 s SIGSTOP); the next process plays the restarted Triton. The frozen phase
+    must last until that one serves, and the after-thaw phase start then."""
+    from bench.soak.run import process_alive
+
+    schedule = Schedule(
+        duration_s=4.0, warmup_s=0.05, freeze_at_s=0.1, freeze_s=0.2, kill_at_s=3.0, settle_s=1.0, restart_timeout_s=10
+    )
+    recorder, tritons = drive_against_sleepers(schedule, 0.5, restarts_from_s=0.0, ready_from_s=1.5)
     starts = {phase: at for at, phase in recorder.timeline.starts}
     assert starts[Phase.AFTER_THAW] >= 1.5 + schedule.settle_s  # not thaw + settle (about 1.3 s)
     assert any("died after the thaw" in event.what for event in recorder.timeline.events)
@@ -479,40 +493,14 @@ def test_a_triton_that_dies_right_after_the_thaw_keeps_the_freeze_window_open_un
 def test_a_triton_that_died_on_its_own_before_the_kill_fails_the_run_but_the_kill_still_happens() -> None:
     """Past the freeze's settle time a death is the run's failure, not the freeze's: the driver counts it,
     waits for the restarted Triton and kills that one as planned (a report instead of a crash)."""
-    from bench.soak.run import Recorder, Triton, drive_faults
-
-    def sleeper(seconds: float) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"], start_new_session=True)
-
-    tritons = [sleeper(1.6)]  # thawed at 0.3 s, settled at 0.8 s: it dies 'on its own' before the kill at 2.5 s
-    restarts_from = 2.8
-
-    def current_pid() -> int | None:
-        if tritons[-1].poll() is not None and time.monotonic() - began > restarts_from:
-            tritons.append(sleeper(30))
-        return None if tritons[-1].poll() is not None else tritons[-1].pid
-
     schedule = Schedule(
         duration_s=6.0, warmup_s=0.05, freeze_at_s=0.1, freeze_s=0.2, kill_at_s=2.5, settle_s=0.5, restart_timeout_s=10
     )
-    recorder = Recorder()
-    began = time.monotonic()
-
-    def clock() -> float:
-        return time.monotonic() - began
-
-    async def ready() -> bool:
-        return tritons[-1].poll() is None
-
-    try:
-        asyncio.run(drive_faults(schedule, recorder, clock, Triton(pid=current_pid), ready))
-    finally:
-        for process in tritons:
-            process.kill()
-            process.wait()
+    # Thawed at 0.3 s and settled at 0.8 s, it dies 'on its own' at 1.6 s, before the kill at 2.5 s.
+    recorder, tritons = drive_against_sleepers(schedule, 1.6, restarts_from_s=2.8, ready_from_s=0.0)
     assert recorder.unplanned_deaths == 1
     assert any("died on its own" in event.what for event in recorder.timeline.events)
     assert len(tritons) == 3, "the restarted Triton was killed as planned and restarted again"
     assert tritons[1].returncode == -signal.SIGKILL
     starts = {phase: at for at, phase in recorder.timeline.starts}
-    assert starts[Phase.RESTARTING] >= restarts_from and recorder.recovery_s is not None
+    assert starts[Phase.RESTARTING] >= 2.8 and recorder.recovery_s is not None
