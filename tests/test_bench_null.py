@@ -75,3 +75,27 @@ def test_a_real_triton_serves_the_null_model_under_the_task_name(
         result = client.infer("sentiment", inputs)
         assert result.get_response()["model_version"] == "2"
         np.testing.assert_allclose(result.as_numpy("logits"), null_logits(feeds["attention_mask"], 2), rtol=1e-6)
+
+
+@pytest.mark.integration
+def test_the_capacity_run_measures_the_facade_on_null_models_and_writes_its_report(
+    repositories: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from bench.capacity import run
+
+    source, _ = repositories
+    results = run(source, tmp_path, duration_s=0.5, warmup_s=0.2, single_levels=(4,), batch_levels=(1,))
+    names = [f.name for f in results.figures]
+    assert names == [
+        "single facade c4",
+        "single direct-http c4",
+        "batch64 facade c1",
+        "protocol http c32",
+        "protocol grpc c32",
+    ]
+    assert all(f.result.errors == 0 and f.result.requests > 0 for f in results.figures)
+    assert results.overhead is not None and results.overhead.facade.requests == 300
+    assert results.protocol_latency is not None
+    report = (tmp_path / "capacity.md").read_text()
+    assert "single-text requests/s at saturation" in report and "HTTP vs gRPC" in report
+    assert (tmp_path / "null-repository" / "sentiment" / "2" / "model.onnx").is_file()
