@@ -38,6 +38,15 @@ HEADER = """\
 """
 
 
+ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
+"""ONNX Runtime backend parameter (native and local): the arenas that give back what each run freed."""
+CPU_ARENA_SHRINKAGE = "cpu:0"
+"""What CPU variants (``configs/cpu.pbtxt``) shrink after every run. Without it a session keeps the peak of its
+largest batch for good: ~420 MB per instance of the int8 sentiment model after 256-token batches, for a 59 MB
+file. Not in ``config.pbtxt``: the image model lost throughput with it on this CPU (bench.arena: pose 0.60x,
+text models 0.97-1.04x; docs/benchmarks.md, "Facade capacity")."""
+
+
 def _tensor_dtype(name: str) -> int:
     return int(mc.DataType.Value(name))
 
@@ -79,6 +88,8 @@ def build_model_config(spec: TaskSpec, *, tensorrt_fp16: bool = False, cpu: bool
     set_queue_policy(config, spec)
     if threads:
         config.parameters["intra_op_thread_count"].string_value = str(threads)
+    if variant:
+        config.parameters[ARENA_SHRINKAGE].string_value = CPU_ARENA_SHRINKAGE
     if tensorrt_fp16:
         # Used by the NGC container's native backend on a GPU; the local CPU backend ignores it.
         accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
