@@ -7,7 +7,8 @@ batch for the life of the session), ``shrink`` with ``cpu:0``. Each is served by
 configs, as ``make run`` serves them); the two run side by side and are loaded in alternating rounds:
 ``--clients`` closed-loop clients per task, one pre-tokenized / preprocessed validation input per request,
 straight to Triton (the facade is the same on both sides). Afterwards, the resident memory of each Triton
-(server and its Python-backend stubs, from ``/proc``). Writes ``arena.md`` and ``arena.json`` into ``--out``.
+(server and its Python-backend stubs, from ``/proc``) once it has answered everything queued. Writes
+``arena.md`` and ``arena.json`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 from bench.inputs import load_samples
 from bench.loadgen import LoadResult, run_load, triton_sender
 from bench.machine import describe_machine
+from bench.servers import request_times
 from bench.soak.rss import descendants, label_of, process_table, rss_bytes
 from bench.suite import triton_requests
 from bench.variants import link_or_copy
@@ -85,6 +87,19 @@ def triton_rss_mib(server: TritonServer) -> dict[str, float]:
         out[name] = out.get(name, 0.0) + round(size / 2**20, 1)
     out["total"] = round(sum(out.values()), 1)
     return out
+
+
+def wait_idle(server: TritonServer, models: Sequence[str], timeout_s: float = 120.0) -> None:
+    """Until Triton has answered every request it queued: a client that stops leaves work behind (a closed-loop
+    window cancels its waits, not Triton's queue), and memory read meanwhile would be mid-batch."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        counts = tuple(request_times(server, m)["count"] for m in models)
+        if counts == last:
+            return
+        last = counts
+        time.sleep(1.0)
 
 
 @dataclass
@@ -158,9 +173,10 @@ def run(
             before = round(os.getloadavg()[0], 2)
             results.rounds.append(asyncio.run(load_round(servers, requests, clients, duration_s, warmup_s)))
             results.loads.append((before, round(os.getloadavg()[0], 2)))
+            for server in servers.values():
+                wait_idle(server, tasks)
             if number == 0:
                 results.rss_after_first_round = {v: triton_rss_mib(s) for v, s in servers.items()}
-        time.sleep(2)
         results.rss_at_end = {v: triton_rss_mib(s) for v, s in servers.items()}
     finished = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     (out / "arena.md").write_text(markdown(results, tasks, f"{machine.summary()}; finished {finished}"))

@@ -40,6 +40,7 @@ from bench.machine import describe_machine
 from bench.measurements import LatencyStats, OverheadResult
 from bench.null_models import NullRepository, build_null_repository
 from bench.servers import facade_for, triton_for
+from bench.soak.rss import descendants, process_table
 from preprocess.text import TextEncoder
 from serving.processes import stop_on_signals
 from serving.triton import PROJECT_ROOT, TritonServer
@@ -49,6 +50,27 @@ BATCH_TEXTS = 64
 SINGLE_LEVELS = (16, 64)
 BATCH_LEVELS = (2, 8)
 PROTOCOL_CONCURRENCY = 32
+
+
+def facade_pid() -> int | None:
+    """The facade process this run started (a descendant running ``python -m frontend_api``)."""
+    table = process_table()
+    for pid in descendants(os.getpid(), table):
+        if "frontend_api" in table[pid].argv:
+            return pid
+    return None
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of ``pid`` so far (``/proc/<pid>/stat``); None when unknown."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load_average() -> float:
@@ -65,6 +87,7 @@ class Figure:
     load_before: float
     load_after: float
     client_cpu_ms_per_request: float | None = None
+    facade_cpu_ms_per_request: float | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -73,6 +96,7 @@ class Figure:
             "load_before": self.load_before,
             "load_after": self.load_after,
             "client_cpu_ms_per_request": self.client_cpu_ms_per_request,
+            "facade_cpu_ms_per_request": self.facade_cpu_ms_per_request,
         }
 
 
@@ -103,13 +127,27 @@ class CapacityResults:
 
 
 async def measured(
-    name: str, run: Callable[[], Awaitable[LoadResult]], results: CapacityResults, *, cpu: bool = False
+    name: str,
+    run: Callable[[], Awaitable[LoadResult]],
+    results: CapacityResults,
+    *,
+    cpu: bool = False,
+    facade: int | None = None,
 ) -> Figure:
-    """Run one load level, note the load average around it (and this process's CPU per answer)."""
-    before, cpu_before = load_average(), time.process_time()
+    """Run one load level, note the load average around it, the facade's CPU per answer (``facade``: its pid)
+    and, with ``cpu``, this process's (the client's)."""
+    before, cpu_before, facade_before = load_average(), time.process_time(), cpu_seconds(facade)
     result = await run()
-    cpu_ms = (time.process_time() - cpu_before) * 1000 / max(result.requests, 1) if cpu else None
+    answers = max(result.requests, 1)
+    cpu_ms = (time.process_time() - cpu_before) * 1000 / answers if cpu else None
+    facade_after = cpu_seconds(facade)
+    facade_ms = (
+        (facade_after - facade_before) * 1000 / answers
+        if facade_after is not None and facade_before is not None
+        else None
+    )
     figure = Figure(name, result, before, load_average(), round(cpu_ms, 3) if cpu_ms is not None else None)
+    figure.facade_cpu_ms_per_request = round(facade_ms, 3) if facade_ms is not None else None
     results.figures.append(figure)
     print(
         f"    {name}: {result.throughput_rps:.1f} req/s, p50 {result.p(50):.2f} ms, errors {result.errors}, "
@@ -167,6 +205,9 @@ async def measure(
     batch_body = [{"texts": list(tweets[:BATCH_TEXTS])}]
     tokenized = [encoder.batch([t]).inputs(SENTIMENT.input_names) for t in tweets]
     facade = f"{facade_url}/v1/sentiment"
+    pid = facade_pid()
+    if pid is None:
+        results.notes.append("The facade's process was not found: no facade CPU figures.")
     http = http_aio.InferenceServerClient(f"{triton.host}:{triton.http_port}", conn_limit=256)
     grpc = grpc_aio.InferenceServerClient(f"{triton.host}:{triton.grpc_port}")
     try:
@@ -179,6 +220,7 @@ async def measure(
                     f"single facade c{level}",
                     partial(closed_loop, facade, single_bodies, level, duration_s, warmup_s, "single"),
                     results,
+                    facade=pid,
                 )
                 await measured(
                     f"single direct-http c{level}",
@@ -190,6 +232,7 @@ async def measure(
                     f"batch64 facade c{level}",
                     partial(closed_loop, facade, batch_body, level, duration_s, warmup_s, "batch64"),
                     results,
+                    facade=pid,
                 )
             print(f"==> round {round_number}: gRPC vs HTTP to Triton", flush=True)
             for name, send in (("http", direct_http), ("grpc", direct_grpc)):
@@ -247,14 +290,16 @@ def markdown(results: CapacityResults, machine_line: str) -> str:
         )
     lines += [
         "",
-        "| load level | requests/s | p50 ms | p99 ms | errors | client CPU ms/request | load before -> after |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| load level | requests/s | p50 ms | p99 ms | errors | facade CPU ms/request | client CPU ms/request "
+        "| load before -> after |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for f in results.figures:
         r = f.result
         cpu = f"{f.client_cpu_ms_per_request:.3f}" if f.client_cpu_ms_per_request is not None else "-"
+        own = f"{f.facade_cpu_ms_per_request:.3f}" if f.facade_cpu_ms_per_request is not None else "-"
         lines.append(
-            f"| {f.name} | {r.throughput_rps:.1f} | {r.p(50):.2f} | {r.p(99):.2f} | {r.errors} | {cpu} | "
+            f"| {f.name} | {r.throughput_rps:.1f} | {r.p(50):.2f} | {r.p(99):.2f} | {r.errors} | {own} | {cpu} | "
             f"{f.load_before} -> {f.load_after} |"
         )
     return "\n".join(lines) + "\n"

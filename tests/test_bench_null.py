@@ -94,6 +94,8 @@ def test_the_capacity_run_measures_the_facade_on_null_models_and_writes_its_repo
         "protocol grpc c32",
     ]
     assert all(f.result.errors == 0 and f.result.requests > 0 for f in results.figures)
+    through_facade = [f for f in results.figures if "facade" in f.name]
+    assert all(f.facade_cpu_ms_per_request is not None and f.facade_cpu_ms_per_request > 0 for f in through_facade)
     assert results.overhead is not None and results.overhead.facade.requests == 300
     assert results.protocol_latency is not None
     report = (tmp_path / "capacity.md").read_text()

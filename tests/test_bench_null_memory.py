@@ -64,3 +64,26 @@ def test_the_cpu_variant_shrinks_the_arena_and_config_pbtxt_keeps_it() -> None:
     assert cpu.parameters[ARENA_SHRINKAGE].string_value == "cpu:0"
     assert ARENA_SHRINKAGE in render_model_config(cpu)
     assert ARENA_SHRINKAGE not in build_model_config(SENTIMENT).parameters
+
+
+def test_bench_arena_variants_differ_only_in_the_shrinkage_parameter(tmp_path: Path) -> None:
+    from bench.arena import write_variant
+    from export.triton_config import cpu_config_path, parse_model_config, write_model_config
+
+    source = tmp_path / "source"
+    write_model_config(SENTIMENT, source / "sentiment")
+    (source / "sentiment" / "1").mkdir()
+    (source / "sentiment" / "1" / "model.int8.onnx").write_bytes(b"weights")
+    for shrinkage in (None, "cpu:0"):
+        target = tmp_path / str(shrinkage)
+        write_variant(source, target, ["sentiment"], shrinkage)
+        assert (target / "sentiment" / "1" / "model.int8.onnx").read_bytes() == b"weights"
+        for name in ("config.pbtxt", "configs/cpu.pbtxt"):
+            config = parse_model_config((target / "sentiment" / name).read_text())
+            original = parse_model_config((source / "sentiment" / name).read_text())
+            got = config.parameters[ARENA_SHRINKAGE].string_value if ARENA_SHRINKAGE in config.parameters else None
+            assert got == shrinkage
+            config.parameters.pop(ARENA_SHRINKAGE, None)
+            original.parameters.pop(ARENA_SHRINKAGE, None)
+            assert config == original
+    assert cpu_config_path(tmp_path / "None" / "sentiment").is_file()
