@@ -42,9 +42,10 @@ ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
 """ONNX Runtime backend parameter (native and local): the arenas that give back what each run freed."""
 CPU_ARENA_SHRINKAGE = "cpu:0"
 """What CPU variants (``configs/cpu.pbtxt``) shrink after every run. Without it a session keeps the peak of its
-largest batch for good: ~420 MB per instance of the int8 sentiment model after 256-token batches, for a 59 MB
-file. Not in ``config.pbtxt``: the image model lost throughput with it on this CPU (bench.arena: pose 0.60x,
-text models 0.97-1.04x; docs/benchmarks.md, "Facade capacity")."""
+largest batch for good (in process, int8 sentiment after 256-token batches: 476-813 MiB, with it 143-165).
+The text models lost no throughput to it (bench.arena, 0.97-1.17x); ``config.pbtxt`` (pose, GPU hosts) keeps
+ONNX Runtime's default until pose's cost is settled (0.37-1.01x on a busy machine). docs/benchmarks.md,
+"Facade capacity"."""
 
 
 def _tensor_dtype(name: str) -> int:
