@@ -44,8 +44,8 @@ CPU_ARENA_SHRINKAGE = "cpu:0"
 """What CPU variants (``configs/cpu.pbtxt``) shrink after every run. Without it a session keeps the peak of its
 largest batch for good (in process, int8 sentiment after 256-token batches: 476-813 MiB, with it 143-165).
 The text models lost no throughput to it (bench.arena, 0.97-1.17x); ``config.pbtxt`` (pose, GPU hosts) keeps
-ONNX Runtime's default until pose's cost is settled (0.37-1.01x on a busy machine). docs/benchmarks.md,
-"Facade capacity"."""
+ONNX Runtime's default: pose was slower with it in 5 of 7 rounds (0.86x over 4 rounds, busy machine).
+docs/benchmarks.md, "Facade capacity"."""
 
 
 def _tensor_dtype(name: str) -> int:
