@@ -41,7 +41,8 @@ class VariantRepository:
         return [name for kinds in self.models.values() for name in kinds.values()]
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link ``source`` to ``target`` (a scratch repository costs no space), or copy across file systems."""
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(source, target)
@@ -52,7 +53,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
 def _copy_version(version_dir: Path, target: Path) -> None:
     for path in version_dir.iterdir():
         if path.is_file():
-            _link_or_copy(path, target / path.name)
+            link_or_copy(path, target / path.name)
 
 
 def _write_variant_config(source_model_dir: Path, target_model_dir: Path, name: str, *, batching: bool) -> None:
@@ -63,7 +64,7 @@ def _write_variant_config(source_model_dir: Path, target_model_dir: Path, name: 
     target_model_dir.mkdir(parents=True, exist_ok=True)
     header = f"# Benchmark variant {name!r} of {source_model_dir.name!r}, written by bench/variants.py.\n"
     (target_model_dir / CONFIG_FILE).write_text(header + render_model_config(config))
-    _link_or_copy(source_model_dir / LABELS_FILE, target_model_dir / LABELS_FILE)
+    link_or_copy(source_model_dir / LABELS_FILE, target_model_dir / LABELS_FILE)
 
 
 def build_variant_repository(
@@ -96,10 +97,10 @@ def build_variant_repository(
             _write_variant_config(source_model_dir, target / name, name, batching=True)
             for path in version_dir.iterdir():
                 if path.is_file() and path.name not in (MODEL_FILE, INT8_MODEL_FILE):
-                    _link_or_copy(path, target / name / version / path.name)
+                    link_or_copy(path, target / name / version / path.name)
             shipped = version_dir / INT8_MODEL_FILE  # every text version published now carries it
             if shipped.is_file():
-                _link_or_copy(shipped, target / name / version / MODEL_FILE)
+                link_or_copy(shipped, target / name / version / MODEL_FILE)
             else:
                 quantize_int8(version_dir / MODEL_FILE, target / name / version / MODEL_FILE)
             kinds["int8"] = name

@@ -38,6 +38,16 @@ HEADER = """\
 """
 
 
+ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
+"""ONNX Runtime backend parameter (native and local): the arenas that give back what each run freed."""
+CPU_ARENA_SHRINKAGE = "cpu:0"
+"""What CPU variants (``configs/cpu.pbtxt``) shrink after every run. Without it a session keeps the peak of its
+largest batch for good (in process, int8 sentiment after 256-token batches: 476-813 MiB, with it 143-165).
+The text models lost no throughput to it (bench.arena, 0.97-1.17x); ``config.pbtxt`` (pose, GPU hosts) keeps
+ONNX Runtime's default: pose was slower with it in 5 of 7 rounds (0.86x over 4 rounds, busy machine).
+docs/benchmarks.md, "Facade capacity"."""
+
+
 def _tensor_dtype(name: str) -> int:
     return int(mc.DataType.Value(name))
 
@@ -79,6 +89,8 @@ def build_model_config(spec: TaskSpec, *, tensorrt_fp16: bool = False, cpu: bool
     set_queue_policy(config, spec)
     if threads:
         config.parameters["intra_op_thread_count"].string_value = str(threads)
+    if variant:
+        config.parameters[ARENA_SHRINKAGE].string_value = CPU_ARENA_SHRINKAGE
     if tensorrt_fp16:
         # Used by the NGC container's native backend on a GPU; the local CPU backend ignores it.
         accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
