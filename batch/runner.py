@@ -594,7 +594,7 @@ def run_job(
                 fn_constructor_kwargs={"config": config},
                 batch_size=settings.batch_rows,
                 batch_format="pyarrow",
-                concurrency=settings.concurrency,
+                compute=ray.data.ActorPoolStrategy(size=settings.concurrency),
                 num_cpus=0.5,
             )
             try:

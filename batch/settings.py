@@ -27,7 +27,7 @@ def _default_cpus() -> int:
 class BatchSettings(BaseSettings):
     """Every knob of the batch runner. Lists are given as JSON in the environment (``'["a", "b"]'``)."""
 
-    model_config = SettingsConfigDict(env_prefix="MTC_BATCH_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MTC_BATCH_", env_file=".env", extra="ignore", populate_by_name=True)
 
     # --- Triton and the model repository (the same ones the facade uses) ---
     triton_url: str = Field("127.0.0.1:8000", description="Triton HTTP endpoint as host:port (no scheme)")
