@@ -28,7 +28,7 @@ from batch.formats import (
     OutputNames,
     encode_part,
 )
-from batch.manifest import COMMITTED_DIR, JOB_FILE, ModelPin
+from batch.manifest import COMMITTED_DIR, JOB_FILE, InputFile, JobManifest, JobParameters, ModelPin
 from batch.runner import JobRequest, PartWriter, plan_job, read_parts, root_error, run_job
 from batch.settings import BatchSettings
 from batch.storage import parse_location
@@ -145,12 +145,12 @@ def classified_rows(rows: list[int], file: int = 0) -> pa.Table:
     )
 
 
-def manifest_for(tmp_path: Path, rows: int, fmt: str = "csv") -> runner.JobManifest:
-    return runner.JobManifest(
-        parameters=runner.JobParameters(
+def manifest_for(tmp_path: Path, rows: int, fmt: str = "csv") -> JobManifest:
+    return JobManifest(
+        parameters=JobParameters(
             input=str(tmp_path / "in.csv"), task="sentiment", column="text", format=fmt, prefix="", rows_per_part=3
         ),
-        files=[runner.InputFile(path=str(tmp_path / "in.csv"), size=1, mtime_ns=1, rows=rows, columns=["id", "text"])],
+        files=[InputFile(path=str(tmp_path / "in.csv"), size=1, mtime_ns=1, rows=rows, columns=["id", "text"])],
         model=ModelPin(name="sentiment", version="1", content="sha256:x"),
         labels=["negative", "positive"],
         created_at="now",
