@@ -35,7 +35,7 @@ import pyarrow as pa
 from pydantic import ValidationError
 
 from batch.classify import Classifier, ClassifierConfig, make_s3_client
-from batch.errors import InvalidJob, JobConflict, JobStorageError
+from batch.errors import InvalidJob, JobConflict
 from batch.formats import (
     FILE_COLUMN,
     FORMATS,
@@ -91,11 +91,13 @@ class JobRequest:
 
 @dataclass(frozen=True)
 class JobProgress:
-    """Where a running job stands (passed to the progress callback after each committed part)."""
+    """Where a running job stands (passed to the progress callback after each batch of rows comes back)."""
 
     rows_total: int
     rows_done: int
+    """Rows classified: committed in earlier runs, plus those classified in this one (committed or not yet)."""
     rows_failed: int
+    """Failed rows in the committed parts."""
     parts_total: int
     parts_done: int
     rows_this_run: int
@@ -387,6 +389,8 @@ def ray_session(settings: BatchSettings) -> Iterator[None]:
     from ray.data import DataContext
 
     logging.getLogger("ray").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-execution INFO lines, under our progress bar
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": on purpose
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
@@ -438,6 +442,8 @@ class PartWriter:
         self.names = names
         self.buffers: dict[tuple[int, int], list[pa.Table]] = {}
         self.seen: dict[tuple[int, int], set[int]] = {}
+        self.received = 0
+        """Rows classified in this run (each counted once)."""
 
     def add(self, table: pa.Table) -> list[PartCommit]:
         """Take classified rows; returns the commits of the parts they completed."""
@@ -454,6 +460,7 @@ class PartWriter:
             if not all(new):  # a block delivered twice (a retried task): keep each row once
                 piece = piece.filter(pa.array(new))
             seen.update(piece.column(ROW_COLUMN).to_pylist())
+            self.received += piece.num_rows
             self.buffers.setdefault(where, []).append(piece)
             if len(seen) == self.manifest.part_rows(*where):
                 done.append(self.commit(where))
@@ -552,6 +559,7 @@ def run_job(
     manifest, input_location, output = plan_job(request, settings)
     records = committed_parts(output, manifest)
     resumed = len(records)
+    resumed_rows = sum(r.rows for r in records.values())
     planned = manifest.parts()
     todo = {where for where in planned if where not in records}
     names = OutputNames(manifest.parameters.prefix, tuple(manifest.labels))
@@ -562,7 +570,7 @@ def run_job(
             progress(
                 JobProgress(
                     rows_total=manifest.total_rows,
-                    rows_done=sum(r.rows for r in records.values()),
+                    rows_done=resumed_rows + rows_this_run,
                     rows_failed=sum(r.failed for r in records.values()),
                     parts_total=len(planned),
                     parts_done=len(records),
@@ -601,8 +609,8 @@ def run_job(
                 for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
                     for record in writer.add(table):
                         records[(record.file, record.part)] = record
-                        rows_this_run += record.rows
-                        report()
+                    rows_this_run = writer.received
+                    report()
             except Exception as exc:
                 found = root_error(exc)
                 note = f" ({len(records)} of {len(planned)} parts committed: run the job again to resume)"
@@ -627,4 +635,4 @@ def run_job(
     return summary
 
 
-__all__ = ["JobProgress", "JobRequest", "JobStorageError", "JobSummary", "plan_job", "run_job"]
+__all__ = ["JobProgress", "JobRequest", "JobSummary", "plan_job", "run_job"]

@@ -96,6 +96,7 @@ def parse_location(uri: str, settings: BatchSettings, *, what: str = "location")
         problem = _key_problem(key)
         if problem:
             raise InvalidJob(f"the {what} {uri!r} has {problem} in its key")
+        key = key.rstrip("/")  # a prefix: pyarrow names it without the slash
         return Location(
             f"s3://{bucket}/{key}", f"{bucket}/{key}", S3Access(settings.s3_endpoint_url, settings.s3_region)
         )

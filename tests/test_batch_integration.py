@@ -154,21 +154,21 @@ def read_csv_strings(data: bytes) -> pa.Table:
 def test_a_csv_in_s3_is_classified_in_parts_with_bad_rows_reported(env: Env) -> None:
     blank = {4, 41, 77}  # empty or whitespace-only texts: failed rows, never a failed job
     rows = [{"id": f"{i:03d}", "text": ("" if i % 2 else "   \n ") if i in blank else review(i)} for i in range(100)]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["id", "text"])
-    writer.writeheader()
-    writer.writerows(rows)
-    env.s3.put_object(Bucket=env.bucket, Key="in/reviews.csv", Body=buffer.getvalue().encode())
+    for name, chunk in (("reviews-a.csv", rows[:60]), ("reviews-b.csv", rows[60:])):  # a prefix of two files
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["id", "text"])
+        writer.writeheader()
+        writer.writerows(chunk)
+        env.s3.put_object(Bucket=env.bucket, Key=f"in/{name}", Body=buffer.getvalue().encode())
+    env.s3.put_object(Bucket=env.bucket, Key="in/_notes.csv", Body=b"text\nnot an input\n")  # skipped: leading _
 
     summary = run_job(
-        JobRequest(
-            input=f"s3://{env.bucket}/in/reviews.csv", output=f"s3://{env.bucket}/out/reviews", task="sentiment"
-        ),
+        JobRequest(input=f"s3://{env.bucket}/in/", output=f"s3://{env.bucket}/out/reviews", task="sentiment"),
         env.settings(),
     )
 
     parts = s3_parts(env, "out/reviews/", ".csv")
-    assert len(parts) == 3  # 100 rows, 40 per part
+    assert len(parts) == 3  # file a: 40 + 20 rows, file b: 40 rows
     table = pa.concat_tables([read_csv_strings(part) for part in parts])
     assert table.column_names == ["id", "text", "label", "p_negative", "p_positive", "error"]
     assert table.column("id").to_pylist() == [row["id"] for row in rows]  # every row once, in input order
@@ -189,9 +189,14 @@ def test_a_csv_in_s3_is_classified_in_parts_with_bad_rows_reported(env: Env) -> 
     assert summary.rows_total == 100 and summary.rows_failed == 3 and summary.parts == 3
     assert sum(summary.labels.values()) == 97
     assert summary.failure_reasons == {"empty text": 3}
-    assert [(f["row"], f["reason"]) for f in summary.failures] == [(i, "empty text") for i in sorted(blank)]
+    assert [(f["file"], f["row"], f["reason"]) for f in summary.failures] == [
+        (0, 4, "empty text"),
+        (0, 41, "empty text"),
+        (1, 77 - 60, "empty text"),
+    ]
     stored = json.loads(env.s3.get_object(Bucket=env.bucket, Key=f"out/reviews/{SUMMARY_FILE}")["Body"].read())
     assert stored["labels"] == summary.labels and stored["rows_per_s"] > 0
+    assert stored["part_files"] == ["part-00000-000000.csv", "part-00000-000001.csv", "part-00001-000000.csv"]
     assert (
         json.loads(env.s3.get_object(Bucket=env.bucket, Key=f"out/reviews/{JOB_FILE}")["Body"].read())["model"][
             "version"
