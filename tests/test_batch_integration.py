@@ -99,11 +99,14 @@ def env(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterator[
         startup_timeout=180,
     ).start()
     # This process's Ray: run_job uses a Ray that is already up (and leaves it running)
+    environment = dict(os.environ)  # ray.init sets RAY_AUTH_MODE, PYTHONBREAKPOINT...: not for the tests after these
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 << 20, log_to_driver=False)
     try:
         yield Env(repository, triton, s3_endpoint, bucket, s3, ray.get_runtime_context().gcs_address)
     finally:
         ray.shutdown()
+        os.environ.clear()
+        os.environ.update(environment)
         triton.stop()
 
 
