@@ -25,6 +25,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,7 @@ from batch.errors import InvalidJob, JobConflict
 from batch.formats import (
     FILE_COLUMN,
     FORMATS,
+    INTERNAL_PREFIX,
     ROW_COLUMN,
     SUFFIXES,
     Format,
@@ -72,6 +74,8 @@ from frontend_api.triton_client import TritonHttpClient
 from taskspec import TaskSpec, get_task
 
 logger = logging.getLogger("batch")
+
+_PREFIX = re.compile(r"[A-Za-z0-9_]{0,32}")
 
 
 @dataclass(frozen=True)
@@ -198,6 +202,8 @@ def plan_job(request: JobRequest, settings: BatchSettings) -> tuple[JobManifest,
         raise InvalidJob(str(exc.args[0])) from None
     if not request.column:
         raise InvalidJob("give the column that holds the texts (or image URLs)")
+    if not _PREFIX.fullmatch(request.prefix):
+        raise InvalidJob("the prefix of the added columns must be up to 32 letters, digits or _")
     input_location = parse_location(request.input, settings, what="input")
     output = parse_location(request.output, settings, what="output")
     parameters = JobParameters(
@@ -235,7 +241,9 @@ def plan_job(request: JobRequest, settings: BatchSettings) -> tuple[JobManifest,
     pin, labels = asyncio.run(_pin_model(spec, settings))
     names = OutputNames(request.prefix, labels)
     for (path, _, _), shape in zip(files, shapes, strict=True):
-        clash = sorted(set(shape.columns) & set(names.all()))
+        clash = sorted(
+            set(shape.columns) & set(names.all()) | {c for c in shape.columns if c.startswith(INTERNAL_PREFIX)}
+        )
         if clash:
             raise InvalidJob(
                 f"{path} already has column(s) {', '.join(clash)} that the job adds: pass a prefix (--prefix pred_)"

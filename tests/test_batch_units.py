@@ -233,6 +233,11 @@ def test_a_label_column_in_the_input_needs_a_prefix(tmp_path: Path, pinned: None
         JobRequest(input=str(source), output=str(tmp_path / "o2"), task="sentiment", prefix="pred_"), SETTINGS
     )
     assert manifest.parameters.prefix == "pred_"
+    with pytest.raises(InvalidJob, match="prefix of the added columns"):
+        plan_job(JobRequest(input=str(source), output=str(tmp_path / "o3"), task="sentiment", prefix='x",\n'), SETTINGS)
+    internal = write_csv(tmp_path / "internal.csv", [["text", "__mtc_row"], ["great", "1"]])
+    with pytest.raises(InvalidJob, match="__mtc_row"):
+        plan_job(JobRequest(input=str(internal), output=str(tmp_path / "o4"), task="sentiment"), SETTINGS)
 
 
 def test_a_job_whose_parts_are_all_committed_is_summarised_without_running_again(tmp_path: Path, pinned: None) -> None:
