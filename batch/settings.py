@@ -1,0 +1,94 @@
+"""The batch runner's settings: one pydantic-settings class, environment prefix ``MTC_BATCH_``.
+
+Image URLs (the ``pose`` task) are fetched with the facade's own rules and limits: the runner builds the
+facade's :class:`~frontend_api.settings.ApiSettings` (``MTC_API_*``: allowed buckets and hosts, byte caps,
+timeouts) for them, so a URL refused by ``POST /v1/pose`` is refused by a job too. S3 credentials come from
+the AWS chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, a profile, an instance role), never from
+these settings.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from frontend_api.settings import PROJECT_ROOT
+
+TextPadding = Literal["buckets", "max_length"]
+
+
+def _default_cpus() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+class BatchSettings(BaseSettings):
+    """Every knob of the batch runner. Lists are given as JSON in the environment (``'["a", "b"]'``)."""
+
+    model_config = SettingsConfigDict(env_prefix="MTC_BATCH_", env_file=".env", extra="ignore", populate_by_name=True)
+
+    # --- Triton and the model repository (the same ones the facade uses) ---
+    triton_url: str = Field("127.0.0.1:8000", description="Triton HTTP endpoint as host:port (no scheme)")
+    triton_timeout_s: float = Field(
+        30.0, gt=0, description="Deadline of one Triton call (queue + compute); Triton drops the request after it"
+    )
+    triton_retries: int = Field(
+        3,
+        ge=0,
+        description="Retries of a batch Triton shed or could not answer (overloaded, restarting, timed out), "
+        "1 s, 2 s, 3 s... apart; past them the job stops (committed parts are kept: rerun to resume)",
+    )
+    model_repository: str = Field(
+        str(PROJECT_ROOT / "model_repository"),
+        description="Local folder or s3://bucket/prefix holding <task>/<version>/preprocessing.json and "
+        "tokenizer.json (the repository Triton serves)",
+    )
+    text_padding: TextPadding = Field("buckets", description="As the facade's MTC_API_TEXT_PADDING")
+
+    # --- Ray ---
+    ray_address: str | None = Field(
+        None,
+        description="An existing Ray cluster (`ray://head:10001`, `head:6379` or `auto`); unset: a local Ray is "
+        "started for the job and stopped after it",
+    )
+    ray_num_cpus: int = Field(
+        default_factory=_default_cpus, ge=1, description="CPUs of the local Ray (default min(2, CPU count))"
+    )
+    ray_object_store_mib: int = Field(512, ge=100, description="Object store of the local Ray, MiB")
+    concurrency: int = Field(
+        2,
+        ge=1,
+        description="Classifier workers, each with one batch in flight to Triton at a time: what bounds the load "
+        "a job puts on Triton",
+    )
+
+    # --- the job's shape ---
+    batch_rows: int = Field(64, ge=1, le=4096, description="Rows per batch a worker classifies at once")
+    rows_per_part: int = Field(
+        1000, ge=1, description="Rows per output part: the unit committed, and redone after a crash"
+    )
+    max_text_chars: int = Field(
+        100_000, ge=1, description="Longer texts are failed rows (texts are truncated to the model's tokens anyway)"
+    )
+    image_fetch_concurrency: int = Field(8, ge=1, description="Images one worker downloads at once")
+    failures_listed: int = Field(
+        1000, ge=0, description="Failed rows listed (row and reason) in the summary; all are counted"
+    )
+
+    # --- S3 (input and output locations) ---
+    allowed_buckets: list[str] = Field(
+        default_factory=list,
+        description="Buckets a job may read its input from and write its output to (s3://...); empty: none",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("MTC_BATCH_S3_ENDPOINT_URL", "MTC_S3_ENDPOINT_URL"),
+        description="S3 endpoint (MinIO, the local SeaweedFS); unset for AWS. Also read from MTC_S3_ENDPOINT_URL",
+    )
+    s3_region: str = Field(
+        "us-east-1",
+        validation_alias=AliasChoices("MTC_BATCH_S3_REGION", "MTC_S3_REGION", "AWS_DEFAULT_REGION"),
+        description="S3 region (also read from MTC_S3_REGION and AWS_DEFAULT_REGION)",
+    )
