@@ -156,7 +156,10 @@ class PlatformService:
         predictions: list[TextPrediction | None] = [None] * len(texts)
         labels = artifacts.labels
         for group, output in zip(groups, outputs, strict=True):
-            for index, row in zip(group.indices, softmax(output.logits), strict=True):
+            probabilities = softmax(output.logits)
+            self.metrics.observe_tokens(spec.name, output.model_version or version, group.attention_mask)
+            self.metrics.observe_predictions(spec.name, output.model_version or version, labels, probabilities)
+            for index, row in zip(group.indices, probabilities, strict=True):
                 predictions[index] = TextPrediction(
                     text_index=index,
                     label=labels[int(np.argmax(row))],
@@ -192,8 +195,11 @@ class PlatformService:
         output = await self._infer(spec, version, {spec.input_names[0]: pixels})
         t_done = time.perf_counter()
         labels = artifacts.labels
+        probabilities = softmax(output.logits)
+        self.metrics.observe_images(spec.name, output.model_version or version, bodies)
+        self.metrics.observe_predictions(spec.name, output.model_version or version, labels, probabilities)
         predictions = []
-        for index, row in enumerate(softmax(output.logits)):
+        for index, row in enumerate(probabilities):
             order = np.argsort(-row, kind="stable")
             predictions.append(
                 ImagePrediction(
