@@ -59,6 +59,11 @@ class StackSettings(BaseSettings):
     build_missing_models: bool = Field(True, description="Run `export build --profile quick` when models are missing")
     start_dashboard: bool = Field(True, description="Start the dashboard (false: S3, Triton and the facade only)")
     max_restarts: int = Field(5, description="Restarts of one service within restart_window_s before giving up")
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OpenTelemetry collector (OTLP/HTTP, http://host:4318): the facade and Triton (its OpenTelemetry "
+        "trace mode) send their spans there; unset (the default): no tracing",
+    )
     restart_window_s: float = Field(300.0, description="Window (seconds) in which max_restarts is counted")
 
     @property
@@ -152,7 +157,9 @@ class LocalStack:
             log_file=logs / "triton.log",
             extra_env=env,
             startup_timeout=180,
+            otlp_endpoint=settings.otlp_endpoint or None,
         )
+        tracing = {"MTC_API_OTLP_ENDPOINT": settings.otlp_endpoint} if settings.otlp_endpoint else {}
         self.api = ManagedProcess(
             name="facade",
             # The checked launcher: it refuses a bind beyond loopback without API keys (docs/api.md).
@@ -168,6 +175,7 @@ class LocalStack:
                 "MTC_API_S3_ENDPOINT_URL": settings.s3_endpoint,
                 "MTC_API_UPLOAD_BUCKET": settings.uploads_bucket,
                 "MTC_API_ALLOWED_HTTP_HOSTS": f'["{host}:{settings.s3_port}"]',
+                **tracing,
             },
             cwd=PROJECT_ROOT,
         )

@@ -19,6 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from frontend_api.app import create_app
 from frontend_api.settings import ApiSettings
 from frontend_api.tracing import make_tracer_provider
+from serving.stack import LocalStack, StackSettings
 from serving.triton import TRITON_SERVICE_NAME, TritonServer
 
 
@@ -121,6 +122,18 @@ def test_triton_starts_no_tracing_without_an_endpoint() -> None:
     flags = TritonServer(model_repository="unused", otlp_endpoint="http://127.0.0.1:4318/").trace_args()
     assert "--trace-config=mode=opentelemetry" in flags
     assert "--trace-config=opentelemetry,url=http://127.0.0.1:4318/v1/traces" in flags
+
+
+def test_make_run_traces_only_when_an_endpoint_is_set(tmp_path: Path) -> None:
+    def stack(**overrides: str) -> LocalStack:
+        settings = StackSettings.on_free_ports(log_dir=tmp_path, s3_data_dir=tmp_path, start_dashboard=False)
+        return LocalStack(settings.model_copy(update=overrides), echo=lambda _: None)
+
+    off = stack()
+    assert off.triton.trace_args() == [] and "MTC_API_OTLP_ENDPOINT" not in off.api.env
+    on = stack(otlp_endpoint="http://127.0.0.1:4318")
+    assert on.api.env["MTC_API_OTLP_ENDPOINT"] == "http://127.0.0.1:4318"
+    assert "--trace-config=opentelemetry,url=http://127.0.0.1:4318/v1/traces" in on.triton.trace_args()
 
 
 @pytest.mark.integration
