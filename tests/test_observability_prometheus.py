@@ -171,5 +171,11 @@ def test_a_real_prometheus_scrapes_the_facade_and_records_per_task_rates(
         up = query(base, 'up{job="mtc-api"}')
         assert [r["value"][1] for r in up] == ["1"]
         rules = httpx.get(f"{base}/api/v1/rules", timeout=5).json()["data"]["groups"]
+        # every query of the Grafana dashboard parses and runs on this Prometheus
+        dashboard = json.loads((OBSERVABILITY_DIR / "grafana" / "dashboards" / "mtc.json").read_text())
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                answer = httpx.get(f"{base}/api/v1/query", params={"query": target["expr"]}, timeout=5)
+                assert answer.status_code == 200 and answer.json()["status"] == "success", (panel["title"], answer.text)
     assert {group["name"] for group in rules} == {"mtc-api", "mtc-drift", "triton"}
     assert json.loads(config.read_text())["rule_files"] == [str(RULES_FILE)]
