@@ -180,6 +180,8 @@ class FacadeAPI(Protocol):
 
     async def stats(self) -> list[ModelStats]: ...
 
+    async def metrics(self) -> str: ...
+
     async def health(self) -> Health: ...
 
     async def aclose(self) -> None: ...
@@ -312,6 +314,10 @@ class FacadeClient:
     async def stats(self) -> list[ModelStats]:
         """``GET /v1/stats``: Triton's per-model counters, averages and executed batch sizes."""
         return self._parse(_StatsList, await self._request("GET", "/v1/stats")).models
+
+    async def metrics(self) -> str:
+        """``GET /metrics``: the facade's Prometheus text (requests, latency histograms, in flight)."""
+        return (await self._request("GET", "/metrics")).text
 
     async def health(self) -> Health:
         """``GET /readyz``: 200 means ready; 503 means up but not ready (for example Triton is down)."""

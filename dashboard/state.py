@@ -24,6 +24,7 @@ from dashboard.client import (
     ModelStats,
     TextResult,
 )
+from dashboard.live import EMPTY_CHARTS, LiveCharts, LiveHistory, snapshot
 from dashboard.settings import DashboardSettings
 from taskspec import TASKS
 
@@ -204,16 +205,31 @@ def examples_for(task: ModelInfo) -> list[str]:
 
 
 class MonitoringState(RequestState):
-    """The Monitoring tab: Triton's per-model statistics, refreshed periodically."""
+    """The Monitoring tab: Triton's per-model statistics and the live time series (last 15 minutes), refreshed
+    periodically."""
 
     stats = param.List(default=[], item_type=ModelStats)
     updated_at = param.String(default="", doc="Wall-clock time of the last successful refresh")
+    live = param.ClassSelector(class_=LiveCharts, default=EMPTY_CHARTS, doc="The live charts' series")
+
+    def __init__(self, client: FacadeAPI, connection: Connection, **params: object) -> None:
+        super().__init__(client, connection, **params)
+        self.history = LiveHistory()
+        self.tasks: set[str] = set()  # task routes to chart (the facade's tasks, once listed)
+        self.clock: Callable[[], float] = time.time  # when a sample is taken (tests set their own)
 
     async def refresh(self) -> None:
-        """Fetch ``/v1/stats``; keeps the last figures (and says so) when it fails."""
+        """Fetch ``/v1/stats`` and ``/metrics`` and add a sample to the live series; keeps the last figures (and
+        says so) when it fails."""
         stats = await self._call(self.client.stats)
-        if stats is not None:
-            self.param.update(stats=stats, updated_at=time.strftime("%H:%M:%S"))
+        if stats is None:
+            return
+        text = await self._call(self.client.metrics)
+        if text is not None:
+            tasks = self.tasks | {row.task for row in stats}
+            self.history.add(snapshot(self.clock(), text, stats, tasks))
+            self.live = self.history.charts()
+        self.param.update(stats=stats, updated_at=time.strftime("%H:%M:%S"))
 
 
 class DashboardState(param.Parameterized):
@@ -260,5 +276,6 @@ class DashboardState(param.Parameterized):
                 )
             else:
                 self.skipped.append(info)
+        self.monitoring.tasks = set(self.tasks)
         self.param.update(loaded=True, models_error="")
         return True

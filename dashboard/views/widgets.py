@@ -12,6 +12,7 @@ import panel as pn
 import param
 
 from dashboard.client import ModelStats
+from dashboard.live import LiveCharts
 from dashboard.state import (
     CONNECTION_DOWN,
     CONNECTION_NOT_READY,
@@ -20,7 +21,7 @@ from dashboard.state import (
     MonitoringState,
     TextTaskState,
 )
-from dashboard.views.plots import batch_figure, count_figure, timing_figure
+from dashboard.views.plots import batch_figure, count_figure, live_figure, timing_figure
 from dashboard.views.render import (
     STYLESHEET,
     image_result_html,
@@ -197,6 +198,17 @@ class ImageTaskView:
         await self.state.classify_url()
 
 
+LIVE_CHARTS = {
+    "requests": ("Requests/s per task", "requests/s"),
+    "errors": ("Server errors (5xx)/s per task", "errors/s"),
+    "latency_ms": ("Facade latency per task (p50, p95)", "ms"),
+    "triton_ms": ("Triton: queue vs compute time per request", "ms"),
+    "batch_size": ("Triton: average executed batch size", "rows per batch"),
+    "in_flight": ("Requests in flight in the facade", "requests"),
+}
+"""The live charts: field of :class:`~dashboard.live.LiveCharts` -> (title, y-axis label)."""
+
+
 class MonitoringView:
     """The Monitoring tab: a table per model and three plots, redrawn when the statistics change."""
 
@@ -211,17 +223,29 @@ class MonitoringView:
         self.batch_pane = pn.pane.Bokeh(batch_figure([]), sizing_mode="stretch_width")
         self.timing_pane = pn.pane.Bokeh(timing_figure([]), sizing_mode="stretch_width")
         self._drawn: list[ModelStats] = []
+        self.live_panes = {name: pn.pane.Bokeh(live_figure(title, {}, unit), sizing_mode="stretch_width")
+                           for name, (title, unit) in LIVE_CHARTS.items()}  # fmt: skip
         self.error = error_alert(state)
         state.param.watch(self._update_plots, "stats")
+        state.param.watch(self._update_live, "live")
+        panes = list(self.live_panes.values())
         self.panel = pn.Column(
             self.caption,
             self.error,
+            pn.pane.Markdown("### Live: the last 15 minutes", css_classes=["mtc-live-title"]),
+            *(pn.Row(*panes[i : i + 2], sizing_mode="stretch_width") for i in range(0, len(panes), 2)),
+            pn.pane.Markdown("### Since Triton started"),
             self.table,
             pn.Row(self.count_pane, self.batch_pane, sizing_mode="stretch_width"),
             self.timing_pane,
             name="Monitoring",
             sizing_mode="stretch_width",
         )
+
+    def _update_live(self, event: param.parameterized.Event) -> None:
+        charts: LiveCharts = event.new
+        for name, (title, unit) in LIVE_CHARTS.items():
+            self.live_panes[name].object = live_figure(title, getattr(charts, name), unit)
 
     def caption_text(self, updated_at: str) -> str:
         if not updated_at:
