@@ -101,17 +101,24 @@ async def test_the_monitoring_tab_draws_a_line_per_task_from_two_refreshes() -> 
     metrics = ApiMetrics()
     fake = FakeFacade(metrics_text=facade_metrics(metrics))
     page = build_page(fake, DashboardSettings())
-    clock = iter([1000.0, 1005.0])
+    clock = iter([1000.0, 1005.0, 1010.0])
     page.state.monitoring.clock = lambda: next(clock)
     await page.refresh()
     view = page.monitoring_view
-    assert view.live_panes["requests"].object.renderers == []  # one sample: no rate yet
+    assert view.live["requests"].sources == {}  # one sample: no rate yet
     serve(metrics, "/v1/sentiment", 200, 0.01, times=20)
     serve(metrics, "/v1/disaster", 200, 0.01, times=5)
     fake.metrics_text = facade_metrics(metrics)
     await page.refresh()
-    lines = view.live_panes["requests"].object.renderers
-    assert len(lines) == 2  # disaster and sentiment
-    legend = [item.label["value"] for item in view.live_panes["requests"].object.legend[0].items]
-    assert legend == ["disaster", "sentiment"]
+    figure = view.live_panes["requests"].object
+    assert len(figure.renderers) == 2  # disaster and sentiment
+    assert [item.label["value"] for item in figure.legend[0].items] == ["disaster", "sentiment"]
+    assert view.live["requests"].sources["sentiment"].data["v"] == [4.0]  # 20 requests in 5 s
     assert ("metrics", None) in fake.calls
+    # the same lines, one more point each: the figure stays, its data grows
+    serve(metrics, "/v1/sentiment", 200, 0.01, times=10)
+    fake.metrics_text = facade_metrics(metrics)
+    await page.refresh()
+    assert view.live_panes["requests"].object is figure
+    assert view.live["requests"].sources["sentiment"].data["v"] == [4.0, 2.0]
+    assert view.live["requests"].sources["disaster"].data["v"] == [1.0, 0.0]

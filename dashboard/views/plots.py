@@ -85,20 +85,25 @@ def batch_figure(stats: Sequence[ModelStats]) -> figure:
     return _bar_figure("Executed batch sizes (executions per size)", batch_size_data(stats), "executions", "#2f855a")
 
 
-def live_figure(title: str, series: Series, y_label: str) -> figure:
-    """One line per series over time (the last 15 minutes), the legend under the plot."""
+def live_figure(title: str, series: Series, y_label: str) -> tuple[figure, dict[str, ColumnDataSource]]:
+    """One line per series over time (the last 15 minutes), the legend under the plot; returns the figure and the
+    data source of each line (to update in place while the set of lines stays the same)."""
     plot = figure(
         title=title, x_axis_type="datetime", y_range=DataRange1d(start=0), height=230, sizing_mode="stretch_width",
         toolbar_location=None, y_axis_label=y_label,
     )  # fmt: skip
+    sources: dict[str, ColumnDataSource] = {}
     for index, (name, (times, values)) in enumerate(sorted(series.items())):
+        sources[name] = ColumnDataSource({"t": times, "v": values})
         plot.line(
-            x="t", y="v", source=ColumnDataSource({"t": times, "v": values}), line_width=2,
-            color=Category10_10[index % len(Category10_10)], legend_label=name,
+            x="t", y="v", source=sources[name], line_width=2, color=Category10_10[index % len(Category10_10)],
+            legend_label=name,
         )  # fmt: skip
-    if series:
+    if sources:
         legend = plot.legend[0]
         legend.orientation = "horizontal"
         legend.click_policy = "hide"
         plot.add_layout(legend, "below")
-    return plot
+    else:
+        plot.line(x=[], y=[])  # an empty plot still has a renderer (Bokeh warns about one without)
+    return plot, sources

@@ -12,7 +12,7 @@ import panel as pn
 import param
 
 from dashboard.client import ModelStats
-from dashboard.live import LiveCharts
+from dashboard.live import LiveCharts, Series
 from dashboard.state import (
     CONNECTION_DOWN,
     CONNECTION_NOT_READY,
@@ -209,6 +209,29 @@ LIVE_CHARTS = {
 """The live charts: field of :class:`~dashboard.live.LiveCharts` -> (title, y-axis label)."""
 
 
+class LiveChart:
+    """One live chart: a new figure when its set of lines changes, new data in the same lines otherwise (a small
+    update for the browser every refresh, rather than a whole figure)."""
+
+    def __init__(self, title: str, unit: str) -> None:
+        self.title = title
+        self.unit = unit
+        figure, self.sources = live_figure(title, {}, unit)
+        self.pane = pn.pane.Bokeh(figure, sizing_mode="stretch_width")
+        self.drawn: Series = {}
+
+    def show(self, series: Series) -> None:
+        if series == self.drawn:
+            return
+        if sorted(series) != sorted(self.drawn):
+            figure, self.sources = live_figure(self.title, series, self.unit)
+            self.pane.object = figure
+        else:
+            for name, (times, values) in series.items():
+                self.sources[name].data = {"t": times, "v": values}
+        self.drawn = {name: (list(times), list(values)) for name, (times, values) in series.items()}
+
+
 class MonitoringView:
     """The Monitoring tab: a table per model and three plots, redrawn when the statistics change."""
 
@@ -223,8 +246,8 @@ class MonitoringView:
         self.batch_pane = pn.pane.Bokeh(batch_figure([]), sizing_mode="stretch_width")
         self.timing_pane = pn.pane.Bokeh(timing_figure([]), sizing_mode="stretch_width")
         self._drawn: list[ModelStats] = []
-        self.live_panes = {name: pn.pane.Bokeh(live_figure(title, {}, unit), sizing_mode="stretch_width")
-                           for name, (title, unit) in LIVE_CHARTS.items()}  # fmt: skip
+        self.live = {name: LiveChart(title, unit) for name, (title, unit) in LIVE_CHARTS.items()}
+        self.live_panes = {name: chart.pane for name, chart in self.live.items()}
         self.error = error_alert(state)
         state.param.watch(self._update_plots, "stats")
         state.param.watch(self._update_live, "live")
@@ -244,8 +267,8 @@ class MonitoringView:
 
     def _update_live(self, event: param.parameterized.Event) -> None:
         charts: LiveCharts = event.new
-        for name, (title, unit) in LIVE_CHARTS.items():
-            self.live_panes[name].object = live_figure(title, getattr(charts, name), unit)
+        for name, chart in self.live.items():
+            chart.show(getattr(charts, name))
 
     def caption_text(self, updated_at: str) -> str:
         if not updated_at:
