@@ -102,7 +102,10 @@ def live_figure(title: str, series: Series, y_label: str) -> tuple[figure, dict[
     if sources:
         legend = plot.legend[0]
         legend.orientation = "horizontal"
+        legend.ncols = 3  # p50 and p95 of every task would not fit on one line
         legend.click_policy = "hide"
+        legend.label_text_font_size = "9pt"
+        legend.border_line_alpha = 0
         plot.add_layout(legend, "below")
     else:
         plot.line(x=[], y=[])  # an empty plot still has a renderer (Bokeh warns about one without)
