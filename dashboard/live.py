@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from dashboard.client import ModelStats
+from dashboard.client import ModelStats, PrometheusClient
 
 WINDOW_S = 15 * 60
 
@@ -190,3 +190,36 @@ class LiveHistory:
                     _append(charts.batch_size, task, at, _increase(previous.rows, model.rows) / executions)
             _append(charts.in_flight, "in flight", at, after.in_flight)
         return charts
+
+
+# Each live chart from Prometheus: the recording rules of observability/prometheus/rules.yml, and a line name
+# made from the series' labels (the same names as the page's own samples give).
+PROMETHEUS_QUERIES: dict[str, list[tuple[str, str]]] = {
+    "requests": [("task:mtc_api_requests:rate1m", "{task}")],
+    "errors": [("task:mtc_api_errors:rate1m", "{task}")],
+    "latency_ms": [
+        ("task:mtc_api_request_duration_seconds:p50_1m * 1000", "{task} p50"),
+        ("task:mtc_api_request_duration_seconds:p95_1m * 1000", "{task} p95"),
+    ],
+    "triton_ms": [
+        ("model:nv_inference_queue_ms:avg1m", "{model} queue"),
+        ("model:nv_inference_compute_ms:avg1m", "{model} compute"),
+    ],
+    "batch_size": [("model:nv_inference_batch_size:avg1m", "{model}")],
+    "in_flight": [("sum(mtc_api_in_flight)", "in flight")],
+}
+
+
+async def prometheus_charts(
+    client: PrometheusClient, now: float, step_s: float, window_s: float = WINDOW_S
+) -> LiveCharts:
+    """The live charts of the last ``window_s`` seconds from Prometheus; raises what the client raises."""
+    charts = LiveCharts({}, {}, {}, {}, {}, {})
+    for chart, queries in PROMETHEUS_QUERIES.items():
+        series: Series = getattr(charts, chart)
+        for expr, name in queries:
+            for labels, points in await client.query_range(expr, now - window_s, now, step_s):
+                line = name.format_map({"task": "", "model": "", **labels})
+                for at, value in points:
+                    _append(series, line, at, value)
+    return charts

@@ -229,6 +229,8 @@ class LocalStack:
                     "MTC_DASHBOARD_ADDRESS": host,
                     "MTC_DASHBOARD_PORT": str(settings.dashboard_port),
                     "MTC_DASHBOARD_ORIGINS": f"{dashboard_origin},localhost:{settings.dashboard_port}",
+                    # the Monitoring tab's live charts from Prometheus (its own samples when it is not there)
+                    **({"MTC_DASHBOARD_PROMETHEUS_URL": self.prometheus_url} if self.prometheus is not None else {}),
                 },
                 cwd=PROJECT_ROOT,
             )

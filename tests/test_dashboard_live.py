@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import math
 
+import httpx
 import pytest
 from prometheus_client import generate_latest
 
-from dashboard.app import build_page
-from dashboard.client import ModelStats
+from dashboard.app import DashboardPage, build_page
+from dashboard.client import ModelStats, PrometheusClient
 from dashboard.live import WINDOW_S, LiveHistory, Snapshot, TritonTotals, bucket_quantile, snapshot
 from dashboard.settings import DashboardSettings
+from dashboard.state import DashboardState
 from frontend_api.metrics import ApiMetrics
 from tests.fakes.dashboard import FakeFacade
 
@@ -122,3 +124,37 @@ async def test_the_monitoring_tab_draws_a_line_per_task_from_two_refreshes() -> 
     assert view.live_panes["requests"].object is figure
     assert view.live["requests"].sources["sentiment"].data["v"] == [4.0, 2.0]
     assert view.live["requests"].sources["disaster"].data["v"] == [1.0, 0.0]
+
+
+def prometheus_answer(request: httpx.Request) -> httpx.Response:
+    """A Prometheus answering range queries: one series per recording rule, labelled like the real ones."""
+    query = request.url.params["query"]
+    assert request.url.path == "/api/v1/query_range" and request.url.params["step"] == "5"
+    labels = {"task": "sentiment", "endpoint": "/v1/sentiment"} if query.startswith("task:") else {"model": "pose"}
+    if query.startswith("sum("):
+        labels = {}
+    values = [[1000.0, "2.5"], [1005.0, "NaN"], [1010.0, "3"]]
+    body = {"status": "success", "data": {"resultType": "matrix", "result": [{"metric": labels, "values": values}]}}
+    return httpx.Response(200, json=body)
+
+
+@pytest.mark.anyio
+async def test_live_charts_come_from_prometheus_when_it_answers_and_from_samples_otherwise() -> None:
+    fake = FakeFacade(metrics_text=facade_metrics(ApiMetrics()))
+    prometheus = PrometheusClient("http://prometheus:9090", transport=httpx.MockTransport(prometheus_answer))
+    page = DashboardPage(DashboardState(fake, DashboardSettings(stats_interval_s=5), prometheus))
+    await page.refresh()
+    live = page.state.monitoring.live
+    assert live.requests == {"sentiment": ([1000_000.0, 1010_000.0], [2.5, 3.0])}  # NaN (no data) is a gap
+    assert set(live.latency_ms) == {"sentiment p50", "sentiment p95"}
+    assert set(live.triton_ms) == {"pose queue", "pose compute"} and set(live.in_flight) == {"in flight"}
+    assert page.state.monitoring.live_source == "from Prometheus at http://prometheus:9090"
+    assert page.monitoring_view.live["requests"].sources["sentiment"].data["v"] == [2.5, 3.0]
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    page.state.monitoring.prometheus = PrometheusClient("http://prometheus:9090", transport=httpx.MockTransport(down))
+    await page.refresh()
+    assert page.state.monitoring.live_source.startswith("sampled by this page since it opened (Prometheus at")
+    assert page.state.monitoring.live.requests == {}  # two samples of an idle facade: no traffic to draw

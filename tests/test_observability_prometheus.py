@@ -4,6 +4,7 @@ evaluating the rules."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
@@ -17,6 +18,8 @@ import httpx
 import pytest
 from prometheus_client import start_http_server
 
+from dashboard.client import PrometheusClient
+from dashboard.live import LiveCharts, prometheus_charts
 from frontend_api.metrics import ApiMetrics
 from serving import stack as stack_module
 from serving.prometheus import OBSERVABILITY_DIR, RULES_FILE, find_prometheus, prometheus_process, write_local_config
@@ -143,6 +146,14 @@ def query(base: str, expr: str) -> list[dict[str, Any]]:
     return result
 
 
+async def dashboard_charts(base: str) -> LiveCharts:
+    client = PrometheusClient(base)
+    try:
+        return await prometheus_charts(client, time.time(), step_s=5)
+    finally:
+        await client.aclose()
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_a_real_prometheus_scrapes_the_facade_and_records_per_task_rates(
@@ -177,5 +188,8 @@ def test_a_real_prometheus_scrapes_the_facade_and_records_per_task_rates(
             for target in panel["targets"]:
                 answer = httpx.get(f"{base}/api/v1/query", params={"query": target["expr"]}, timeout=5)
                 assert answer.status_code == 200 and answer.json()["status"] == "success", (panel["title"], answer.text)
+        # the dashboard's live charts read the same series from this Prometheus
+        charts = asyncio.run(dashboard_charts(base))
+        assert set(charts.requests) == {"sentiment"} and max(charts.requests["sentiment"][1]) > 0
     assert {group["name"] for group in rules} == {"mtc-api", "mtc-drift", "triton"}
     assert json.loads(config.read_text())["rule_files"] == [str(RULES_FILE)]

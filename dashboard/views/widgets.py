@@ -256,6 +256,7 @@ class MonitoringView:
             self.caption,
             self.error,
             pn.pane.Markdown("### Live: the last 15 minutes", css_classes=["mtc-live-title"]),
+            pn.pane.Markdown(pn.bind(self.source_text, state.param.live_source), css_classes=["mtc-live-source"]),
             *(pn.Row(*panes[i : i + 2], sizing_mode="stretch_width") for i in range(0, len(panes), 2)),
             pn.pane.Markdown("### Since Triton started"),
             self.table,
@@ -269,6 +270,9 @@ class MonitoringView:
         charts: LiveCharts = event.new
         for name, chart in self.live.items():
             chart.show(getattr(charts, name))
+
+    def source_text(self, source: str) -> str:
+        return f"Time series {source}." if source else ""
 
     def caption_text(self, updated_at: str) -> str:
         if not updated_at:
