@@ -88,6 +88,7 @@ def test_make_run_says_how_to_install_a_missing_prometheus(tmp_path: Path, monke
     settings = StackSettings.on_free_ports(log_dir=tmp_path, s3_data_dir=tmp_path, start_prometheus=True)
     stack = LocalStack(settings, echo=lambda _: None)
     assert stack.prometheus is None and stack.prometheus_missing
+    assert stack.dashboard is not None and "MTC_DASHBOARD_PROMETHEUS_URL" not in stack.dashboard.env
     assert "apt-get install prometheus" in PROMETHEUS_MISSING and "MTC_START_PROMETHEUS=false" in PROMETHEUS_MISSING
     opted_out = LocalStack(settings.model_copy(update={"start_prometheus": False}), echo=lambda _: None)
     assert opted_out.prometheus is None and not opted_out.prometheus_missing
@@ -107,6 +108,8 @@ def test_make_run_scrapes_the_facade_and_triton_metrics_ports(tmp_path: Path) ->
         "triton": [f"127.0.0.1:{settings.triton_metrics_port}"],
     }
     assert stack.prometheus_config.parent == tmp_path  # with the logs, not in the repository
+    assert stack.dashboard is not None  # its live charts come from this Prometheus
+    assert stack.dashboard.env["MTC_DASHBOARD_PROMETHEUS_URL"] == f"http://127.0.0.1:{settings.prometheus_port}"
 
 
 def test_make_run_goes_on_without_prometheus_when_its_port_is_taken(tmp_path: Path) -> None:
@@ -193,3 +196,40 @@ def test_a_real_prometheus_scrapes_the_facade_and_records_per_task_rates(
         assert set(charts.requests) == {"sentiment"} and max(charts.requests["sentiment"][1]) > 0
     assert {group["name"] for group in rules} == {"mtc-api", "mtc-drift", "triton"}
     assert json.loads(config.read_text())["rule_files"] == [str(RULES_FILE)]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_make_runs_prometheus_scrapes_the_real_facade_and_triton(tmp_path: Path) -> None:
+    if find_prometheus() is None:
+        pytest.skip("prometheus is not installed (Debian's `prometheus` package)")
+    from tests.support.tiny_models import build_tiny_repository
+
+    repository = build_tiny_repository(tmp_path, tasks=("disaster",))
+    settings = StackSettings.on_free_ports(
+        s3_data_dir=tmp_path / "s3",
+        model_repository=repository,
+        log_dir=tmp_path / "logs",
+        start_dashboard=False,
+        start_prometheus=True,
+        prometheus_data_dir=tmp_path / "tsdb",
+    )
+    lines: list[str] = []
+    with LocalStack(settings, echo=lines.append) as stack:
+        assert stack.prometheus is not None and stack.prometheus.running, lines
+        assert f"Prometheus    {stack.prometheus_url}" in stack.summary()
+        base = stack.prometheus_url
+        deadline = time.monotonic() + 90
+        up: dict[str, str] = {}
+        batches: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not (up == {"mtc-api": "1", "triton": "1"} and batches):
+            for _ in range(5):
+                response = httpx.post(f"{stack.api_url}/v1/disaster", json={"texts": ["fire downtown"]}, timeout=30)
+                assert response.status_code == 200, response.text
+            time.sleep(1)
+            up = {r["metric"]["job"]: r["value"][1] for r in query(base, "up")}
+            batches = query(base, "model:nv_inference_batch_size:avg1m > 0")
+        assert up == {"mtc-api": "1", "triton": "1"}, (up, lines)
+        # Triton's counters reached the recording rules: rows per batch of the disaster model
+        assert [r["metric"]["model"] for r in batches] == ["disaster"], batches
+        assert query(base, 'task:mtc_api_requests:rate1m{task="disaster"} > 0')
