@@ -32,7 +32,7 @@ from frontend_api.problems import add_problem_handlers
 from frontend_api.routes import api_router, probes_router
 from frontend_api.service import PlatformService
 from frontend_api.settings import ApiSettings, describe_settings_error
-from frontend_api.tracing import NO_TRACER, TRACER_NAME, instrument, make_tracer_provider
+from frontend_api.tracing import NO_TRACER, TRACER_NAME, StageTracer, instrument, make_tracer_provider
 from frontend_api.triton_client import TritonBackend, TritonHttpClient
 from frontend_api.uploads import make_s3_client
 
@@ -57,7 +57,7 @@ def create_app(
     settings = settings or ApiSettings()
     metrics = ApiMetrics()
     provider = tracer_provider or make_tracer_provider(settings)
-    tracer = provider.get_tracer(TRACER_NAME) if provider is not None else NO_TRACER
+    tracer: StageTracer = provider.get_tracer(TRACER_NAME) if provider is not None else NO_TRACER
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

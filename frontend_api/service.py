@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from opentelemetry.trace import Tracer
 
 from frontend_api.artifacts import ArtifactStore, ImageArtifacts, TextArtifacts, VersionContent
 from frontend_api.errors import ApiError, InferenceFailed, ModelNotReady, StorageUnavailable
@@ -42,7 +41,7 @@ from frontend_api.schemas import (
 )
 from frontend_api.settings import ApiSettings
 from frontend_api.singleflight import SingleFlight
-from frontend_api.tracing import NO_TRACER
+from frontend_api.tracing import NO_TRACER, StageTracer
 from frontend_api.triton_client import InferOutput, TritonBackend
 from frontend_api.uploads import presign_upload
 from preprocess.probabilities import softmax
@@ -79,7 +78,7 @@ class PlatformService:
         presigner: Any,
         metrics: ApiMetrics,
         decode_pool: Executor,
-        tracer: Tracer = NO_TRACER,
+        tracer: StageTracer = NO_TRACER,
     ) -> None:
         self.settings = settings
         self.triton = triton
