@@ -222,14 +222,16 @@ def test_make_runs_prometheus_scrapes_the_real_facade_and_triton(tmp_path: Path)
         deadline = time.monotonic() + 90
         up: dict[str, str] = {}
         batches: list[dict[str, Any]] = []
-        while time.monotonic() < deadline and not (up == {"mtc-api": "1", "triton": "1"} and batches):
+        rates: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not (up == {"mtc-api": "1", "triton": "1"} and batches and rates):
             for _ in range(5):
                 response = httpx.post(f"{stack.api_url}/v1/disaster", json={"texts": ["fire downtown"]}, timeout=30)
                 assert response.status_code == 200, response.text
             time.sleep(1)
             up = {r["metric"]["job"]: r["value"][1] for r in query(base, "up")}
             batches = query(base, "model:nv_inference_batch_size:avg1m > 0")
+            rates = query(base, "task:mtc_api_requests:rate1m > 0")
         assert up == {"mtc-api": "1", "triton": "1"}, (up, lines)
-        # Triton's counters reached the recording rules: rows per batch of the disaster model
+        # Triton's counters reached the recording rules (rows per batch of the disaster model), and the facade's
         assert [r["metric"]["model"] for r in batches] == ["disaster"], batches
-        assert query(base, 'task:mtc_api_requests:rate1m{task="disaster"} > 0')
+        assert [r["metric"]["task"] for r in rates] == ["disaster"], rates
