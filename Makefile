@@ -14,7 +14,7 @@ SOAK_ARGS ?=
 export AWS_EC2_METADATA_DISABLED := true
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help install venv triton-env browser-deps run models push pull test test-unit lint fmt typecheck bench soak clean
+.PHONY: help install venv triton-env browser-deps prometheus run models push pull test test-unit lint fmt typecheck bench soak clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -40,7 +40,10 @@ $(TRITON_VENV)/.installed: requirements/triton.txt
 browser-deps: ## Debian's Chromium for the end-to-end browser tests
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-run: install ## Build demo models if missing, start S3 (SeaweedFS) + Triton + facade + dashboard, restart any that dies; Ctrl-C stops all
+prometheus: ## Debian's Prometheus (make run's metrics server; promtool for the rule tests); skipped with a message where apt cannot install it
+	@command -v prometheus >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || echo "warning: could not install Prometheus (apt-get install prometheus as root); make run goes on without it"
+
+run: install prometheus ## Build demo models if missing, start S3 (SeaweedFS) + Triton + facade + dashboard + Prometheus, restart any that dies; Ctrl-C stops all
 	$(PY) -m serving.stack
 
 models: venv ## Train, export and publish the three models (PROFILE=quick|full)
@@ -52,7 +55,7 @@ push: venv ## Upload model_repository/ to S3 (MTC_S3_URL, endpoint and credentia
 pull: venv ## Download the S3 model repository into model_repository/
 	$(PY) -m export pull
 
-test: install browser-deps ## Run every test (unit, real Triton, S3, facade, browser)
+test: install browser-deps prometheus ## Run every test (unit, real Triton, S3, facade, browser)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv ## Fast tests only (no servers)

@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import panel as pn
 
-from dashboard.client import FacadeAPI, FacadeClient
+from dashboard.client import FacadeAPI, FacadeClient, PrometheusClient
 from dashboard.settings import DashboardSettings
 from dashboard.state import CONNECTION_DOWN, DashboardState, TextTaskState
 from dashboard.views.render import markdown_literal, models_note_text
@@ -117,7 +117,8 @@ def build_page(
     if client is None:
         key = settings.api_key.get_secret_value() if settings.api_key else None
         client = FacadeClient(settings.api_url, timeout_s=settings.request_timeout_s, api_key=key)
-    return DashboardPage(DashboardState(client, settings), user=user)
+    prometheus = PrometheusClient(settings.prometheus_url) if settings.prometheus_url else None
+    return DashboardPage(DashboardState(client, settings, prometheus), user=user)
 
 
 def session_page(login_user: str | None = None) -> Any:
@@ -148,9 +149,11 @@ def session_page(login_user: str | None = None) -> Any:
     def close_client(session_context: Any) -> None:
         # The server's loop is still running here: close the session's connection pool on it,
         # holding a reference so the task is not garbage-collected.
-        task = asyncio.get_running_loop().create_task(page.state.client.aclose())
-        closing.add(task)
-        task.add_done_callback(closing.discard)
+        clients: list[Any] = [page.state.client, page.state.monitoring.prometheus]
+        for client in filter(None, clients):
+            task = asyncio.get_running_loop().create_task(client.aclose())
+            closing.add(task)
+            task.add_done_callback(closing.discard)
 
     pn.state.on_session_destroyed(close_client)
     return page.template

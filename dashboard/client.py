@@ -180,6 +180,8 @@ class FacadeAPI(Protocol):
 
     async def stats(self) -> list[ModelStats]: ...
 
+    async def metrics(self) -> str: ...
+
     async def health(self) -> Health: ...
 
     async def aclose(self) -> None: ...
@@ -313,6 +315,10 @@ class FacadeClient:
         """``GET /v1/stats``: Triton's per-model counters, averages and executed batch sizes."""
         return self._parse(_StatsList, await self._request("GET", "/v1/stats")).models
 
+    async def metrics(self) -> str:
+        """``GET /metrics``: the facade's Prometheus text (requests, latency histograms, in flight)."""
+        return (await self._request("GET", "/metrics")).text
+
     async def health(self) -> Health:
         """``GET /readyz``: 200 means ready; 503 means up but not ready (for example Triton is down)."""
         try:
@@ -368,3 +374,40 @@ async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
 def _reason(exc: Exception) -> str:
     text = str(exc).strip().rstrip(".")
     return text or type(exc).__name__
+
+
+class PrometheusClient:
+    """Range queries to a Prometheus server (``/api/v1/query_range``), for the Monitoring tab's live charts."""
+
+    def __init__(
+        self, base_url: str, *, timeout_s: float = 10.0, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self._base_url, timeout=timeout_s, transport=transport)
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def query_range(
+        self, expr: str, start: float, end: float, step_s: float
+    ) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+        """Each series of ``expr`` between ``start`` and ``end`` (epoch seconds): its labels and (time, value)
+        points; raises :class:`ApiUnavailable` when Prometheus cannot be reached or refuses the query."""
+        params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step_s:g}"}
+        try:
+            response = await self._http.get("/api/v1/query_range", params=params)
+            body = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ApiUnavailable(f"Prometheus at {self._base_url} is unreachable ({_reason(exc)}).") from exc
+        if response.status_code != 200 or body.get("status") != "success":
+            raise ApiUnavailable(
+                f"Prometheus at {self._base_url} refused {expr!r}: {body.get('error', response.status_code)}"
+            )
+        return [
+            (dict(series.get("metric", {})), [(float(t), float(v)) for t, v in series.get("values", [])])
+            for series in body["data"]["result"]
+        ]

@@ -34,6 +34,12 @@ class DashboardSettings(BaseSettings):
     default_top_k: int = Field(
         3, ge=1, description="How many labels an image tab lists at first (at most the task's label count)"
     )
+    prometheus_url: str | None = Field(
+        None,
+        description="Prometheus (http://host:9090) holding the platform's recording rules: the Monitoring tab's live "
+        "charts come from it (the last 15 minutes, whenever the page was opened); unset or unreachable: from the "
+        "page's own samples of the facade",
+    )
 
 
 class ServerSettings(BaseSettings):

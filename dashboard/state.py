@@ -22,8 +22,10 @@ from dashboard.client import (
     ImageResult,
     ModelInfo,
     ModelStats,
+    PrometheusClient,
     TextResult,
 )
+from dashboard.live import EMPTY_CHARTS, LiveCharts, LiveHistory, prometheus_charts, snapshot
 from dashboard.settings import DashboardSettings
 from taskspec import TASKS
 
@@ -204,16 +206,48 @@ def examples_for(task: ModelInfo) -> list[str]:
 
 
 class MonitoringState(RequestState):
-    """The Monitoring tab: Triton's per-model statistics, refreshed periodically."""
+    """The Monitoring tab: Triton's per-model statistics and the live time series (last 15 minutes), refreshed
+    periodically."""
 
     stats = param.List(default=[], item_type=ModelStats)
     updated_at = param.String(default="", doc="Wall-clock time of the last successful refresh")
+    live = param.ClassSelector(class_=LiveCharts, default=EMPTY_CHARTS, doc="The live charts' series")
+    live_source = param.String(default="", doc="Where the live charts come from, in words")
+
+    def __init__(
+        self,
+        client: FacadeAPI,
+        connection: Connection,
+        prometheus: PrometheusClient | None = None,
+        step_s: float = 5.0,
+        **params: object,
+    ) -> None:
+        super().__init__(client, connection, **params)
+        self.prometheus = prometheus
+        self.step_s = step_s
+        self.history = LiveHistory()
+        self.tasks: set[str] = set()  # task routes to chart (the facade's tasks, once listed)
+        self.clock: Callable[[], float] = time.time  # when a sample is taken (tests set their own)
 
     async def refresh(self) -> None:
-        """Fetch ``/v1/stats``; keeps the last figures (and says so) when it fails."""
+        """Fetch ``/v1/stats`` and ``/metrics`` and add a sample to the live series; keeps the last figures (and
+        says so) when it fails."""
         stats = await self._call(self.client.stats)
-        if stats is not None:
-            self.param.update(stats=stats, updated_at=time.strftime("%H:%M:%S"))
+        if stats is None:
+            return
+        text = await self._call(self.client.metrics)
+        now = self.clock()
+        if text is not None:
+            tasks = self.tasks | {row.task for row in stats}
+            self.history.add(snapshot(now, text, stats, tasks))
+        live, source = self.history.charts(), "sampled by this page since it opened"
+        if self.prometheus is not None:
+            try:
+                live = await prometheus_charts(self.prometheus, now, self.step_s)
+                source = f"from Prometheus at {self.prometheus.base_url}"
+            except ApiUnavailable as exc:
+                source = f"sampled by this page since it opened ({exc.message})"
+        self.param.update(stats=stats, live=live, live_source=source, updated_at=time.strftime("%H:%M:%S"))
 
 
 class DashboardState(param.Parameterized):
@@ -226,12 +260,14 @@ class DashboardState(param.Parameterized):
     loaded = param.Boolean(default=False, doc="The facade listed its models and every task has a state")
     models_error = param.String(default="", doc="Why the list of models could not be read; empty otherwise")
 
-    def __init__(self, client: FacadeAPI, settings: DashboardSettings) -> None:
+    def __init__(
+        self, client: FacadeAPI, settings: DashboardSettings, prometheus: PrometheusClient | None = None
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.client = client
         self.settings = settings
         self.connection = Connection(client)
-        self.monitoring = MonitoringState(client, self.connection)
+        self.monitoring = MonitoringState(client, self.connection, prometheus, step_s=settings.stats_interval_s)
         self.tasks: dict[str, TaskState] = {}
         self.skipped: list[ModelInfo] = []
 
@@ -260,5 +296,6 @@ class DashboardState(param.Parameterized):
                 )
             else:
                 self.skipped.append(info)
+        self.monitoring.tasks = set(self.tasks)
         self.param.update(loaded=True, models_error="")
         return True

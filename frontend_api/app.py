@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
 from pydantic import ValidationError
 from starlette.middleware import Middleware
 
@@ -31,6 +32,7 @@ from frontend_api.problems import add_problem_handlers
 from frontend_api.routes import api_router, probes_router
 from frontend_api.service import PlatformService
 from frontend_api.settings import ApiSettings, describe_settings_error
+from frontend_api.tracing import NO_TRACER, TRACER_NAME, StageTracer, instrument, make_tracer_provider
 from frontend_api.triton_client import TritonBackend, TritonHttpClient
 from frontend_api.uploads import make_s3_client
 
@@ -45,13 +47,17 @@ def create_app(
     resolver: Resolver | None = None,
     s3_client: Any | None = None,
     loopback_only: bool = False,
+    tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
     """Build the facade. Tests pass a fake ``triton``, an ``httpx.MockTransport`` for image hosts,
-    a ``resolver`` (host -> addresses) and/or an S3 client; anything not given is created from settings.
+    a ``resolver`` (host -> addresses), an S3 client and/or a ``tracer_provider`` (e.g. with an in-memory
+    exporter); anything not given is created from settings (no tracing unless ``otlp_endpoint`` is set).
     ``loopback_only`` adds the guard that answers loopback connections only (:func:`served_app` sets it for
     a facade without API keys)."""
     settings = settings or ApiSettings()
     metrics = ApiMetrics()
+    provider = tracer_provider or make_tracer_provider(settings)
+    tracer: StageTracer = provider.get_tracer(TRACER_NAME) if provider is not None else NO_TRACER
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,10 +78,14 @@ def create_app(
         store = ArtifactStore(make_source(settings.model_repository, s3))
         presigner = make_s3_client(settings, public=True) if settings.s3_public_endpoint_url else s3
         decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="mtc-decode")
-        app.state.service = PlatformService(settings, backend, store, fetcher, presigner, metrics, decode_pool)
+        app.state.service = PlatformService(
+            settings, backend, store, fetcher, presigner, metrics, decode_pool, tracer=tracer
+        )
         try:
             yield
         finally:
+            if provider is not None:
+                provider.force_flush(timeout_millis=5000)  # the spans of the last requests
             await http.aclose()
             decode_pool.shutdown(wait=False, cancel_futures=True)
             if dns is not None:
@@ -105,6 +115,8 @@ def create_app(
     app.include_router(probes_router(settings, metrics))
     app.include_router(api_router(settings))
     app.openapi = problem_openapi(app)  # type: ignore[method-assign]
+    if provider is not None:
+        instrument(app, provider, trust_incoming=settings.trace_trust_incoming)
     return app
 
 

@@ -41,6 +41,7 @@ from frontend_api.schemas import (
 )
 from frontend_api.settings import ApiSettings
 from frontend_api.singleflight import SingleFlight
+from frontend_api.tracing import NO_TRACER, StageTracer
 from frontend_api.triton_client import InferOutput, TritonBackend
 from frontend_api.uploads import presign_upload
 from preprocess.probabilities import softmax
@@ -77,6 +78,7 @@ class PlatformService:
         presigner: Any,
         metrics: ApiMetrics,
         decode_pool: Executor,
+        tracer: StageTracer = NO_TRACER,
     ) -> None:
         self.settings = settings
         self.triton = triton
@@ -85,6 +87,7 @@ class PlatformService:
         self.presigner = presigner  # a boto3 S3 client signing for the endpoint clients reach
         self.metrics = metrics
         self.decode_pool = decode_pool  # images are decoded here, never in the loop's default pool
+        self.tracer = tracer  # spans per stage (frontend_api.tracing); records nothing while tracing is off
         self.tasks: tuple[TaskSpec, ...] = tuple(get_task(name) for name in settings.tasks)
         self._served = {
             spec.name: SingleFlight(
@@ -120,12 +123,14 @@ class PlatformService:
         self._served[spec.name].invalidate()
 
     async def _infer(self, spec: TaskSpec, version: str, inputs: dict[str, np.ndarray]) -> InferOutput:
+        rows = next(iter(inputs.values())).shape[0]
         try:
-            output = await self.triton.infer(spec.model_name, version, inputs, spec.output.name)
+            attributes = {"mtc.model": spec.model_name, "mtc.model_version": version, "mtc.rows": rows}
+            with self.tracer.start_as_current_span("inference", attributes=attributes):
+                output = await self.triton.infer(spec.model_name, version, inputs, spec.output.name)
         except ModelNotReady:
             self.forget_version(spec)  # e.g. that version was unloaded: pick the current one next time
             raise
-        rows = next(iter(inputs.values())).shape[0]
         if output.logits.shape != (rows, spec.num_labels):
             raise InferenceFailed(
                 f"{spec.model_name} returned logits of shape {output.logits.shape}, "
@@ -147,7 +152,8 @@ class PlatformService:
         run = functools.partial(artifacts.encoder.groups, texts, self.settings.text_padding)
         # Short requests tokenize faster than a thread hop costs; long ones must not block the loop.
         big = sum(len(t) for t in texts) > self.settings.tokenize_in_thread_chars
-        groups = await asyncio.to_thread(run) if big else run()
+        with self.tracer.start_as_current_span("tokenize", attributes={"mtc.texts": len(texts)}):
+            groups = await asyncio.to_thread(run) if big else run()
         t_infer = time.perf_counter()
         ids_name, mask_name = spec.input_names
         requests = [self._infer(spec, version, {ids_name: g.input_ids, mask_name: g.attention_mask}) for g in groups]
@@ -156,7 +162,10 @@ class PlatformService:
         predictions: list[TextPrediction | None] = [None] * len(texts)
         labels = artifacts.labels
         for group, output in zip(groups, outputs, strict=True):
-            for index, row in zip(group.indices, softmax(output.logits), strict=True):
+            probabilities = softmax(output.logits)
+            self.metrics.observe_tokens(spec.name, output.model_version or version, group.attention_mask)
+            self.metrics.observe_predictions(spec.name, output.model_version or version, labels, probabilities)
+            for index, row in zip(group.indices, probabilities, strict=True):
                 predictions[index] = TextPrediction(
                     text_index=index,
                     label=labels[int(np.argmax(row))],
@@ -182,18 +191,23 @@ class PlatformService:
             raise ModelNotReady(f"{spec.name}/{version} has no image preprocessing")
         lease = self.fetcher.budget.lease()
         try:
-            bodies, fetch_ms = await self.fetcher.fetch_all(urls, lease)
+            with self.tracer.start_as_current_span("fetch", attributes={"mtc.images": len(urls)}):
+                bodies, fetch_ms = await self.fetcher.fetch_all(urls, lease)
         except BaseException:
             lease.release()
             raise
         t_pre = time.perf_counter()
-        pixels = await self._decode(bodies, artifacts, lease)
+        with self.tracer.start_as_current_span("preprocess"):
+            pixels = await self._decode(bodies, artifacts, lease)
         t_infer = time.perf_counter()
         output = await self._infer(spec, version, {spec.input_names[0]: pixels})
         t_done = time.perf_counter()
         labels = artifacts.labels
+        probabilities = softmax(output.logits)
+        self.metrics.observe_images(spec.name, output.model_version or version, bodies)
+        self.metrics.observe_predictions(spec.name, output.model_version or version, labels, probabilities)
         predictions = []
-        for index, row in enumerate(softmax(output.logits)):
+        for index, row in enumerate(probabilities):
             order = np.argsort(-row, kind="stable")
             predictions.append(
                 ImagePrediction(

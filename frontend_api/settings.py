@@ -11,6 +11,7 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -184,6 +185,32 @@ class ApiSettings(BaseSettings):
         "proxy). Without it and without keys, the facade refuses to start there, and answers loopback "
         "connections only",
     )
+
+    # --- tracing (docs/observability.md) ---
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OpenTelemetry collector (OTLP over HTTP) as http(s)://host:port; spans go to "
+        "<endpoint>/v1/traces. Unset (the default): no tracing at all, nothing built or exported",
+    )
+    otlp_service_name: str = Field("mtc-api", min_length=1, description="`service.name` of the facade's spans")
+    trace_sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="Share of requests traced (a request whose parent was sampled always is)"
+    )
+    trace_trust_incoming: bool = Field(
+        False,
+        description="Continue the trace of a client's `traceparent` header (behind a tracing gateway); by default "
+        "such headers are ignored and every request starts a trace of its own",
+    )
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint_is_http(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parsed = urlsplit(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query or parsed.fragment:
+            raise ValueError(f"{value!r} is not an http(s)://host:port URL of an OTLP/HTTP collector")
+        return value.rstrip("/")
 
     @field_validator("api_keys")
     @classmethod

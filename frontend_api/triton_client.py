@@ -34,6 +34,7 @@ from frontend_api.errors import (
     InferenceFailed,
     ModelNotReady,
 )
+from frontend_api.tracing import traceparent_headers
 
 T = TypeVar("T")
 
@@ -218,11 +219,13 @@ class TritonHttpClient:
     async def infer(self, model: str, version: str, inputs: Mapping[str, np.ndarray], output: str) -> InferOutput:
         tensors = infer_inputs(inputs)
         outputs = [InferRequestedOutput(output, binary_data=True)]
+        # The caller's inference span, for a Triton in OpenTelemetry trace mode; empty while tracing is off.
+        headers = dict(traceparent_headers()) or None
         result = await self._call(
             f"an inference request to {model!r}",
             # Triton's queue timeout = what is left of our deadline (needs allow_timeout_override in the config)
             lambda remaining_us: self._client.infer(
-                model, tensors, model_version=version, outputs=outputs, timeout=remaining_us
+                model, tensors, model_version=version, outputs=outputs, timeout=remaining_us, headers=headers
             ),
             model=model,
         )

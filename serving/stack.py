@@ -26,11 +26,17 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serving.processes import ManagedProcess, ProcessStartError, free_ports, python_module, stop_on_signals
+from serving.prometheus import INSTALL_HINT as PROMETHEUS_INSTALL_HINT
+from serving.prometheus import find_prometheus, prometheus_process, write_local_config
 from serving.s3 import S3Server
 from serving.supervisor import CrashLoop, RestartPolicy, Supervisor
-from serving.triton import PROJECT_ROOT, TritonServer
+from serving.triton import PROJECT_ROOT, TritonServer, port_in_use
 from taskspec import TASKS
 
+PROMETHEUS_MISSING = (
+    f"==> Prometheus is not installed: not started ({PROMETHEUS_INSTALL_HINT}; "
+    "MTC_START_PROMETHEUS=false skips it without this message)"
+)
 LOCAL_S3_ACCESS_KEY_ID = "local"
 LOCAL_S3_SECRET_ACCESS_KEY = "local-secret"  # the loopback-only local server's key, not a secret
 
@@ -59,6 +65,20 @@ class StackSettings(BaseSettings):
     build_missing_models: bool = Field(True, description="Run `export build --profile quick` when models are missing")
     start_dashboard: bool = Field(True, description="Start the dashboard (false: S3, Triton and the facade only)")
     max_restarts: int = Field(5, description="Restarts of one service within restart_window_s before giving up")
+    start_prometheus: bool = Field(
+        True,
+        description="Start a Prometheus server scraping the facade and Triton (when the `prometheus` binary is "
+        "installed; otherwise a message says how to install it)",
+    )
+    prometheus_port: int = Field(9090, description="Prometheus port")
+    prometheus_data_dir: Path = Field(
+        PROJECT_ROOT / ".cache" / "prometheus", description="Where Prometheus keeps its time series (3 days)"
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OpenTelemetry collector (OTLP/HTTP, http://host:4318): the facade and Triton (its OpenTelemetry "
+        "trace mode) send their spans there; unset (the default): no tracing",
+    )
     restart_window_s: float = Field(300.0, description="Window (seconds) in which max_restarts is counted")
 
     @property
@@ -68,9 +88,11 @@ class StackSettings(BaseSettings):
     @classmethod
     def on_free_ports(cls, **overrides: Any) -> StackSettings:
         """Loopback settings with every port free right now (tests, benchmarks, a second stack beside
-        ``make run``); ``overrides`` set the other fields."""
-        http, grpc, metrics, api, dashboard, s3 = free_ports(6)
+        ``make run``); ``overrides`` set the other fields. Prometheus is off unless ``start_prometheus=True`` is
+        given (with a ``prometheus_data_dir`` of its own: two servers cannot share one)."""
+        http, grpc, metrics, api, dashboard, s3, prometheus = free_ports(7)
         ports = {
+            "prometheus_port": prometheus,
             "triton_http_port": http,
             "triton_grpc_port": grpc,
             "triton_metrics_port": metrics,
@@ -78,7 +100,7 @@ class StackSettings(BaseSettings):
             "dashboard_port": dashboard,
             "s3_port": s3,
         }
-        return cls(**{"host": "127.0.0.1", **ports, **overrides})
+        return cls(**{"host": "127.0.0.1", "start_prometheus": False, **ports, **overrides})
 
 
 def missing_models(repository: Path) -> list[str]:
@@ -152,7 +174,9 @@ class LocalStack:
             log_file=logs / "triton.log",
             extra_env=env,
             startup_timeout=180,
+            otlp_endpoint=settings.otlp_endpoint or None,
         )
+        tracing = {"MTC_API_OTLP_ENDPOINT": settings.otlp_endpoint} if settings.otlp_endpoint else {}
         self.api = ManagedProcess(
             name="facade",
             # The checked launcher: it refuses a bind beyond loopback without API keys (docs/api.md).
@@ -168,9 +192,29 @@ class LocalStack:
                 "MTC_API_S3_ENDPOINT_URL": settings.s3_endpoint,
                 "MTC_API_UPLOAD_BUCKET": settings.uploads_bucket,
                 "MTC_API_ALLOWED_HTTP_HOSTS": f'["{host}:{settings.s3_port}"]',
+                **tracing,
             },
             cwd=PROJECT_ROOT,
         )
+        self.prometheus: ManagedProcess | None = None
+        self.prometheus_config = settings.log_dir / "prometheus.yml"
+        self.prometheus_missing = False
+        self.prometheus_targets = {
+            "mtc-api": [f"{host}:{settings.api_port}"],
+            "triton": [f"{host}:{settings.triton_metrics_port}"],
+        }
+        if settings.start_prometheus:
+            binary = find_prometheus()
+            self.prometheus_missing = binary is None
+            if binary is not None:
+                self.prometheus = prometheus_process(
+                    binary,
+                    self.prometheus_config,
+                    host=host,
+                    port=settings.prometheus_port,
+                    data_dir=settings.prometheus_data_dir,
+                    log_file=logs / "prometheus.log",
+                )
         dashboard_origin = f"{host}:{settings.dashboard_port}"
         self.dashboard: ManagedProcess | None = None
         if settings.start_dashboard:
@@ -185,6 +229,8 @@ class LocalStack:
                     "MTC_DASHBOARD_ADDRESS": host,
                     "MTC_DASHBOARD_PORT": str(settings.dashboard_port),
                     "MTC_DASHBOARD_ORIGINS": f"{dashboard_origin},localhost:{settings.dashboard_port}",
+                    # the Monitoring tab's live charts from Prometheus (its own samples when it is not there)
+                    **({"MTC_DASHBOARD_PROMETHEUS_URL": self.prometheus_url} if self.prometheus is not None else {}),
                 },
                 cwd=PROJECT_ROOT,
             )
@@ -196,6 +242,10 @@ class LocalStack:
     @property
     def api_url(self) -> str:
         return f"http://{self.settings.host}:{self.settings.api_port}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.prometheus_port}"
 
     @property
     def dashboard_url(self) -> str:
@@ -232,9 +282,31 @@ class LocalStack:
         self.supervisor.start(self.triton)
         self._echo(f"==> Facade on {self.api_url}")
         self.supervisor.start(self.api)
+        if self.prometheus is not None:
+            self._start_prometheus(self.prometheus)
+        elif self.prometheus_missing:
+            self._echo(PROMETHEUS_MISSING)
         if self.dashboard is not None:
             self._echo(f"==> Dashboard on {self.dashboard_url}")
             self.supervisor.start(self.dashboard)
+
+    def _start_prometheus(self, prometheus: ManagedProcess) -> None:
+        """Prometheus watches the platform; it is not part of it: when it cannot start, say why and go on."""
+        settings = self.settings
+        if port_in_use(settings.host, settings.prometheus_port):
+            self._echo(
+                f"==> Prometheus not started: port {settings.prometheus_port} is in use (a system Prometheus? "
+                "`systemctl disable --now prometheus`, or set MTC_PROMETHEUS_PORT)"
+            )
+            self.prometheus = None
+            return
+        write_local_config(self.prometheus_config, self.prometheus_targets)
+        self._echo(f"==> Prometheus on {self.prometheus_url} (data in {settings.prometheus_data_dir})")
+        try:
+            self.supervisor.start(prometheus)
+        except ProcessStartError as exc:
+            self._echo(f"==> Prometheus not started, going on without it: {exc}")
+            self.prometheus = None
 
     def summary(self) -> str:
         lines = [f"The platform is up (logs in {self.settings.log_dir}):"]
@@ -244,6 +316,10 @@ class LocalStack:
             f"  REST API      {self.api_url}/docs",
             f"  Triton        {self.triton.url} (gRPC {self.triton.grpc_url}, metrics {self.triton.metrics_url})",
             f"  S3            {self.settings.s3_endpoint} (data in {self.settings.s3_data_dir})",
+        ]
+        if self.prometheus is not None:
+            lines.append(f"  Prometheus    {self.prometheus_url} (recording rules: observability/prometheus/rules.yml)")
+        lines += [
             "A service that dies is restarted. Press Ctrl-C to stop everything.",
         ]
         return "\n".join(lines)

@@ -52,6 +52,8 @@ BACKENDS_SOURCE = Path(__file__).resolve().parent / "backends"
 SHM_DIR = Path("/dev/shm")
 
 ModelControlMode = Literal["none", "poll", "explicit"]
+TRITON_SERVICE_NAME = "triton"
+"""``service.name`` of Triton's spans."""
 
 
 class TritonStartError(ProcessStartError):
@@ -179,6 +181,12 @@ class TritonServer:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     extra_args: Sequence[str] = ()
     name: str = "Triton"
+    otlp_endpoint: str | None = None
+    """OpenTelemetry collector (OTLP/HTTP, ``http://host:port``): Triton traces every inference request in its
+    OpenTelemetry trace mode, continuing the trace of the request's W3C ``traceparent`` (the facade sends it),
+    and exports the spans (JSON) to ``<endpoint>/v1/traces``. None (the default): no tracing flags at all."""
+    trace_rate: int = 1
+    """With ``otlp_endpoint``: trace one request in ``trace_rate``."""
 
     def __post_init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
@@ -248,7 +256,20 @@ class TritonServer:
             config_name = CPU_CONFIG_NAME if self.cpu_only else ""
         if config_name:
             args.append(f"--model-config-name={config_name}")
-        return [*args, *self.extra_args]
+        return [*args, *self.trace_args(), *self.extra_args]
+
+    def trace_args(self) -> list[str]:
+        """Triton 2.51's OpenTelemetry trace mode (``--trace-config``), when ``otlp_endpoint`` is set."""
+        if not self.otlp_endpoint:
+            return []
+        return [
+            "--trace-config=mode=opentelemetry",
+            "--trace-config=level=TIMESTAMPS",
+            f"--trace-config=rate={self.trace_rate}",
+            "--trace-config=count=-1",
+            f"--trace-config=opentelemetry,url={self.otlp_endpoint.rstrip('/')}/v1/traces",
+            f"--trace-config=opentelemetry,resource=service.name={TRITON_SERVICE_NAME}",
+        ]
 
     def _preflight(self) -> None:
         repo = self.model_repository

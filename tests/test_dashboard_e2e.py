@@ -13,6 +13,8 @@ Needs Debian's ``chromium`` (``make browser-deps``); Playwright cannot download 
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,3 +315,59 @@ def test_a_page_opened_while_the_api_is_down_gets_its_tabs_when_it_is_back(
     page.locator(".mtc-classify button").first.click()
     expect(page.locator(".mtc-results .mtc-label").first).to_be_visible()
     context.close()
+
+
+# The y values of each line of the figure titled `title` that the page shows (replaced figures may linger in the
+# document: the one with the most lines is the current one, as lines only ever appear).
+LIVE_SERIES_JS = """
+(title) => {
+  let best = null;
+  for (const doc of Bokeh.documents) {
+    for (const model of doc.all_models) {
+      if (model.title && model.title.text === title && model.renderers) {
+        const lines = model.renderers.map((r) => Array.from(r.data_source.data.v || []));
+        const points = (ls) => ls.reduce((n, l) => n + l.length, 0);
+        if (best === null || points(lines) > points(best)) best = lines;
+      }
+    }
+  }
+  return best;
+}
+"""
+
+
+def test_monitoring_draws_moving_time_series_under_load(page: Page, stack: Stack) -> None:
+    stop = threading.Event()
+    sent: list[int] = []
+
+    def load() -> None:
+        with httpx.Client(base_url=stack.api_url, timeout=30) as client:
+            while not stop.is_set():
+                for task, text in (("sentiment", "a fine film"), ("disaster", "fire downtown")):
+                    sent.append(client.post(f"/v1/{task}", json={"texts": [text]}).status_code)
+                stop.wait(0.2)  # about 10 requests/s: traffic, without starving the browser on a 2-core machine
+
+    open_tab(page, "Monitoring")
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        # Stats refresh every 2 s: after a few samples, a line per task with several points, above zero.
+        deadline = time.monotonic() + 90
+        lines: list[list[float]] | None = None
+        while time.monotonic() < deadline:
+            lines = page.evaluate(LIVE_SERIES_JS, "Requests/s per task")
+            if lines and len(lines) >= 2 and all(len(values) >= 3 for values in lines):
+                break
+            page.wait_for_timeout(1000)
+    finally:
+        stop.set()
+        worker.join()
+    assert lines is not None and len(lines) >= 2, lines
+    assert all(len(values) >= 3 and max(values) > 0 for values in lines), lines
+    batch = page.evaluate(LIVE_SERIES_JS, "Triton: average executed batch size")
+    assert batch and all(min(values) >= 1 for values in batch if values), batch
+    latency = page.evaluate(LIVE_SERIES_JS, "Facade latency per task (p50, p95)")
+    assert latency and len(latency) >= 4  # p50 and p95 for both tasks
+    expect(page.locator(".mtc-live-title")).to_contain_text("last 15 minutes")
+    screenshot(page, "5-monitoring-live")
+    assert sent and set(sent) == {200}

@@ -294,4 +294,4 @@ async def test_a_tick_is_skipped_while_the_previous_one_waits_for_a_slow_api() -
 
     fake.gate.set()  # type: ignore[union-attr]
     await first
-    assert fake.calls == [("health", None), ("models", None), ("stats", None)]
+    assert fake.calls == [("health", None), ("models", None), ("stats", None), ("metrics", None)]

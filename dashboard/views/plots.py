@@ -6,9 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from bokeh.models import BasicTicker, ColumnDataSource, DataRange1d, FactorRange
+from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
 from dashboard.client import ModelStats
+from dashboard.live import Series
 
 
 def timing_data(stats: Sequence[ModelStats]) -> dict[str, list[Any]]:
@@ -81,3 +83,30 @@ def count_figure(stats: Sequence[ModelStats]) -> figure:
 def batch_figure(stats: Sequence[ModelStats]) -> figure:
     """How many times Triton executed each batch size, per model."""
     return _bar_figure("Executed batch sizes (executions per size)", batch_size_data(stats), "executions", "#2f855a")
+
+
+def live_figure(title: str, series: Series, y_label: str) -> tuple[figure, dict[str, ColumnDataSource]]:
+    """One line per series over time (the last 15 minutes), the legend under the plot; returns the figure and the
+    data source of each line (to update in place while the set of lines stays the same)."""
+    plot = figure(
+        title=title, x_axis_type="datetime", y_range=DataRange1d(start=0), height=230, sizing_mode="stretch_width",
+        toolbar_location=None, y_axis_label=y_label,
+    )  # fmt: skip
+    sources: dict[str, ColumnDataSource] = {}
+    for index, (name, (times, values)) in enumerate(sorted(series.items())):
+        sources[name] = ColumnDataSource({"t": times, "v": values})
+        plot.line(
+            x="t", y="v", source=sources[name], line_width=2, color=Category10_10[index % len(Category10_10)],
+            legend_label=name,
+        )  # fmt: skip
+    if sources:
+        legend = plot.legend[0]
+        legend.orientation = "horizontal"
+        legend.ncols = 3  # p50 and p95 of every task would not fit on one line
+        legend.click_policy = "hide"
+        legend.label_text_font_size = "9pt"
+        legend.border_line_alpha = 0
+        plot.add_layout(legend, "below")
+    else:
+        plot.line(x=[], y=[])  # an empty plot still has a renderer (Bokeh warns about one without)
+    return plot, sources

@@ -12,6 +12,7 @@ import panel as pn
 import param
 
 from dashboard.client import ModelStats
+from dashboard.live import LiveCharts, Series
 from dashboard.state import (
     CONNECTION_DOWN,
     CONNECTION_NOT_READY,
@@ -20,7 +21,7 @@ from dashboard.state import (
     MonitoringState,
     TextTaskState,
 )
-from dashboard.views.plots import batch_figure, count_figure, timing_figure
+from dashboard.views.plots import batch_figure, count_figure, live_figure, timing_figure
 from dashboard.views.render import (
     STYLESHEET,
     image_result_html,
@@ -197,6 +198,40 @@ class ImageTaskView:
         await self.state.classify_url()
 
 
+LIVE_CHARTS = {
+    "requests": ("Requests/s per task", "requests/s"),
+    "errors": ("Server errors (5xx)/s per task", "errors/s"),
+    "latency_ms": ("Facade latency per task (p50, p95)", "ms"),
+    "triton_ms": ("Triton: queue vs compute time per request", "ms"),
+    "batch_size": ("Triton: average executed batch size", "rows per batch"),
+    "in_flight": ("Requests in flight in the facade", "requests"),
+}
+"""The live charts: field of :class:`~dashboard.live.LiveCharts` -> (title, y-axis label)."""
+
+
+class LiveChart:
+    """One live chart: a new figure when its set of lines changes, new data in the same lines otherwise (a small
+    update for the browser every refresh, rather than a whole figure)."""
+
+    def __init__(self, title: str, unit: str) -> None:
+        self.title = title
+        self.unit = unit
+        figure, self.sources = live_figure(title, {}, unit)
+        self.pane = pn.pane.Bokeh(figure, sizing_mode="stretch_width")
+        self.drawn: Series = {}
+
+    def show(self, series: Series) -> None:
+        if series == self.drawn:
+            return
+        if sorted(series) != sorted(self.drawn):
+            figure, self.sources = live_figure(self.title, series, self.unit)
+            self.pane.object = figure
+        else:
+            for name, (times, values) in series.items():
+                self.sources[name].data = {"t": times, "v": values}
+        self.drawn = {name: (list(times), list(values)) for name, (times, values) in series.items()}
+
+
 class MonitoringView:
     """The Monitoring tab: a table per model and three plots, redrawn when the statistics change."""
 
@@ -211,17 +246,33 @@ class MonitoringView:
         self.batch_pane = pn.pane.Bokeh(batch_figure([]), sizing_mode="stretch_width")
         self.timing_pane = pn.pane.Bokeh(timing_figure([]), sizing_mode="stretch_width")
         self._drawn: list[ModelStats] = []
+        self.live = {name: LiveChart(title, unit) for name, (title, unit) in LIVE_CHARTS.items()}
+        self.live_panes = {name: chart.pane for name, chart in self.live.items()}
         self.error = error_alert(state)
         state.param.watch(self._update_plots, "stats")
+        state.param.watch(self._update_live, "live")
+        panes = list(self.live_panes.values())
         self.panel = pn.Column(
             self.caption,
             self.error,
+            pn.pane.Markdown("### Live: the last 15 minutes", css_classes=["mtc-live-title"]),
+            pn.pane.Markdown(pn.bind(self.source_text, state.param.live_source), css_classes=["mtc-live-source"]),
+            *(pn.Row(*panes[i : i + 2], sizing_mode="stretch_width") for i in range(0, len(panes), 2)),
+            pn.pane.Markdown("### Since Triton started"),
             self.table,
             pn.Row(self.count_pane, self.batch_pane, sizing_mode="stretch_width"),
             self.timing_pane,
             name="Monitoring",
             sizing_mode="stretch_width",
         )
+
+    def _update_live(self, event: param.parameterized.Event) -> None:
+        charts: LiveCharts = event.new
+        for name, chart in self.live.items():
+            chart.show(getattr(charts, name))
+
+    def source_text(self, source: str) -> str:
+        return f"Time series {source}." if source else ""
 
     def caption_text(self, updated_at: str) -> str:
         if not updated_at:

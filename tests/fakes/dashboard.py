@@ -64,6 +64,7 @@ class FakeFacade:
     gate: asyncio.Event | None = None
     model_list: list[ModelInfo] = field(default_factory=default_models)
     stats_result: list[ModelStats] = field(default_factory=list)
+    metrics_text: str = ""
     calls: list[tuple[str, object]] = field(default_factory=list)
     uploads: dict[str, bytes] = field(default_factory=dict)
 
@@ -127,6 +128,10 @@ class FakeFacade:
     async def stats(self) -> list[ModelStats]:
         await self._enter("stats", None)
         return list(self.stats_result)
+
+    async def metrics(self) -> str:
+        await self._enter("metrics", None)
+        return self.metrics_text
 
     async def health(self) -> Health:
         await self._enter("health", None)

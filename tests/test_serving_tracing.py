@@ -1,0 +1,178 @@
+"""One trace from the facade into a real Triton: the facade's spans (OTLP/HTTP protobuf, its real exporter) and
+Triton's (its OpenTelemetry trace mode, OTLP/HTTP JSON) reach one collector, share one trace id, and Triton's
+request span is a child of the facade's inference span (the W3C ``traceparent`` the facade sent)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from frontend_api.app import create_app
+from frontend_api.settings import ApiSettings
+from frontend_api.tracing import make_tracer_provider
+from serving.stack import LocalStack, StackSettings
+from serving.triton import TRITON_SERVICE_NAME, TritonServer
+
+
+@dataclass(frozen=True)
+class Span:
+    service: str
+    name: str
+    trace_id: str
+    span_id: str
+    parent_id: str
+
+
+class Collector:
+    """A real OTLP/HTTP trace receiver on a free port: protobuf or JSON bodies at /v1/traces."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+        self.paths: list[str] = []
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                collector.receive(self.path, self.headers.get("Content-Type", ""), body)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.lock = threading.Lock()
+
+    def receive(self, path: str, content_type: str, body: bytes) -> None:
+        found: list[Span] = []
+        if "json" in content_type:
+            document = json.loads(body)
+            for resource in document["resourceSpans"]:
+                attributes = {a["key"]: a["value"].get("stringValue") for a in resource["resource"]["attributes"]}
+                for scope in resource["scopeSpans"]:
+                    for s in scope["spans"]:
+                        found.append(
+                            Span(
+                                str(attributes.get("service.name")),
+                                s["name"],
+                                s["traceId"].lower(),
+                                s["spanId"].lower(),
+                                s.get("parentSpanId", "").lower(),
+                            )
+                        )
+        else:
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            for resource_spans in request.resource_spans:
+                service = next(
+                    a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name"
+                )
+                for scope_spans in resource_spans.scope_spans:
+                    for p in scope_spans.spans:
+                        found.append(Span(service, p.name, p.trace_id.hex(), p.span_id.hex(), p.parent_span_id.hex()))
+        with self.lock:
+            self.paths.append(path)
+            self.spans.extend(found)
+
+    def wait_for(self, service: str, name: str, timeout_s: float = 30) -> list[Span]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                if any(s.service == service and s.name == name for s in self.spans):
+                    return list(self.spans)
+            time.sleep(0.1)
+        raise AssertionError(f"no {service} span {name!r} within {timeout_s} s; got {self.spans}")
+
+    def __enter__(self) -> Collector:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.support.tiny_models import build_tiny_repository
+
+    return build_tiny_repository(tmp_path_factory.mktemp("tracing"), tasks=["disaster"])
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    with Collector() as running:
+        yield running
+
+
+def test_triton_starts_no_tracing_without_an_endpoint() -> None:
+    assert TritonServer(model_repository="unused").trace_args() == []
+    flags = TritonServer(model_repository="unused", otlp_endpoint="http://127.0.0.1:4318/").trace_args()
+    assert "--trace-config=mode=opentelemetry" in flags
+    assert "--trace-config=opentelemetry,url=http://127.0.0.1:4318/v1/traces" in flags
+
+
+def test_make_run_traces_only_when_an_endpoint_is_set(tmp_path: Path) -> None:
+    def stack(**overrides: str) -> LocalStack:
+        settings = StackSettings.on_free_ports(log_dir=tmp_path, s3_data_dir=tmp_path, start_dashboard=False)
+        return LocalStack(settings.model_copy(update=overrides), echo=lambda _: None)
+
+    off = stack()
+    assert off.triton.trace_args() == [] and "MTC_API_OTLP_ENDPOINT" not in off.api.env
+    on = stack(otlp_endpoint="http://127.0.0.1:4318")
+    assert on.api.env["MTC_API_OTLP_ENDPOINT"] == "http://127.0.0.1:4318"
+    assert "--trace-config=opentelemetry,url=http://127.0.0.1:4318/v1/traces" in on.triton.trace_args()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_one_request_is_one_trace_across_the_facade_and_triton(repository: Path, collector: Collector) -> None:
+    triton = TritonServer.on_free_ports(
+        repository,
+        model_control_mode="explicit",
+        load_models=["disaster"],
+        otlp_endpoint=collector.endpoint,
+        extra_args=["--trace-config=opentelemetry,bsp_schedule_delay=200"],  # export within 0.2 s (default 5 s)
+        startup_timeout=180,
+    )
+    settings = ApiSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        model_repository=str(repository),
+        tasks=["disaster"],
+        triton_url=f"127.0.0.1:{triton.http_port}",
+        otlp_endpoint=collector.endpoint,
+        otlp_service_name="mtc-api-test",
+    )
+    provider = make_tracer_provider(settings)
+    assert provider is not None
+    with triton, TestClient(create_app(settings, tracer_provider=provider)) as client:
+        response = client.post("/v1/disaster", json={"texts": ["Forest fire near La Ronge Sask. Canada"]})
+        assert response.status_code == 200, response.text
+        provider.force_flush()
+        spans = collector.wait_for(TRITON_SERVICE_NAME, "InferRequest")
+    provider.shutdown()
+    assert set(collector.paths) == {"/v1/traces"}
+    facade = {s.name: s for s in spans if s.service == "mtc-api-test"}
+    assert {"POST /v1/disaster", "tokenize", "inference"} <= set(facade)
+    root = facade["POST /v1/disaster"]
+    assert facade["inference"].parent_id == root.span_id and facade["tokenize"].parent_id == root.span_id
+    request = next(s for s in spans if s.service == TRITON_SERVICE_NAME and s.name == "InferRequest")
+    # Triton continued the facade's trace under its inference span
+    assert request.trace_id == root.trace_id
+    assert request.parent_id == facade["inference"].span_id
+    # and below it, the model's span and its compute span
+    model = next(s for s in spans if s.service == TRITON_SERVICE_NAME and s.name == "disaster")
+    assert model.parent_id == request.span_id
+    assert any(s.name == "compute" and s.parent_id == model.span_id for s in spans)
