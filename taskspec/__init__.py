@@ -442,6 +442,10 @@ SENTIMENT = text_task(
     # Reviews run from a few dozen tokens to past the 256-token cut: steps of 32 keep padding near 10%
     # (about 20% with 32/64/128/256, which cost 1.25x the throughput on a CPU host; docs/api.md).
     buckets=(32, 64, 96, 128, 160, 192, 224, 256),
+    # A review's verdict is often in its last lines: keeping the first quarter and the last three quarters of
+    # the token budget scored 85.33% vs 82.83% head-only on the 600 held-out reviews, same quick weights
+    # (docs/models.md#long-texts-truncation).
+    truncation="head+tail",
     examples=(
         "A beautiful, moving film with a career-best performance from the lead.",
         "Two hours of my life I will never get back. The plot makes no sense.",
