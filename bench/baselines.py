@@ -39,15 +39,25 @@ class BaselineRequest(BaseModel):
 def baseline_app() -> Any:
     """The original system's design (uvicorn factory): FastAPI calling a ``transformers`` pipeline in-process.
 
-    The checkpoint folder comes from ``MTC_BENCH_BASELINE_CHECKPOINT``. A plain ``def`` route, as such
+    The checkpoint folder comes from ``MTC_BENCH_BASELINE_CHECKPOINT``: a standard sequence-classification
+    checkpoint, or one ``export build`` saved (:mod:`export.hf_checkpoint`, the mean-pooled model the
+    platform trains and serves; :func:`trained_checkpoint` finds it). A plain ``def`` route, as such
     services are usually written: FastAPI runs it in its thread pool, one text-classification call per
     request, truncated at the same maximum length as the facade.
     """
     from fastapi import FastAPI
     from transformers import pipeline
 
+    from export.hf_checkpoint import is_mean_pool_checkpoint, load_text_checkpoint
+
     checkpoint = os.environ[BASELINE_CHECKPOINT_ENV]
-    classifier = pipeline("text-classification", model=checkpoint, tokenizer=checkpoint, device="cpu", top_k=None)
+    model: Any = checkpoint
+    if is_mean_pool_checkpoint(Path(checkpoint)):  # saved by `export build`: the served model's own weights
+        from transformers.utils import logging as hf_logging
+
+        model = load_text_checkpoint(Path(checkpoint))
+        hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # "not supported for text-classification"
+    classifier = pipeline("text-classification", model=model, tokenizer=checkpoint, device="cpu", top_k=None)
     title = "Original design: transformers pipeline in-process"
     if os.environ.get(BASELINE_INT8_ENV) == "1":
         # What quantization alone would give the original design: PyTorch's dynamic int8 Linear layers.
@@ -120,6 +130,19 @@ def proxy_app() -> Callable[[Any, Any, Any], Awaitable[None]]:
         await reply(send, {"probabilities": softmax(result.as_numpy(request["output"])).tolist()})
 
     return app
+
+
+def trained_checkpoint(repository: Path, task: str) -> Path | None:
+    """The Hugging Face checkpoint ``export build`` saved for the highest version of ``task`` published in
+    ``repository`` (``checkpoints/<task>/<version>/`` beside it); None when there is none."""
+    from export.hf_checkpoint import checkpoint_dir, is_mean_pool_checkpoint
+    from export.publish import latest_version_dir
+
+    version_dir = latest_version_dir(repository, task)
+    if version_dir is None:
+        return None
+    folder = checkpoint_dir(repository, task, version_dir.name)
+    return folder if is_mean_pool_checkpoint(folder) else None
 
 
 @contextmanager

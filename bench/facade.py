@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.baselines import BASELINE_CHECKPOINT_ENV, proxy_for, transformers_baseline
+from bench.baselines import BASELINE_CHECKPOINT_ENV, proxy_for, trained_checkpoint, transformers_baseline
 from bench.comparisons import compare_overhead, compare_padding, compare_throughput, load_texts
 from bench.facade_report import markdown, to_json
 from bench.measurements import FacadeResults, ThroughputResult
@@ -246,9 +246,10 @@ def run_standalone(
 ) -> FacadeResults:
     """Start Triton and run the three comparisons; write ``out/facade.md`` and ``out/facade.json``.
 
-    ``checkpoint`` + ``repository``: a trained checkpoint and its published export, on both sides.
-    ``repository`` alone: its published (e.g. trained) models for the overhead and padding comparisons,
-    and the MiniLM-sized pair for the transformers comparison. Neither: the MiniLM-sized pair throughout.
+    ``checkpoint`` + ``repository``: a trained checkpoint and its published export, on both sides; ``repository``
+    alone with the checkpoint ``export build`` saved beside it (:func:`bench.baselines.trained_checkpoint`): the
+    same. ``repository`` alone without one: its published (e.g. trained) models for the overhead and padding
+    comparisons, and the MiniLM-sized pair for the transformers comparison. Neither: the MiniLM-sized pair throughout.
     """
     from bench.machine import describe_machine
 
@@ -260,6 +261,8 @@ def run_standalone(
         f"Machine: {machine.cpu}, {machine.cores} cores, load average at start {machine.load_average_at_start} "
         "(client, facade, Triton and the baseline share these cores)."
     )
+    if repository is not None and checkpoint is None:
+        checkpoint = trained_checkpoint(repository, "sentiment")  # saved by `export build` beside the repository
     if repository is not None and checkpoint is None:
         with triton_for(repository, tasks, log_dir) as triton:
             results = run_comparisons(
@@ -310,12 +313,15 @@ def run_comparisons(
 
     Facades are started here (bucketed and fixed padding, same settings otherwise), so both sides of each
     comparison are configured alike. The transformers baseline needs the Hugging Face checkpoint of the
-    served sentiment model: ``checkpoint`` or ``MTC_BENCH_BASELINE_CHECKPOINT``; without one it runs on this
+    served sentiment model: ``checkpoint``, ``MTC_BENCH_BASELINE_CHECKPOINT`` or the one ``export build`` saved
+    beside ``repository`` (:func:`bench.baselines.trained_checkpoint`); without one it runs on this
     module's own MiniLM-sized pair (its own Triton and facade), and the notes say so.
     """
     notes: list[str] = []
-    given = checkpoint or (
-        Path(os.environ[BASELINE_CHECKPOINT_ENV]) if os.environ.get(BASELINE_CHECKPOINT_ENV) else None
+    given = (
+        checkpoint
+        or (Path(os.environ[BASELINE_CHECKPOINT_ENV]) if os.environ.get(BASELINE_CHECKPOINT_ENV) else None)
+        or trained_checkpoint(repository, "sentiment")
     )
     served_pair = ModelPair(given, repository, f"checkpoint {given}") if given else None
     results = _measure(

@@ -72,6 +72,9 @@ class TextPrediction(_Response):
     text_index: int
     label: str
     probabilities: dict[str, float]
+    tokens: int | None = Field(None, description="Tokens the model read")
+    text_tokens: int | None = Field(None, description="Tokens of the whole text, before truncation")
+    truncated: bool = Field(False, description="The model read only part of the text")
 
 
 class TextResult(_Response):
@@ -131,6 +134,7 @@ class ModelInfo(_Response):
     labels: list[str] = Field(min_length=1)
     ready: bool = False
     max_items: int = Field(gt=0, description="Most texts or images per request")
+    max_text_chars: int | None = Field(None, gt=0, description="Most characters per text (text tasks)")
     examples: list[str] = Field(default_factory=list, description="Example inputs, when the facade lists them")
 
 

@@ -110,17 +110,24 @@ class RequestState(param.Parameterized):
         return result
 
 
+DEFAULT_MAX_TEXT_CHARS = 100_000
+"""The text box's limit when the facade does not list the task's ``max_text_chars``."""
+
+
 class TextTaskState(RequestState):
     """A text tab: texts in, one label and probabilities per text out."""
 
     text = param.String(default="", doc="The text area: one text per line")
     texts = param.List(default=[], item_type=str, doc="The texts of the shown result, in order")
     result = param.ClassSelector(class_=TextResult, default=None, allow_None=True)
+    notice = param.String(default="", doc="What the user should know about the shown result (e.g. a cut paste)")
 
     def __init__(self, task: ModelInfo, client: FacadeAPI, connection: Connection) -> None:
         super().__init__(client, connection)
         self.task = task
         self.examples = examples_for(task)
+        self.max_chars = task.max_text_chars or DEFAULT_MAX_TEXT_CHARS
+        """Most characters per text, and what the text box holds (a longer paste is cut by the browser)."""
 
     async def classify(self) -> None:
         """Classify every line of ``text``; keeps the previous result when the request fails."""
@@ -131,9 +138,20 @@ class TextTaskState(RequestState):
         if len(texts) > self.task.max_items:
             self.error = f"At most {self.task.max_items} texts at once; you typed {len(texts)} lines."
             return
+        too_long = [i + 1 for i, text in enumerate(texts) if len(text) > self.max_chars]
+        if too_long:
+            self.error = f"At most {self.max_chars:,} characters per text; text {too_long[0]} is longer."
+            return
         result = await self._call(lambda: self.client.classify_texts(self.task.task, texts))
         if result is not None:
-            self.param.update(texts=texts, result=result)
+            # The browser's text box cuts a paste at its limit without a word: say so when the box is full.
+            full = len(self.text) >= self.max_chars
+            notice = (
+                f"The text box holds at most {self.max_chars:,} characters: anything pasted past that was cut."
+                if full
+                else ""
+            )
+            self.param.update(texts=texts, result=result, notice=notice)
 
     async def classify_example(self, index: int) -> None:
         """Put example ``index`` of the task in the text area and classify it."""

@@ -27,6 +27,8 @@ import torch
 from export.data import PROJECT_ROOT, Dataset, DataSource, ImageSplit, Split, stratified_split
 from export.errors import CheckpointError, ExportError
 from export.features import extract_features
+from export.hf_checkpoint import checkpoint_dir as hf_checkpoint_dir
+from export.hf_checkpoint import save_text_checkpoint
 from export.models import EfficientNetFeatures, ImageClassifier, load_text_classifier
 from export.pipeline import export_validate_publish
 from export.publish import save_tokenizer
@@ -73,6 +75,8 @@ class BuildResult:
     version_dir: Path
     metrics: dict[str, Any]
     seconds: float
+    checkpoint_dir: Path | None = None
+    """The trained model as a Hugging Face checkpoint (text tasks: :mod:`export.hf_checkpoint`)."""
 
     def summary(self) -> str:
         test = self.metrics["test"]
@@ -225,7 +229,15 @@ def build_text_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bui
         result.module, spec, held_out=test, repository=options.repository, tokenizer_dir=checkpoint_dir,
         metrics=metrics, int8=options.int8, seed=options.seed, progress=options.progress,
     )  # fmt: skip
-    return BuildResult(spec.name, published.version_dir, published.metrics, time.monotonic() - started)
+    # The same weights for transformers users (the benchmark's original-design baseline), beside the repository.
+    saved = save_text_checkpoint(
+        module,
+        checkpoint_dir,
+        spec.labels,
+        hf_checkpoint_dir(options.repository, spec.name, published.version_dir.name),
+    )
+    print(f"==> {spec.name}: Hugging Face checkpoint of version {published.version_dir.name} saved in {saved}")
+    return BuildResult(spec.name, published.version_dir, published.metrics, time.monotonic() - started, saved)
 
 
 def build_image_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> BuildResult:

@@ -11,17 +11,16 @@ tests/test_api_fuzz.py holds the two to each other.
 
 from __future__ import annotations
 
+from types import GenericAlias
 from typing import Annotated, Any, Literal, TypeVar, cast
 
 import email_validator
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
 from preprocess.image import IMAGE_MEDIA_TYPES
-from taskspec import TASKS, Modality, TaskSpec
+from taskspec import MAX_TEXT_CHARS, TASKS, Modality, TaskSpec, TruncationStrategy
 
-MAX_TEXT_CHARS = 5000
-"""Characters per text (a facade limit on the work one text can cause; tokens past the served version's
-maximum length are truncated anyway)."""
+__all__ = ["MAX_TEXT_CHARS"]  # the default per-text limit (each text task declares its own: max_chars)
 
 NON_BLANK_PATTERN = r"[^\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 """JSON Schema ``pattern`` of a text with at least one character that is not whitespace as ``str.strip()`` sees it.
@@ -41,16 +40,23 @@ def _check_text(text: str) -> str:
     return text
 
 
-Text = Annotated[
-    str,
-    Field(
+def _text_field(max_chars: int) -> Any:
+    return Field(
         min_length=1,
-        max_length=MAX_TEXT_CHARS,
-        description=f"1 to {MAX_TEXT_CHARS} characters, at least one of them not whitespace",
+        max_length=max_chars,
+        description=f"1 to {max_chars} characters, at least one of them not whitespace; a text longer than the "
+        "served version's `max_tokens` is truncated in tokens (see `truncated` in its prediction)",
         json_schema_extra={"pattern": NON_BLANK_PATTERN},
-    ),
-    AfterValidator(_check_text),
-]
+    )
+
+
+Text = Annotated[str, _text_field(MAX_TEXT_CHARS), AfterValidator(_check_text)]
+"""One text of a request, at most :data:`MAX_TEXT_CHARS` characters (each text task's own limit: :func:`texts_type`)."""
+
+
+def texts_type(max_chars: int) -> Any:
+    """``list[Text]`` with the per-text limit of a task (its spec's ``text.max_chars``), built at run time."""
+    return GenericAlias(list, (Annotated[str, _text_field(max_chars), AfterValidator(_check_text)],))
 
 
 def _check_email(value: str) -> str:
@@ -110,15 +116,17 @@ class TextRequest(BaseModel):
 
 
 def text_request_model(spec: TaskSpec) -> type[TextRequest]:
-    """The request body of ``POST /v1/<spec.name>``: at most ``spec.batching.max_batch_size`` texts."""
+    """The request body of ``POST /v1/<spec.name>``: at most ``spec.batching.max_batch_size`` texts of at most
+    ``spec.text.max_chars`` characters each."""
     limit = spec.batching.max_batch_size
+    max_chars = spec.text.max_chars if spec.text is not None else MAX_TEXT_CHARS
     example: dict[str, Any] = {"texts": list(spec.examples) or ["some text"], "user_id": "ada@example.com"}
     return _per_task(
         TextRequest,
         spec,
         f"Texts to classify: {spec.title} (one prediction per text, in order).",
         [example],
-        texts=(list[Text], Field(min_length=1, max_length=limit, description=f"1 to {limit} texts")),
+        texts=(texts_type(max_chars), Field(min_length=1, max_length=limit, description=f"1 to {limit} texts")),
     )
 
 
@@ -172,6 +180,12 @@ class TextPrediction(BaseModel):
     text_index: int = Field(description="Position of the text in the request")
     label: str = Field(description="Most probable label")
     probabilities: dict[str, float] = Field(description="Probability of every label (softmax; sums to 1)")
+    tokens: int = Field(description="Tokens the model read ([CLS] and [SEP] included): at most `max_tokens`")
+    text_tokens: int = Field(description="Tokens of the whole text ([CLS] and [SEP] included), before truncation")
+    truncated: bool = Field(
+        description="The text had more tokens than `max_tokens`: the model read only part of it, cut per the "
+        "served version's `truncation` (`head`: its start; `head+tail`: its start and its end)"
+    )
 
 
 class TextTimings(BaseModel):
@@ -186,7 +200,14 @@ def _text_response_examples() -> list[Any]:
         return []
     rest = round(0.1 / (spec.num_labels - 1), 3)
     probabilities = {label: 0.9 if label == spec.labels[-1] else rest for label in spec.labels}
-    prediction = {"text_index": 0, "label": spec.labels[-1], "probabilities": probabilities}
+    prediction = {
+        "text_index": 0,
+        "label": spec.labels[-1],
+        "probabilities": probabilities,
+        "tokens": 17,
+        "text_tokens": 17,
+        "truncated": False,
+    }
     timings = {"tokenize": 0.4, "inference": 9.8, "total": 10.6}
     model = {"name": spec.model_name, "version": "1"}
     return [{"task": spec.name, "model": model, "predictions": [prediction], "timings_ms": timings}]
@@ -307,9 +328,16 @@ class ModelInfo(BaseModel):
     )
     ready: bool = Field(description="Triton serves the model and the served version's artifacts load")
     max_items: int = Field(description="Most texts or images per request (the model's Triton max_batch_size)")
-    max_text_chars: int | None = Field(None, description="Most characters per text (text tasks)")
+    max_text_chars: int | None = Field(
+        None, description="Most characters per text (text tasks; more is 422, and the body limit bounds a request)"
+    )
     max_tokens: int | None = Field(
         None, description="Tokens a text is truncated to by the served version (text tasks; null when not ready)"
+    )
+    truncation: TruncationStrategy | None = Field(
+        None,
+        description="Which tokens of a longer text the served version reads (text tasks; null when not ready): "
+        "`head` the first ones, `head+tail` the first and the last ones",
     )
     examples: list[str] = Field(default_factory=list, description="Example inputs (text tasks)")
 
@@ -325,7 +353,7 @@ def model_info(spec: TaskSpec) -> ModelInfo:
         labels=list(spec.labels),
         ready=False,
         max_items=spec.batching.max_batch_size,
-        max_text_chars=MAX_TEXT_CHARS if spec.modality == "text" else None,
+        max_text_chars=spec.text.max_chars if spec.text is not None else None,
         examples=list(spec.examples),
     )
 
@@ -335,7 +363,9 @@ def _models_example() -> dict[str, Any]:
     for number, spec in enumerate(TASKS.values()):
         info = model_info(spec)
         if number == 0 and spec.text is not None:  # the first one served
-            info = info.model_copy(update={"version": "1", "ready": True, "max_tokens": spec.text.max_length})
+            text = spec.text
+            served = {"version": "1", "ready": True, "max_tokens": text.max_length, "truncation": text.truncation}
+            info = info.model_copy(update=served)
         models.append(info.model_dump())
     return {"models": models}
 

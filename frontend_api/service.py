@@ -149,11 +149,12 @@ class PlatformService:
         if not isinstance(artifacts, TextArtifacts):
             raise ModelNotReady(f"{spec.name}/{version} has no text preprocessing")
         t_tokenize = time.perf_counter()
-        run = functools.partial(artifacts.encoder.groups, texts, self.settings.text_padding)
+        encoder = artifacts.encoder
         # Short requests tokenize faster than a thread hop costs; long ones must not block the loop.
         big = sum(len(t) for t in texts) > self.settings.tokenize_in_thread_chars
         with self.tracer.start_as_current_span("tokenize", attributes={"mtc.texts": len(texts)}):
-            groups = await asyncio.to_thread(run) if big else run()
+            encoded = await asyncio.to_thread(encoder.encode, texts) if big else encoder.encode(texts)
+            groups = encoder.group_rows([e.ids for e in encoded], self.settings.text_padding)
         t_infer = time.perf_counter()
         ids_name, mask_name = spec.input_names
         requests = [self._infer(spec, version, {ids_name: g.input_ids, mask_name: g.attention_mask}) for g in groups]
@@ -170,6 +171,9 @@ class PlatformService:
                     text_index=index,
                     label=labels[int(np.argmax(row))],
                     probabilities={label: float(p) for label, p in zip(labels, row, strict=True)},
+                    tokens=len(encoded[index].ids),
+                    text_tokens=encoded[index].text_tokens,
+                    truncated=encoded[index].truncated,
                 )
         timings = TextTimings(tokenize=_ms(t_tokenize, t_infer), inference=_ms(t_infer, t_done), total=_ms(start))
         self.metrics.observe_stages(spec.name, timings.model_dump())
@@ -251,8 +255,10 @@ class PlatformService:
             artifacts = await self.artifacts.get(spec, served.version, served.content)
         except ApiError:
             return info
-        max_tokens = artifacts.encoder.preprocessing.max_length if isinstance(artifacts, TextArtifacts) else None
-        update = {"version": served.version, "labels": list(artifacts.labels), "ready": True, "max_tokens": max_tokens}
+        update: dict[str, Any] = {"version": served.version, "labels": list(artifacts.labels), "ready": True}
+        if isinstance(artifacts, TextArtifacts):
+            preprocessing = artifacts.encoder.preprocessing
+            update.update(max_tokens=preprocessing.max_length, truncation=preprocessing.truncation)
         return info.model_copy(update=update)
 
     async def models(self) -> ModelsResponse:

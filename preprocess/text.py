@@ -4,8 +4,12 @@ A :class:`TextEncoder` is the published ``tokenizer.json`` set up as the task's
 :class:`~taskspec.TextPreprocessing` declares:
 
 - the tokenizer's own truncation and padding are switched off (the published file has them off too);
-  texts longer than ``max_length`` tokens are cut per ``truncation`` (``head``: the first tokens,
-  the closing ``[SEP]`` kept);
+  a text is tokenized whole, and one longer than ``max_length`` tokens is cut per ``truncation``
+  (:meth:`TextEncoder.encode`): ``head`` keeps the first content tokens (what the tokenizer's own
+  right truncation keeps), ``head+tail`` the first and the last ones (``head_fraction`` of the
+  budget from the start); the special tokens the tokenizer's post-processor adds (``[CLS]``,
+  ``[SEP]``) always open and close the row. Each :class:`EncodedText` says how many tokens the
+  whole text had, so a caller can be told that its text was truncated;
 - with ``lowercase``, a ``Lowercase`` normalizer runs before the tokenizer's own normalizer;
 - rows are right-padded with the tokenizer's pad token id (``[PAD]`` or ``<pad>``; a tokenizer with
   neither is refused, never padded with a guessed 0), and the attention mask marks the real tokens.
@@ -29,7 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from tokenizers import Tokenizer, normalizers
+from tokenizers import Encoding, Tokenizer, normalizers
 
 from preprocess.errors import InvalidArtifacts
 from taskspec import PREPROCESSING_FILE, TOKENIZER_FILE, TextPreprocessing
@@ -37,6 +41,21 @@ from taskspec import PREPROCESSING_FILE, TOKENIZER_FILE, TextPreprocessing
 Padding = Literal["buckets", "max_length"]
 """``buckets``: the smallest length bucket that holds the text; ``max_length``: always the largest."""
 PAD_TOKENS = ("[PAD]", "<pad>")
+
+
+@dataclass(frozen=True)
+class EncodedText:
+    """One text's token ids as the model reads them, and how long the whole text was."""
+
+    ids: list[int]
+    """Ids with the special tokens ([CLS] ... [SEP]), truncated per the strategy, unpadded."""
+    text_tokens: int
+    """Tokens of the whole text (special tokens included) before truncation."""
+
+    @property
+    def truncated(self) -> bool:
+        """Some tokens of the text were cut (the model did not read all of it)."""
+        return self.text_tokens > len(self.ids)
 
 
 @dataclass(frozen=True)
@@ -85,10 +104,7 @@ class TextEncoder:
         except Exception as exc:  # `tokenizers` raises plain Exception for a file it rejects
             raise InvalidArtifacts(f"the tokenizer cannot be loaded: {exc}") from exc
         tokenizer.no_padding()
-        if preprocessing.truncation == "head":
-            tokenizer.enable_truncation(max_length=preprocessing.max_length, direction="right")
-        else:  # the place for another strategy (head+tail): it must cut here, for every path at once
-            raise InvalidArtifacts(f"truncation {preprocessing.truncation!r} is not implemented")
+        tokenizer.no_truncation()  # the whole text is tokenized; encode() cuts it per the declared strategy
         if preprocessing.lowercase:
             own = tokenizer.normalizer
             lowercase = normalizers.Lowercase()
@@ -113,13 +129,32 @@ class TextEncoder:
             raise InvalidArtifacts(f"{folder / PREPROCESSING_FILE} is unusable: {exc!r}") from exc
         return cls.from_file(folder / TOKENIZER_FILE, preprocessing)
 
+    def encode(self, texts: Sequence[str]) -> list[EncodedText]:
+        """Each text tokenized whole, then cut to ``max_length`` per the declared ``truncation``."""
+        return [self._cut(encoding) for encoding in self.tokenizer.encode_batch(list(texts))]
+
+    def _cut(self, encoding: Encoding) -> EncodedText:
+        ids: list[int] = encoding.ids
+        max_length = self.preprocessing.max_length
+        if len(ids) <= max_length:
+            return EncodedText(ids, len(ids))
+        # The special tokens the post-processor added lead and close the row: they stay, the content is cut.
+        special = encoding.special_tokens_mask
+        lead = next((i for i, flag in enumerate(special) if not flag), len(ids))
+        trail = next((i for i, flag in enumerate(reversed(special)) if not flag), 0)
+        budget = max(max_length - lead - trail, 0)
+        head, tail = self.preprocessing.head_tail(budget)
+        content_end = len(ids) - trail
+        kept = ids[: lead + head] + ids[content_end - tail : content_end] + ids[content_end:]
+        return EncodedText(kept, len(ids))
+
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Each text's ids with the special tokens ([CLS] ... [SEP]), truncated, unpadded."""
-        return [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
+        return [encoded.ids for encoded in self.encode(texts)]
 
     def n_tokens(self, text: str) -> int:
         """How many tokens ``text`` becomes (after truncation)."""
-        return len(self.tokenizer.encode(text).ids)
+        return len(self.encode([text])[0].ids)
 
     def padded_length(self, n_tokens: int, padding: Padding = "buckets") -> int:
         """The length a row of ``n_tokens`` is padded to."""
@@ -148,7 +183,10 @@ class TextEncoder:
 
     def groups(self, texts: Sequence[str], padding: Padding = "buckets") -> list[TokenBatch]:
         """One batch per padded length (shortest first), each text padded to its own bucket."""
-        rows = self.token_ids(texts)
+        return self.group_rows([encoded.ids for encoded in self.encode(texts)], padding)
+
+    def group_rows(self, rows: Sequence[Sequence[int]], padding: Padding = "buckets") -> list[TokenBatch]:
+        """:meth:`groups` of texts already encoded (:meth:`encode`)."""
         by_length: dict[int, list[int]] = {}
         for index, row in enumerate(rows):
             by_length.setdefault(self.padded_length(len(row), padding), []).append(index)

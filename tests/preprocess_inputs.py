@@ -29,11 +29,18 @@ EDGE_TEXTS = (
     "An ending I will never forget.<br /><br />Two hours well spent. " * 40,  # past every maximum length
     "word " * 14,  # 16 tokens with [CLS]/[SEP]: exactly the disaster model's smallest bucket
 )
+VERDICT = " But the ending is a TRIUMPH"
+"""How the long texts end: a head-only cut never reads it, a head+tail cut does."""
+OPENING = "The first hour is slow and talky. " + "The middle drifts along. " * 4000
+LONG_TEXTS = tuple(OPENING[: chars - len(VERDICT)] + VERDICT for chars in (6_000, 100_000))
+"""A 6,000- and a 100,000-character review (5,000 was the facade's old per-text limit), opening and closing
+differently so that which tokens survive the cut shows."""
 
 
 def sample_texts(task: str, rows: int = 3) -> list[str]:
-    """The edge cases plus ``rows`` real reviews (sentiment) or tweets (disaster) when the datasets are here."""
-    texts = list(EDGE_TEXTS)
+    """The edge cases, the long texts, and ``rows`` real reviews (sentiment) or tweets (disaster) when the datasets
+    are here."""
+    texts = [*EDGE_TEXTS, *LONG_TEXTS]
     data = resolve_data_dir()
     if task == "sentiment" and (data / "imdb" / "val.csv.gz").is_file():
         with gzip.open(data / "imdb" / "val.csv.gz", "rt", encoding="utf-8") as handle:

@@ -263,6 +263,28 @@ def test_text_probabilities_match_onnx_runtime_on_the_same_model(stack: Stack) -
             assert prediction["label"] == SENTIMENT.labels[int(np.argmax(row))]
 
 
+def test_long_reviews_are_classified_and_say_they_were_truncated(stack: Stack) -> None:
+    """6,000 and 100,000 characters through the deployed facade and a real Triton: 200, the truncation reported,
+    the probabilities those of the published model on the declared strategy's tokens; past 1 MiB: 413."""
+    assert SENTIMENT.text is not None
+    texts = [("The opening drags. " + "word " * 1200)[:6000], ("The opening drags. " + "scene " * 16700)[:100_000]]
+    assert [len(t) for t in texts] == [6000, 100_000]
+    response = httpx.post(f"{stack.api_url}/v1/sentiment", json={"texts": texts}, timeout=60)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    encoder = TextEncoder.from_version_dir(stack.repository / "sentiment" / "1")
+    for prediction, encoded in zip(predictions, encoder.encode(texts), strict=True):
+        assert prediction["truncated"] is True and prediction["tokens"] == SENTIMENT.text.max_length
+        assert prediction["text_tokens"] == encoded.text_tokens > SENTIMENT.text.max_length
+        feeds = encoder.pad([encoded.ids])
+        expected = softmax(ort_logits(stack.repository, "sentiment", feeds.inputs(SENTIMENT.input_names)))[0]
+        got = [prediction["probabilities"][label] for label in SENTIMENT.labels]
+        assert got == pytest.approx(expected.tolist(), abs=1e-4)
+    too_big = httpx.post(f"{stack.api_url}/v1/sentiment", json={"texts": [texts[1]] * 11}, timeout=60)
+    assert too_big.status_code == 413, too_big.text
+    assert too_big.json()["type"] == "/problems/body-too-large"
+
+
 def test_the_benchmarks_minimal_proxy_answers_what_the_facade_answers(stack: Stack, tmp_path: Path) -> None:
     """bench/baselines.py's overhead reference forwards token ids to the same Triton: same probabilities."""
     from bench.baselines import proxy_for

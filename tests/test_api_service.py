@@ -106,6 +106,7 @@ def test_models_lists_every_task_with_version_labels_limits_and_ready_state(tmp_
         "max_items": SENTIMENT.batching.max_batch_size,
         "max_text_chars": MAX_TEXT_CHARS,
         "max_tokens": SENTIMENT.text.max_length if SENTIMENT.text else None,
+        "truncation": SENTIMENT.text.truncation if SENTIMENT.text else None,
         "examples": list(SENTIMENT.examples),
     }
     assert models["sentiment"]["labels"] == ["negative", "positive"]

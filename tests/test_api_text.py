@@ -233,6 +233,37 @@ def test_exactly_the_limits_are_accepted(client) -> None:
     assert sum(c.shapes["input_ids"][0] for c in fake.calls) == limit
 
 
+def test_long_texts_are_classified_with_their_truncation_reported(client: Any) -> None:
+    """A 6,000- and a 100,000-character review (5,000 was the old per-text limit: 422) are classified; each
+    prediction says how many tokens the model read and that the text was cut."""
+    http, fake = client
+    assert SENTIMENT.text is not None
+    max_tokens = SENTIMENT.text.max_length
+    texts = ["A slow start. " + "word " * 1197 + ".", "A slow start. " + "good " * 19997 + ".", "fine"]
+    assert [len(t) for t in texts] == [6000, 100_000, 4]
+    response = http.post("/v1/sentiment", json={"texts": texts})
+    assert response.status_code == 200, response.text
+    first, second, short = response.json()["predictions"]
+    assert (first["truncated"], first["tokens"], first["text_tokens"]) == (True, max_tokens, 1 + 4 + 1197 + 2)
+    assert (second["truncated"], second["tokens"], second["text_tokens"]) == (True, max_tokens, 1 + 4 + 19997 + 2)
+    assert (short["truncated"], short["tokens"], short["text_tokens"]) == (False, 3, 3)
+    # Triton got the two long reviews cut to the maximum length, the short one in the smallest bucket.
+    assert sorted(call.shapes["input_ids"] for call in fake.calls) == [(1, SENTIMENT.text.buckets[0]), (2, max_tokens)]
+    models = {m["task"]: m for m in http.get("/v1/models").json()["models"]}
+    assert models["sentiment"]["max_text_chars"] == SENTIMENT.text.max_chars >= 100_000
+    assert models["sentiment"]["truncation"] == SENTIMENT.text.truncation
+
+
+def test_a_request_over_the_default_body_limit_is_413_not_a_validation_error(client: Any) -> None:
+    """Each text within the per-text limit, eleven of them past the 1 MiB body limit: 413 before any work."""
+    http, fake = client
+    body = json.dumps({"texts": ["x" * MAX_TEXT_CHARS] * 11}).encode()
+    assert len(body) > 1024 * 1024
+    response = http.post("/v1/sentiment", content=body, headers={"content-type": "application/json"})
+    assert_problem(response, 413, "body-too-large")
+    assert fake.calls == []
+
+
 def test_a_body_over_the_byte_limit_is_413_even_without_content_length(repo: Path) -> None:
     client, fake = make_client(repo, max_body_bytes=4096)
     big = json.dumps({"texts": ["word " * 900]}).encode()

@@ -215,6 +215,33 @@ def test_typing_a_review_and_clicking_classify_shows_a_label(page: Page) -> None
     screenshot(page, "1-sentiment")
 
 
+def test_a_long_pasted_review_is_sent_whole_and_the_page_says_what_was_cut(page: Page, stack: Stack) -> None:
+    """A 6,000-character review (Panel's text box used to cut at 5,000 without a word) reaches the model whole:
+    the page says the model read its first and last tokens of all of them. A paste past the task's limit fills
+    the box, and the page says what was cut."""
+    models = httpx.get(f"{stack.api_url}/v1/models", timeout=30).json()["models"]
+    limit = next(m for m in models if m["task"] == "sentiment")["max_text_chars"]
+    review = ("The first hour is slow. " + "The middle drifts along. " * 300)[:5975] + " But the end is a TRIUMPH"
+    assert len(review) == 6000
+    direct = httpx.post(f"{stack.api_url}/v1/sentiment", json={"texts": [review]}, timeout=30).json()
+    (prediction,) = direct["predictions"]
+    assert prediction["truncated"] is True
+
+    page.locator("textarea").first.fill(review)
+    page.locator(".mtc-classify button").first.click()
+    note = page.locator(".mtc-results .mtc-truncated")
+    expect(note).to_have_text(
+        f"Long text: the model read {prediction['tokens']:,} of its {prediction['text_tokens']:,} tokens."
+    )
+    expect(page.locator(".mtc-notice").first).to_be_hidden()
+    screenshot(page, "1b-long-review")
+
+    page.locator("textarea").first.fill("An honest film. " + "good " * (limit // 5))  # longer than the box holds
+    page.locator(".mtc-classify button").first.click()
+    expect(page.locator(".mtc-notice").first).to_contain_text(f"at most {limit:,} characters")
+    expect(page.locator(".mtc-results .mtc-truncated").first).to_be_visible()
+
+
 def test_an_example_tweet_is_one_click_away(page: Page) -> None:
     open_tab(page, DISASTER.title)
     page.locator(".mtc-example button", has_text=DISASTER.examples[0][:20]).click()

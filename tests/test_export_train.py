@@ -11,6 +11,7 @@ import torch
 
 from export.build import BuildOptions, build
 from export.data import DEFAULT_DATA_DIR, resolve_data_dir
+from export.hf_checkpoint import is_mean_pool_checkpoint
 from export.models import load_text_classifier
 from export.publish import save_tokenizer
 from export.recipes import TextRecipe
@@ -94,5 +95,8 @@ def test_smoke_build_publishes_text_and_image_models_with_cards(tmp_path: Path) 
         assert "Held-out test" in card and "Confusion matrix" in card
         assert f"{metrics['test']['accuracy']:.2%}" in card
     assert (repo / "disaster_text" / "1" / "tokenizer.json").is_file()
+    # The trained text model's Hugging Face checkpoint, beside the repository (the benchmark baseline loads it).
+    assert results[0].checkpoint_dir == tmp_path / "checkpoints" / "disaster" / "1"
+    assert is_mean_pool_checkpoint(results[0].checkpoint_dir) and results[1].checkpoint_dir is None
     confusion = np.array(json.loads((results[1].version_dir / "metrics.json").read_text())["test"]["confusion_matrix"])
     assert confusion.shape == (15, 15)

@@ -71,6 +71,33 @@ def test_long_texts_keep_their_head_and_the_closing_sep() -> None:
     assert encoder.batch([" ".join(words)]).input_ids.shape == (1, 64)
 
 
+def test_head_truncation_keeps_what_the_tokenizers_own_truncation_keeps() -> None:
+    # One strategy implementation for every path: "head" must be exactly the tokenizer's right truncation, also for
+    # a text that spells special tokens itself (they count as content, only the added [CLS]/[SEP] frame the row).
+    texts = [" ".join(f"w{i}" for i in range(300)), "[CLS] [SEP] " * 40 + "end", "short", "[SEP]"]
+    reference = Tokenizer.from_str(MINILM)
+    reference.no_padding()
+    reference.enable_truncation(max_length=TEXT.max_length)
+    assert TextEncoder(MINILM, TEXT).token_ids(texts) == [e.ids for e in reference.encode_batch(texts)]
+
+
+def test_head_tail_keeps_the_first_and_the_last_tokens_and_reports_the_cut() -> None:
+    words = [f"w{i}" for i in range(200)]
+    (full,) = TextEncoder(MINILM, TEXT.truncated_at(4096)).token_ids([" ".join(words)])
+    content = full[1:-1]
+    encoder = TextEncoder(MINILM, replace(TEXT, truncation="head+tail", head_fraction=0.25))
+    (encoded, short) = encoder.encode([" ".join(words), "fire"])
+    # 64 tokens: [CLS], a quarter of the 62-token budget from the start (16), the last 46, [SEP]
+    assert encoded.ids == [101, *content[:16], *content[-46:], 102]
+    assert encoded.text_tokens == len(full) and encoded.truncated
+    assert (short.ids, short.text_tokens, short.truncated) == ([101, 2543, 102], 3, False)
+    tail_only = TextEncoder(MINILM, replace(TEXT, truncation="head+tail", head_fraction=0.0))
+    assert tail_only.token_ids([" ".join(words)]) == [[101, *content[-62:], 102]]
+    # Training on shorter rows keeps the strategy and its split.
+    (trained,) = TextEncoder(MINILM, encoder.preprocessing.truncated_at(32)).token_ids([" ".join(words)])
+    assert trained == [101, *content[:8], *content[-22:], 102]
+
+
 def test_groups_pad_each_text_to_its_bucket_and_batch_pads_to_the_longest() -> None:
     encoder = TextEncoder(MINILM, TEXT)
     texts = ["fire", "word " * 20, "ok", "word " * 14]  # 3, 22, 3 and 16 tokens
@@ -92,9 +119,12 @@ def test_text_preprocessing_round_trips_through_its_published_document() -> None
         "max_length": 64,
         "lowercase": True,
         "truncation": "head",
+        "head_fraction": 0.25,
         "tokenizer_file": "tokenizer.json",
     }
     assert TextPreprocessing.from_document(json.loads(json.dumps(document))) == TEXT
+    head_tail = replace(TEXT, truncation="head+tail", head_fraction=0.5)
+    assert TextPreprocessing.from_document(json.loads(json.dumps(head_tail.to_document()))) == head_tail
     # A version published before the truncation field: head, as it always was.
     assert TextPreprocessing.from_document({"buckets": [64, 16, 32]}) == TEXT
     for bad, message in (
@@ -103,6 +133,8 @@ def test_text_preprocessing_round_trips_through_its_published_document() -> None
         ({"buckets": [16, 32], "max_length": 64}, "max_length"),
         ({"buckets": [16], "truncation": "tail"}, "truncation"),
         ({"buckets": [16], "lowercase": "yes"}, "lowercase"),
+        ({"buckets": [16], "truncation": "head+tail", "head_fraction": 1.5}, "head_fraction"),
+        ({"buckets": [16], "truncation": "head+tail", "head_fraction": "half"}, "head_fraction"),
     ):
         with pytest.raises(ValueError, match=message):
             TextPreprocessing.from_document(bad)

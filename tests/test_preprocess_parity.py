@@ -74,7 +74,7 @@ from taskspec import (
     TaskSpec,
 )
 from tests.fakes.frontend_api import FakeTriton, ImageHostTransport
-from tests.preprocess_inputs import cased_tokenizer_dir, sample_photos, sample_texts
+from tests.preprocess_inputs import LONG_TEXTS, cased_tokenizer_dir, sample_photos, sample_texts
 from tests.support.tiny_models import build_tiny_repository
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -188,6 +188,25 @@ def assert_same(path: str, expected: list[Row], got: list[Row], *, probabilities
             np.testing.assert_array_equal(have.inputs[name], tensor, err_msg=f"{path}: {name} of row {i}")
         target = softmax(want.scores[None])[0] if probabilities else want.scores
         np.testing.assert_allclose(have.scores, target, atol=LOGIT_ATOL, rtol=0, err_msg=f"{path}: scores of row {i}")
+
+
+@pytest.mark.parametrize("spec", TEXT_SPECS, ids=lambda s: s.name)
+def test_long_texts_are_cut_as_the_task_spec_declares(repository: Path, spec: TaskSpec) -> None:
+    """The reference every path must equal keeps, of a text past the maximum length, the tokens the spec's
+    truncation strategy names: [CLS], the head share of the budget from the start, the rest from the end, [SEP]
+    (``head``: all of the budget from the start). Checked against the whole text's ids, not the cutting code."""
+    encoder = TextEncoder.from_version_dir(version_dir(repository, spec))
+    published = encoder.preprocessing
+    assert spec.text is not None and published == spec.text  # what is served is what the spec declares
+    whole = TextEncoder(encoder.tokenizer.to_str(), published.truncated_at(1_000_000))
+    for text in LONG_TEXTS:
+        (full,) = whole.token_ids([text])
+        assert len(full) > published.max_length
+        head, tail = published.head_tail(published.max_length - 2)
+        expected = [full[0], *full[1 : 1 + head], *full[len(full) - 1 - tail : -1], full[-1]]
+        (encoded,) = encoder.encode([text])
+        assert encoded.ids == expected and len(expected) == published.max_length
+        assert (encoded.text_tokens, encoded.truncated) == (len(full), True)
 
 
 # --- (a) export's evaluation path ------------------------------------------------------------------

@@ -10,11 +10,13 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from dashboard.client import ImageResult, ModelRef, ModelStats, TextResult
+from dashboard.client import ImageResult, ModelRef, ModelStats, TextPrediction, TextResult
 
 # The page's own CSS (classes the HTML below uses and the browser tests look for).
 STYLESHEET = (Path(__file__).parent / "style.css").read_text(encoding="utf-8")
 
+SHOWN_TEXT_CHARS = 2000
+"""Characters of a text the results table shows (a 100,000-character review would bury the table)."""
 TIMING_ORDER = ("fetch", "tokenize", "preprocess", "queue", "inference", "total")
 
 
@@ -44,7 +46,7 @@ def text_results_html(texts: Sequence[str], result: TextResult | None, labels: S
         text = texts[prediction.text_index] if 0 <= prediction.text_index < len(texts) else ""
         rows.append(
             f"<tr><td>{prediction.text_index + 1}</td>"
-            f'<td class="mtc-text">{html.escape(text)}</td>'
+            f'<td class="mtc-text">{html.escape(shorten(text, SHOWN_TEXT_CHARS))}{truncation_html(prediction)}</td>'
             f'<td class="mtc-label">{html.escape(prediction.label)}</td>'
             f"<td>{probability_bars_html(prediction.probabilities, labels)}</td></tr>"
         )
@@ -52,6 +54,15 @@ def text_results_html(texts: Sequence[str], result: TextResult | None, labels: S
         '<table class="mtc-table mtc-results"><thead><tr><th>#</th><th>Text</th><th>Label</th>'
         f"<th>Probabilities</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
+
+
+def truncation_html(prediction: TextPrediction) -> str:
+    """A note under a text the model read only part of (nothing for a text it read whole)."""
+    if not prediction.truncated:
+        return ""
+    known = prediction.tokens is not None and prediction.text_tokens is not None
+    read = f"{prediction.tokens:,} of its {prediction.text_tokens:,} tokens" if known else "part of it"
+    return f'<div class="mtc-truncated mtc-muted">Long text: the model read {read}.</div>'
 
 
 def timings_text(model: ModelRef | None, timings_ms: Mapping[str, float]) -> str:

@@ -89,6 +89,9 @@ class TextTaskView:
             label=f"{task.title}: one text per line (at most {task.max_items})",
             description=None,
             placeholder=state.examples[0] if state.examples else "Type a text",
+            # Panel's default max_length (5,000) would cut a pasted review without a word: the box holds what the
+            # task accepts per text (GET /v1/models max_text_chars), and the state says when a paste filled it.
+            max_length=state.max_chars,
             rows=5,
             sizing_mode="stretch_width",
             css_classes=["mtc-input"],
@@ -119,9 +122,16 @@ class TextTaskView:
             css_classes=["mtc-timings"],
         )
         self.error = error_alert(state)
+        self.notice = pn.pane.Alert(
+            pn.bind(markdown_literal, state.param.notice),
+            alert_type="warning",
+            visible=state.param.notice.rx.bool(),
+            css_classes=["mtc-notice"],
+            sizing_mode="stretch_width",
+        )
         # Shows a spinner over the results while a request runs.
         self.results_area = pn.Column(
-            self.results, self.timings, loading=state.param.loading, sizing_mode="stretch_width"
+            self.notice, self.results, self.timings, loading=state.param.loading, sizing_mode="stretch_width"
         )
         examples = [pn.pane.Markdown("Examples:", margin=(12, 5, 0, 20)), *self.example_buttons]
         self.panel = pn.Column(
