@@ -25,8 +25,16 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from taskspec import (
+    BATCH_PRIORITY,
+    BATCH_QUEUE_TIMEOUT_US,
+    CONFIGS_DIR,
+    CPU_CONFIG_NAME,
+    INTERACTIVE_PRIORITY,
+    PRIORITY_LEVELS,
+    TaskSpec,
+)
 from taskspec import CONFIG_FILE as CONFIG_FILENAME
-from taskspec import CONFIGS_DIR, CPU_CONFIG_NAME, TaskSpec
 from taskspec import LABELS_FILE as LABELS_FILENAME
 from taskspec import MODEL_FILE as MODEL_FILENAME
 
@@ -100,37 +108,55 @@ def build_model_config(spec: TaskSpec, *, tensorrt_fp16: bool = False, cpu: bool
 
 
 def set_queue_policy(config: mc.ModelConfig, spec: TaskSpec) -> None:
-    """Dynamic batching's queue delay and queue policy from ``spec.batching`` (see ``BatchingSpec``).
+    """Dynamic batching's queue delay, priority levels and queue policies from ``spec.batching`` (see
+    ``BatchingSpec`` and ``taskspec.PRIORITY_LEVELS``).
 
     ``REJECT`` drops a request that waited past its timeout instead of running it for a caller that
     has gone; ``allow_timeout_override`` lets each request carry its own (the facade's remaining
     deadline); ``max_queue_size`` rejects at once what would only queue behind a few batches' worth.
+    Requests without a priority (the facade's) are ``INTERACTIVE_PRIORITY`` under ``default_queue_policy``;
+    batch jobs send ``BATCH_PRIORITY``, served after them, under a policy of their own.
     """
     batching = config.dynamic_batching
     batching.max_queue_delay_microseconds = spec.batching.max_queue_delay_us
+    batching.priority_levels = PRIORITY_LEVELS
+    batching.default_priority_level = INTERACTIVE_PRIORITY
     policy = batching.default_queue_policy
     policy.timeout_action = mc.ModelQueuePolicy.TimeoutAction.REJECT
     policy.default_timeout_microseconds = spec.batching.queue_timeout_us
     policy.allow_timeout_override = True
     policy.max_queue_size = spec.batching.max_queue_size
+    batch = batching.priority_queue_policy[BATCH_PRIORITY]
+    batch.timeout_action = mc.ModelQueuePolicy.TimeoutAction.REJECT
+    batch.default_timeout_microseconds = BATCH_QUEUE_TIMEOUT_US
+    batch.allow_timeout_override = True
+    batch.max_queue_size = spec.batching.batch_queue_size
 
 
 _QUEUE_POLICY_OPEN = "  default_queue_policy {\n"
+_REJECT = mc.ModelQueuePolicy.TimeoutAction.REJECT
+
+
+def _priority_policy_open(level: int) -> str:
+    return f"  priority_queue_policy {{\n    key: {level}\n    value {{\n"
 
 
 def render_model_config(config: mc.ModelConfig) -> str:
-    """The text format of ``config``, with a queue policy's ``timeout_action: REJECT`` written out.
+    """The text format of ``config``, with each queue policy's ``timeout_action: REJECT`` written out.
 
     REJECT is the enum's zero value, which proto3 text never prints; a reader of config.pbtxt should
     not have to know that a missing line means "reject" (it parses to the same message either way).
     """
     text = str(text_format.MessageToString(config))
-    if (
-        config.HasField("dynamic_batching")
-        and config.dynamic_batching.HasField("default_queue_policy")
-        and config.dynamic_batching.default_queue_policy.timeout_action == mc.ModelQueuePolicy.TimeoutAction.REJECT
-    ):
+    if not config.HasField("dynamic_batching"):
+        return text
+    batching = config.dynamic_batching
+    if batching.HasField("default_queue_policy") and batching.default_queue_policy.timeout_action == _REJECT:
         text = text.replace(_QUEUE_POLICY_OPEN, _QUEUE_POLICY_OPEN + "    timeout_action: REJECT\n", 1)
+    for level, policy in batching.priority_queue_policy.items():
+        if policy.timeout_action == _REJECT:
+            opening = _priority_policy_open(level)
+            text = text.replace(opening, opening + "      timeout_action: REJECT\n", 1)
     return text
 
 
@@ -182,10 +208,19 @@ def check_model_config(spec: TaskSpec, model_dir: Path) -> list[str]:
     else:
         want = mc.ModelConfig()
         set_queue_policy(want, spec)
-        got_policy = config.dynamic_batching.default_queue_policy
-        if got_policy != want.dynamic_batching.default_queue_policy:
+        got_batching, want_batching = config.dynamic_batching, want.dynamic_batching
+        got_policy = got_batching.default_queue_policy
+        if got_policy != want_batching.default_queue_policy:
             got = text_format.MessageToString(got_policy, as_one_line=True)
             problems.append(f"default_queue_policy {{{got}}} differs from the spec")
+        got_levels = (got_batching.priority_levels, got_batching.default_priority_level)
+        want_levels = (want_batching.priority_levels, want_batching.default_priority_level)
+        if got_levels != want_levels:
+            problems.append(f"priority_levels, default_priority_level {got_levels} != {want_levels}")
+        if dict(got_batching.priority_queue_policy) != dict(want_batching.priority_queue_policy):
+            policies = got_batching.priority_queue_policy.items()
+            got_policies = {k: text_format.MessageToString(v, as_one_line=True) for k, v in policies}
+            problems.append(f"priority_queue_policy {got_policies} differs from the spec")
     label_file = config.output[0].label_filename if config.output else ""
     labels_path = model_dir / label_file if label_file else None
     if labels_path is None or not labels_path.is_file():

@@ -214,6 +214,23 @@ longer than that has no one waiting for it any more, so Triton drops it instead 
 DEFAULT_MAX_QUEUE_SIZE = 256
 """Requests one model's queue holds before Triton rejects new ones: a few batches' worth."""
 
+PRIORITY_LEVELS = 2
+"""Triton priority levels of every model (``dynamic_batching.priority_levels``; 1 is served first). Triton
+forms each batch from the highest-priority requests waiting, so a batch job's backlog never delays an
+interactive request by more than the batch already running."""
+INTERACTIVE_PRIORITY = 1
+"""The facade's requests, and any request that names no priority (``default_priority_level``): they keep
+the model's ``default_queue_policy``."""
+BATCH_PRIORITY = 2
+"""Batch jobs' requests (``MTC_BATCH_TRITON_PRIORITY``): queued behind every interactive one, under
+``priority_queue_policy`` (see :attr:`BatchingSpec.batch_queue_size`)."""
+BATCH_QUEUE_TIMEOUT_US = 30_000_000
+"""Longest wait of a batch request that sets no timeout: the batch runner's deadline for one Triton call
+(``MTC_BATCH_TRITON_TIMEOUT_S`` = 30 s); it sends what is left of it with every request anyway."""
+BATCH_QUEUE_BATCHES = 2
+"""Batch requests one model's queue holds, in full batches (``max_batch_size`` requests each): a job keeps
+a few requests in flight per worker (``MTC_BATCH_CONCURRENCY``), so more than that is a runaway client."""
+
 
 @dataclass(frozen=True)
 class BatchingSpec:
@@ -223,6 +240,8 @@ class BatchingSpec:
     work is: past ``max_queue_size`` waiting requests Triton rejects new ones at once, and a request
     that waited ``queue_timeout_us`` (or the timeout its caller set: ``allow_timeout_override``) is
     rejected instead of run (``timeout_action: REJECT``). Both counts are Triton requests, not rows.
+    Batch jobs' requests (priority :data:`BATCH_PRIORITY`) have a queue policy of their own
+    (``priority_queue_policy``): :attr:`batch_queue_size` requests and :data:`BATCH_QUEUE_TIMEOUT_US`.
     """
 
     max_batch_size: int
@@ -236,6 +255,11 @@ class BatchingSpec:
     def __post_init__(self) -> None:
         if self.max_queue_size < 1 or self.queue_timeout_us < 1:
             raise ValueError("max_queue_size and queue_timeout_us must be positive (0 means unbounded to Triton)")
+
+    @property
+    def batch_queue_size(self) -> int:
+        """Most batch-priority (:data:`BATCH_PRIORITY`) requests waiting; one more is rejected at once."""
+        return BATCH_QUEUE_BATCHES * self.max_batch_size
 
 
 @dataclass(frozen=True)

@@ -193,3 +193,57 @@ def test_check_reports_a_config_without_the_queue_policy(tmp_path: Path) -> None
     config_path = tmp_path / spec.name / "config.pbtxt"
     config_path.write_text(config_path.read_text().replace("max_queue_size: 64", "max_queue_size: 0"))
     assert [p for p in check_model_config(spec, tmp_path / spec.name) if "default_queue_policy" in p]
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS + sorted(REPOSITORY.glob("*/configs/*.pbtxt")), ids=str)
+def test_every_committed_config_serves_interactive_requests_before_batch_jobs(path: Path) -> None:
+    """Two priority levels: requests without one (the facade's) are level 1, batch jobs send level 2."""
+    config = parse_model_config(path.read_text())
+    batching = config.dynamic_batching
+    assert (batching.priority_levels, batching.default_priority_level) == (2, 1)
+    assert list(batching.priority_queue_policy) == [2], "interactive requests keep default_queue_policy"
+    batch = batching.priority_queue_policy[2]
+    assert batch.timeout_action == mc.ModelQueuePolicy.TimeoutAction.REJECT
+    assert batch.default_timeout_microseconds == 30_000_000, "the batch runner's deadline (MTC_BATCH_TRITON_TIMEOUT_S)"
+    assert batch.allow_timeout_override, "the batch runner passes its remaining deadline per request"
+    assert batch.max_queue_size == 2 * config.max_batch_size
+
+
+@pytest.mark.parametrize("spec", TASKS.values(), ids=lambda s: s.name)
+def test_generated_text_spells_out_the_batch_queue_policy(spec: TaskSpec) -> None:
+    expected = (
+        "  priority_levels: 2\n  default_priority_level: 1\n  default_queue_policy {\n    timeout_action: REJECT\n"
+    )
+    batch_policy = (
+        "  priority_queue_policy {\n"
+        "    key: 2\n"
+        "    value {\n"
+        "      timeout_action: REJECT\n"
+        "      default_timeout_microseconds: 30000000\n"
+        "      allow_timeout_override: true\n"
+        f"      max_queue_size: {spec.batching.batch_queue_size}\n"
+        "    }\n"
+        "  }\n"
+    )
+    text = render_model_config(build_model_config(spec))
+    assert expected in text and batch_policy in text
+    assert parse_model_config(text) == build_model_config(spec)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "problem"),
+    [
+        ("  priority_levels: 2\n", "", "priority_levels"),
+        ("  default_priority_level: 1\n", "  default_priority_level: 2\n", "priority_levels"),
+        ("      max_queue_size: 32\n", "      max_queue_size: 0\n", "priority_queue_policy"),
+        ("    key: 2\n", "    key: 1\n", "priority_queue_policy"),
+    ],
+)
+def test_check_reports_a_config_without_the_spec_priorities(tmp_path: Path, old: str, new: str, problem: str) -> None:
+    spec = get_task("pose")
+    write_model_config(spec, tmp_path / spec.name)
+    config_path = tmp_path / spec.name / "config.pbtxt"
+    text = config_path.read_text()
+    assert old in text
+    config_path.write_text(text.replace(old, new, 1))
+    assert [p for p in check_model_config(spec, tmp_path / spec.name) if problem in p]
