@@ -167,7 +167,9 @@ class Classifier:
         attempts = self.config.settings.triton_retries + 1
         for attempt in range(1, attempts + 1):
             try:
-                output = await self.triton.infer(pin.name, pin.version, inputs, spec.output.name)
+                output = await self.triton.infer(
+                    pin.name, pin.version, inputs, spec.output.name, priority=self.config.settings.triton_priority
+                )
                 break
             except RETRIED:
                 if attempt == attempts:

@@ -16,6 +16,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from frontend_api.settings import PROJECT_ROOT
+from taskspec import BATCH_PRIORITY, INTERACTIVE_PRIORITY, PRIORITY_LEVELS
 
 TextPadding = Literal["buckets", "max_length"]
 
@@ -44,6 +45,14 @@ class BatchSettings(BaseSettings):
         str(PROJECT_ROOT / "model_repository"),
         description="Local folder or s3://bucket/prefix holding <task>/<version>/preprocessing.json and "
         "tokenizer.json (the repository Triton serves)",
+    )
+    triton_priority: int = Field(
+        BATCH_PRIORITY,
+        ge=0,
+        le=PRIORITY_LEVELS,
+        description=f"Triton priority level of every batch request: {BATCH_PRIORITY} (the default) is served after "
+        f"every interactive request (level {INTERACTIVE_PRIORITY}, the facade's) and queues under the models' "
+        "batch queue policy; 0 or 1 opts out (the job competes with interactive traffic)",
     )
     text_padding: TextPadding = Field("buckets", description="As the facade's MTC_API_TEXT_PADDING")
 

@@ -216,7 +216,12 @@ class TritonHttpClient:
             raise ModelNotReady(f"model {model!r} has no ready version in Triton")
         return versions
 
-    async def infer(self, model: str, version: str, inputs: Mapping[str, np.ndarray], output: str) -> InferOutput:
+    async def infer(
+        self, model: str, version: str, inputs: Mapping[str, np.ndarray], output: str, *, priority: int = 0
+    ) -> InferOutput:
+        """As :meth:`TritonBackend.infer`; ``priority``: Triton's priority level of the request (1 is served
+        first; 0, the default, sends none: the model's ``default_priority_level``, ``taskspec.INTERACTIVE_PRIORITY``).
+        Batch jobs send ``taskspec.BATCH_PRIORITY``."""
         tensors = infer_inputs(inputs)
         outputs = [InferRequestedOutput(output, binary_data=True)]
         # The caller's inference span, for a Triton in OpenTelemetry trace mode; empty while tracing is off.
@@ -225,7 +230,13 @@ class TritonHttpClient:
             f"an inference request to {model!r}",
             # Triton's queue timeout = what is left of our deadline (needs allow_timeout_override in the config)
             lambda remaining_us: self._client.infer(
-                model, tensors, model_version=version, outputs=outputs, timeout=remaining_us, headers=headers
+                model,
+                tensors,
+                model_version=version,
+                outputs=outputs,
+                priority=priority,
+                timeout=remaining_us,
+                headers=headers,
             ),
             model=model,
         )

@@ -193,6 +193,8 @@ def test_triton_shedding_a_request_is_503_with_retry_after(repo: Path, error: st
     # from its queue when the facade stops waiting (allow_timeout_override in the model's queue policy).
     (parameters,) = triton.parameters
     assert 3_000_000 < parameters["timeout"] <= 4_000_000
+    # No priority: Triton gives it the models' default level (interactive), ahead of batch jobs' requests.
+    assert "priority" not in parameters
 
 
 def test_other_triton_rejections_stay_502(repo: Path) -> None:

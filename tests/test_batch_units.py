@@ -4,9 +4,12 @@ the model pin (a Triton call) is replaced by a fixed one where a plan needs it."
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import batch.runner as runner
-from batch.classify import text_problem
+from batch.classify import Classifier, ClassifierConfig, text_problem
 from batch.cli import main
 from batch.errors import InvalidJob, JobConflict
 from batch.formats import (
@@ -32,7 +35,10 @@ from batch.manifest import COMMITTED_DIR, JOB_FILE, InputFile, JobManifest, JobP
 from batch.runner import JobRequest, PartWriter, plan_job, read_parts, root_error, run_job
 from batch.settings import BatchSettings
 from batch.storage import parse_location
+from frontend_api.artifacts import ArtifactStore, make_source
 from frontend_api.errors import BackendUnavailable
+from taskspec import get_task
+from tests.fakes.frontend_api import make_artifact_repository
 
 SETTINGS = BatchSettings(allowed_buckets=["jobs"], s3_endpoint_url="http://127.0.0.1:9", rows_per_part=3)
 NAMES = OutputNames("", ("negative", "positive"))
@@ -314,3 +320,87 @@ def test_the_command_line_refuses_a_bucket_that_is_not_allowed_and_a_missing_inp
         main(["classify", str(tmp_path / "missing.csv"), "--task", "sentiment", "--output", str(tmp_path / "o")]) == 2
     )
     assert capsys.readouterr().err == f"error: the input {tmp_path / 'missing.csv'} does not exist\n"
+
+
+# --- what a job sends to Triton ---
+
+
+class RecordingTriton(ThreadingHTTPServer):
+    """Triton's HTTP infer endpoint, enough for the real client: answers zero logits and records each request's
+    ``parameters`` (where tritonclient puts ``priority`` and ``timeout``)."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _RecordingHandler)
+        self.parameters: list[dict[str, Any]] = []
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+
+class _RecordingHandler(BaseHTTPRequestHandler):
+    server: RecordingTriton
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        header = json.loads(body[: int(self.headers.get("Inference-Header-Content-Length", len(body)))])
+        self.server.parameters.append(header.get("parameters", {}))
+        rows = header["inputs"][0]["shape"][0]
+        answer = json.dumps(
+            {
+                "model_name": "sentiment",
+                "model_version": "1",
+                "outputs": [{"name": "logits", "datatype": "FP32", "shape": [rows, 2], "data": [0.0] * (2 * rows)}],
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("environment", "sent"), [({}, 2), ({"MTC_BATCH_TRITON_PRIORITY": "0"}, None)])
+def test_every_triton_request_of_a_job_carries_the_batch_priority(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], sent: int | None
+) -> None:
+    """Batch requests queue behind interactive ones (level 2 of the models' two priority levels) unless a person
+    opts out."""
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    repository = make_artifact_repository(tmp_path / "repo", tasks=["sentiment"], manifest=True)
+    content = asyncio.run(ArtifactStore(make_source(str(repository), None)).content(get_task("sentiment"), "1"))
+    triton = RecordingTriton()
+    serving = threading.Thread(target=triton.serve_forever, daemon=True)
+    serving.start()
+    try:
+        settings = BatchSettings(triton_url=triton.url, model_repository=str(repository))
+        classifier = Classifier(
+            ClassifierConfig(
+                task="sentiment",
+                model=ModelPin(name="sentiment", version="1", content=content.identity),
+                value_column=VALUE_COLUMN,
+                names=NAMES,
+                settings=settings,
+            )
+        )
+        try:
+            # two length buckets: two Triton requests
+            table = pa.table({VALUE_COLUMN: ["great", "a long and winding review " * 20, ""]})
+            result = classifier(table)
+        finally:
+            classifier.close()
+    finally:
+        triton.shutdown()
+        triton.server_close()
+    assert result.column("label").to_pylist()[:2] == ["negative", "negative"]
+    assert len(triton.parameters) == 2
+    assert [p.get("priority") for p in triton.parameters] == [sent, sent]
+
+
+def test_a_batch_priority_outside_the_models_levels_is_refused() -> None:
+    with pytest.raises(ValueError, match="triton_priority"):
+        BatchSettings(triton_priority=3)
