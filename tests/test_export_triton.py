@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import tritonclient.http as httpclient
 from export.models import TinyCNN, tiny_bert
 from export.pipeline import text_batch
 from export.triton_config import check_model_config
+from frontend_api.triton_client import TritonHttpClient
 from serving.triton import TritonServer
-from taskspec import DISASTER, POSE, SENTIMENT
+from taskspec import BATCH_PRIORITY, DISASTER, POSE, SENTIMENT, get_task
 from tests.support.tiny_models import build_tiny_repository, default_tokenizer_dir
 
 pytestmark = pytest.mark.integration
@@ -137,3 +139,37 @@ def test_raw_text_example_over_grpc_defaults_to_the_grpc_port(server: TritonServ
     assert label in DISASTER.labels
     assert set(probabilities) == set(DISASTER.labels)
     assert abs(sum(probabilities.values()) - 1.0) < 1e-4
+
+
+def test_models_have_two_priority_levels_and_answer_batch_and_interactive_requests(
+    server: TritonServer, client
+) -> None:
+    """Triton 2.51 loads the generated priority levels (ONNX CPU variant, fp32 config, Python raw-text model) and
+    answers a batch job's request (priority 2, as ``batch`` sends it) like an interactive one (no priority)."""
+    for model in ("sentiment", "disaster", "pose", "sentiment_text"):
+        batching = client.get_model_config(model)["dynamic_batching"]
+        assert (batching["priority_levels"], batching["default_priority_level"]) == (2, 1), model
+        assert list(batching["priority_queue_policy"]) == ["2"], model
+        assert batching["priority_queue_policy"]["2"]["timeout_action"] == "REJECT", model
+    batch = text_batch(default_tokenizer_dir(), ["a wonderful film", "dull and far too long"], 16)
+    pixels = np.random.default_rng(2).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
+
+    async def both(model: str, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        triton = TritonHttpClient(f"{server.host}:{server.http_port}", timeout_s=30)
+        try:
+            interactive = await triton.infer(model, "", inputs, "logits")
+            low = await triton.infer(model, "", inputs, "logits", priority=BATCH_PRIORITY)
+        finally:
+            await triton.close()
+        return interactive.logits, low.logits
+
+    for model, inputs in (("sentiment", batch), ("pose", {"pixel_values": pixels})):
+        interactive, low = asyncio.run(both(model, inputs))
+        assert interactive.shape == (len(next(iter(inputs.values()))), get_task(model).num_labels)
+        np.testing.assert_array_equal(low, interactive)
+    # ...and over the raw protocol too, on the Python-backend model.
+    raw = np.array([[b"a wonderful film"]], dtype=object)
+    tensor = httpclient.InferInput("text", [1, 1], "BYTES")
+    tensor.set_data_from_numpy(raw)
+    labels = [client.infer("sentiment_text", [tensor], priority=p).as_numpy("label") for p in (0, BATCH_PRIORITY)]
+    assert labels[0] == labels[1] and labels[0].reshape(-1)[0].decode() in SENTIMENT.labels
