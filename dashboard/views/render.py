@@ -6,6 +6,7 @@ User text and every message are escaped: HTML-escaped in HTML, backslash-escaped
 from __future__ import annotations
 
 import html
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -138,6 +139,7 @@ def _confidence_html(row: DriftRow) -> str:
         f'<span class="mtc-conf-bar" title="&le; {bound:g}: {share * 100:.0f}%" '
         f'style="height:{max(share * 100, 2):.0f}%"></span>'
         for bound, share in sorted(row.confidence.items())
+        if not math.isinf(bound)  # nothing is above a probability of 1
     )
     median = "-" if row.confidence_median is None else f"{row.confidence_median:.2f}"
     p10 = "-" if row.confidence_p10 is None else f"{row.confidence_p10:.2f}"
