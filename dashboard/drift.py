@@ -33,7 +33,7 @@ SHIFT_THRESHOLD = 0.15
 """Total variation distance above which the label mix is flagged as shifted.
 
 0.15 means 15% of the predictions would have to change label to match the card's mix: a binary task whose
-held-out mix is 57/43 is flagged at 72/28 or 42/58. It sits well above sampling noise once
+held-out mix is 57/43 is flagged beyond 72/28 or 42/58. It sits well above sampling noise once
 :data:`MIN_PREDICTIONS` are counted (for a binary task the distance is the gap of one share, whose standard
 error is at most 0.5/sqrt(n) = 0.05 at n = 100, so 0.15 is three of them) and well below a real change of
 traffic (a stream of only one label is 0.43 or more away from that card)."""
