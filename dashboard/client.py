@@ -136,6 +136,9 @@ class ModelInfo(_Response):
     max_items: int = Field(gt=0, description="Most texts or images per request")
     max_text_chars: int | None = Field(None, gt=0, description="Most characters per text (text tasks)")
     examples: list[str] = Field(default_factory=list, description="Example inputs, when the facade lists them")
+    validation_label_mix: dict[str, float] | None = Field(
+        None, description="Share of each predicted label on the served version's held-out test set (its card)"
+    )
 
 
 class ModelStats(_Response):

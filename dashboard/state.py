@@ -25,6 +25,7 @@ from dashboard.client import (
     PrometheusClient,
     TextResult,
 )
+from dashboard.drift import DriftHistory, DriftRow, Reference, drift_sample
 from dashboard.live import EMPTY_CHARTS, LiveCharts, LiveHistory, prometheus_charts, snapshot
 from dashboard.settings import DashboardSettings
 from taskspec import TASKS
@@ -231,6 +232,7 @@ class MonitoringState(RequestState):
     updated_at = param.String(default="", doc="Wall-clock time of the last successful refresh")
     live = param.ClassSelector(class_=LiveCharts, default=EMPTY_CHARTS, doc="The live charts' series")
     live_source = param.String(default="", doc="Where the live charts come from, in words")
+    drift = param.List(default=[], item_type=DriftRow, doc="The drift panel: the last hour against each model card")
 
     def __init__(
         self,
@@ -244,6 +246,8 @@ class MonitoringState(RequestState):
         self.prometheus = prometheus
         self.step_s = step_s
         self.history = LiveHistory()
+        self.drift_history = DriftHistory()
+        self.references: dict[str, Reference] = {}  # served version and card of each ready task (once listed)
         self.tasks: set[str] = set()  # task routes to chart (the facade's tasks, once listed)
         self.clock: Callable[[], float] = time.time  # when a sample is taken (tests set their own)
 
@@ -258,6 +262,7 @@ class MonitoringState(RequestState):
         if text is not None:
             tasks = self.tasks | {row.task for row in stats}
             self.history.add(snapshot(now, text, stats, tasks))
+            self.drift_history.add(drift_sample(now, text))
         live, source = self.history.charts(), "sampled by this page since it opened"
         if self.prometheus is not None:
             try:
@@ -265,7 +270,8 @@ class MonitoringState(RequestState):
                 source = f"from Prometheus at {self.prometheus.base_url}"
             except ApiUnavailable as exc:
                 source = f"sampled by this page since it opened ({exc.message})"
-        self.param.update(stats=stats, live=live, live_source=source, updated_at=time.strftime("%H:%M:%S"))
+        drift = self.drift_history.rows(self.references)
+        self.param.update(stats=stats, live=live, live_source=source, drift=drift, updated_at=time.strftime("%H:%M:%S"))
 
 
 class DashboardState(param.Parameterized):
@@ -315,5 +321,10 @@ class DashboardState(param.Parameterized):
             else:
                 self.skipped.append(info)
         self.monitoring.tasks = set(self.tasks)
+        self.monitoring.references = {
+            info.task: Reference(info.version, info.labels, info.validation_label_mix)
+            for info in models
+            if info.version is not None and info.task in self.tasks
+        }
         self.param.update(loaded=True, models_error="")
         return True

@@ -22,14 +22,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from frontend_api.errors import ModelNotReady, StorageUnavailable
 from preprocess.text import TextEncoder
-from taskspec import MANIFEST_FILE, PREPROCESSING_FILE, TOKENIZER_FILE, ImagePreprocessing, TaskSpec, TextPreprocessing
+from taskspec import (
+    MANIFEST_FILE,
+    METRICS_FILE,
+    PREPROCESSING_FILE,
+    TOKENIZER_FILE,
+    ImagePreprocessing,
+    TaskSpec,
+    TextPreprocessing,
+)
 from taskspec.manifest import Manifest, ManifestError
 
 
@@ -136,12 +145,16 @@ class TextArtifacts:
     labels: tuple[str, ...]
     encoder: TextEncoder
     """The version's tokenizer set up per its preprocessing (:mod:`preprocess.text`)."""
+    validation_label_mix: Mapping[str, float] | None = None
+    """Share of each predicted label on the held-out test set (:func:`validation_label_mix`); None unknown."""
 
 
 @dataclass(frozen=True)
 class ImageArtifacts:
     labels: tuple[str, ...]
     preprocessing: ImagePreprocessing
+    validation_label_mix: Mapping[str, float] | None = None
+    """Share of each predicted label on the held-out test set (:func:`validation_label_mix`); None unknown."""
 
 
 Artifacts = TextArtifacts | ImageArtifacts
@@ -165,6 +178,29 @@ def parse_artifacts(spec: TaskSpec, version: str, preprocessing: bytes, tokenize
         raise
     except Exception as exc:  # bad JSON, missing keys, or a tokenizer file `tokenizers` rejects (plain Exception)
         raise ModelNotReady(f"preprocessing artifacts of {where} are unusable: {exc}") from exc
+
+
+def validation_label_mix(metrics: bytes | None, labels: tuple[str, ...]) -> dict[str, float] | None:
+    """Share of each predicted label on the held-out test set, from the model card's ``metrics.json``
+    (``test.confusion_matrix``: rows the true label, columns the predicted one, in ``labels`` order); None when
+    the file is missing or unusable (the card is informative: a bad one never stops serving)."""
+    if metrics is None:
+        return None
+    try:
+        matrix = json.loads(metrics)["test"]["confusion_matrix"]
+        k = len(labels)
+        if not isinstance(matrix, list) or len(matrix) != k:
+            return None
+        rows = [[float(cell) for cell in row] for row in matrix]
+        if any(len(row) != k or any(not math.isfinite(c) or c < 0 for c in row) for row in rows):
+            return None
+        predicted = [sum(row[j] for row in rows) for j in range(k)]
+        total = sum(predicted)
+        if total <= 0:
+            return None
+        return {label: round(count / total, 4) for label, count in zip(labels, predicted, strict=True)}
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None
 
 
 class ArtifactStore:
@@ -207,7 +243,9 @@ class ArtifactStore:
                 raise ModelNotReady(
                     f"{where}/{name} does not match its {MANIFEST_FILE} (being republished?); retry shortly"
                 )
-        return parse_artifacts(spec, version, preprocessing, data.get(TOKENIZER_FILE))
+        artifacts = parse_artifacts(spec, version, preprocessing, data.get(TOKENIZER_FILE))
+        mix = validation_label_mix(self.source.read(f"{where}/{METRICS_FILE}"), artifacts.labels)
+        return replace(artifacts, validation_label_mix=mix)
 
     async def get(self, spec: TaskSpec, version: str, content: VersionContent) -> Artifacts:
         """The artifacts of ``spec``'s ``version`` with this content (read once, in a worker thread)."""

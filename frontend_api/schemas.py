@@ -340,6 +340,12 @@ class ModelInfo(BaseModel):
         "`head` the first ones, `head+tail` the first and the last ones",
     )
     examples: list[str] = Field(default_factory=list, description="Example inputs (text tasks)")
+    validation_label_mix: dict[str, float] | None = Field(
+        None,
+        description="Share of each predicted label on the served version's held-out test set (its model card, "
+        "`metrics.json`): the reference the dashboard compares live traffic with; null when not ready or not "
+        "recorded. The card records no confidence figures, so only the label mix has a reference",
+    )
 
 
 def model_info(spec: TaskSpec) -> ModelInfo:

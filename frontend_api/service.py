@@ -256,6 +256,8 @@ class PlatformService:
         except ApiError:
             return info
         update: dict[str, Any] = {"version": served.version, "labels": list(artifacts.labels), "ready": True}
+        if artifacts.validation_label_mix is not None:
+            update["validation_label_mix"] = dict(artifacts.validation_label_mix)
         if isinstance(artifacts, TextArtifacts):
             preprocessing = artifacts.encoder.preprocessing
             update.update(max_tokens=preprocessing.max_length, truncation=preprocessing.truncation)

@@ -108,11 +108,26 @@ def test_models_lists_every_task_with_version_labels_limits_and_ready_state(tmp_
         "max_tokens": SENTIMENT.text.max_length if SENTIMENT.text else None,
         "truncation": SENTIMENT.text.truncation if SENTIMENT.text else None,
         "examples": list(SENTIMENT.examples),
+        "validation_label_mix": None,  # no metrics.json published with this version
     }
     assert models["sentiment"]["labels"] == ["negative", "positive"]
     assert models["pose"]["ready"] is False and models["pose"]["version"] is None
     assert models["pose"]["modality"] == "image" and models["pose"]["labels"] == list(POSE.labels)
     assert models["pose"]["max_items"] == POSE.batching.max_batch_size and models["pose"]["max_tokens"] is None
+
+
+def test_models_give_the_served_versions_validation_label_mix_from_its_model_card(tmp_path: Path) -> None:
+    repo = make_artifact_repository(tmp_path, tasks=["sentiment", "disaster"], version="1")
+    # rows: true label, columns: predicted label (export.metrics); 343 of 600 predicted negative
+    card = {"test": {"n": 600, "confusion_matrix": [[270, 30], [73, 227]]}}
+    (repo / "sentiment" / "1" / taskspec.METRICS_FILE).write_text(json.dumps(card))
+    (repo / "disaster" / "1" / taskspec.METRICS_FILE).write_text('{"test": {"confusion_matrix": [[1, -2], [3]]}}')
+    client, _ = build(repo, FakeTriton(versions={"sentiment": ["1"], "disaster": ["1"]}))
+    with client:
+        models = {m["task"]: m for m in client.get("/v1/models").json()["models"]}
+    assert models["sentiment"]["validation_label_mix"] == {"negative": 0.5717, "positive": 0.4283}
+    # a malformed card gives no reference and never stops serving
+    assert models["disaster"]["ready"] is True and models["disaster"]["validation_label_mix"] is None
 
 
 def test_models_still_answers_when_triton_is_down(repo: Path) -> None:

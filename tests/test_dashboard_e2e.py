@@ -396,5 +396,13 @@ def test_monitoring_draws_moving_time_series_under_load(page: Page, stack: Stack
     latency = page.evaluate(LIVE_SERIES_JS, "Facade latency per task (p50, p95)")
     assert latency and len(latency) >= 4  # p50 and p95 for both tasks
     expect(page.locator(".mtc-live-title")).to_contain_text("last 15 minutes")
+    # The drift panel: the served version's predictions counted, its card's held-out mix beside them, a distance.
+    drift = page.locator('.mtc-drift tbody tr[data-task="sentiment"]').locator("td")
+    expect(drift.nth(2)).not_to_have_text("0")
+    expect(drift.nth(4)).to_contain_text(re.compile(r"negative \d+%, positive \d+%"))
+    expect(drift.nth(5)).to_contain_text(re.compile(r"\d\.\d\d"))
+    expect(drift.nth(6)).to_contain_text("median")
     screenshot(page, "5-monitoring-live")
+    page.locator(".mtc-drift-title").scroll_into_view_if_needed()  # a static pane (the table is redrawn)
+    screenshot(page, "5b-monitoring-drift")
     assert sent and set(sent) == {200}

@@ -6,11 +6,13 @@ User text and every message are escaped: HTML-escaped in HTML, backslash-escaped
 from __future__ import annotations
 
 import html
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from dashboard.client import ImageResult, ModelRef, ModelStats, TextPrediction, TextResult
+from dashboard.drift import MIN_PREDICTIONS, SHIFT_THRESHOLD, DriftRow
 
 # The page's own CSS (classes the HTML below uses and the browser tests look for).
 STYLESHEET = (Path(__file__).parent / "style.css").read_text(encoding="utf-8")
@@ -120,6 +122,62 @@ def stats_table_html(stats: Sequence[ModelStats]) -> str:
         '<table class="mtc-table mtc-stats"><thead><tr><th>Model</th><th>Version</th><th>State</th>'
         "<th>Requests OK</th><th>Failed</th><th>Inferences</th><th>Executions</th><th>Avg batch</th>"
         f"<th>Avg queue (ms)</th><th>Avg compute (ms)</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _mix_text(mix: Mapping[str, float] | None, labels: Sequence[str]) -> str:
+    if not mix:
+        return "-"
+    names = [n for n in labels if n in mix] + [n for n in mix if n not in labels]
+    return ", ".join(f"{html.escape(name)} {mix[name] * 100:.0f}%" for name in names)
+
+
+def _confidence_html(row: DriftRow) -> str:
+    if not row.confidence:
+        return "-"
+    bars = "".join(
+        f'<span class="mtc-conf-bar" title="&le; {bound:g}: {share * 100:.0f}%" '
+        f'style="height:{max(share * 100, 2):.0f}%"></span>'
+        for bound, share in sorted(row.confidence.items())
+        if not math.isinf(bound)  # nothing is above a probability of 1
+    )
+    median = "-" if row.confidence_median is None else f"{row.confidence_median:.2f}"
+    p10 = "-" if row.confidence_p10 is None else f"{row.confidence_p10:.2f}"
+    return f'<span class="mtc-conf-hist">{bars}</span> median {median}, p10 {p10}'
+
+
+def drift_table_html(rows: Sequence[DriftRow], span_s: float = 0.0) -> str:
+    """One row per served task: predictions of the window, its label mix vs the card's, the distance between
+    them (flagged above the threshold) and the confidence histogram."""
+    if not rows:
+        return '<p class="mtc-muted">No served task with predictions to compare yet.</p>'
+    body = []
+    for row in rows:
+        if row.reference_mix is None:
+            verdict = '<span class="mtc-muted">no card figures</span>'
+        elif row.distance is None:
+            verdict = '<span class="mtc-muted">no traffic</span>'
+        elif row.shifted:
+            verdict = f'<span class="mtc-drift-shift">shift {row.distance:.2f}</span>'
+        elif row.predictions < MIN_PREDICTIONS:
+            verdict = f'<span class="mtc-muted">{row.distance:.2f} (too few to judge)</span>'
+        else:
+            verdict = f'<span class="mtc-drift-ok">{row.distance:.2f}</span>'
+        body.append(
+            f'<tr data-task="{html.escape(row.task)}"><td>{html.escape(row.task)}</td>'
+            f"<td>{html.escape(row.version)}</td><td>{row.predictions:.0f}</td>"
+            f"<td>{_mix_text(row.live_mix, row.labels)}</td><td>{_mix_text(row.reference_mix, row.labels)}</td>"
+            f"<td>{verdict}</td><td>{_confidence_html(row)}</td></tr>"
+        )
+    span = f"{span_s:.0f} s" if span_s < 120 else f"{span_s / 60:.0f} min"
+    return (
+        '<table class="mtc-table mtc-drift"><thead><tr><th>Task</th><th>Version</th><th>Predictions</th>'
+        "<th>Label mix (live)</th><th>Label mix (card, held-out test)</th><th>Distance</th>"
+        f"<th>Top-class probability</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
+        f'<p class="mtc-muted">Over the last {span} (up to an hour) this page has sampled. Distance: total '
+        f"variation distance of the two mixes, flagged as a shift above {SHIFT_THRESHOLD:g} with at least "
+        f"{MIN_PREDICTIONS} predictions. The model card records no confidence figures: the probability "
+        "histogram (buckets up to 0.2, 0.3, … 0.99, 1) has no reference.</p>"
     )
 
 

@@ -12,6 +12,7 @@ import panel as pn
 import param
 
 from dashboard.client import ModelStats
+from dashboard.drift import DriftRow
 from dashboard.live import LiveCharts, Series
 from dashboard.state import (
     CONNECTION_DOWN,
@@ -24,6 +25,7 @@ from dashboard.state import (
 from dashboard.views.plots import batch_figure, count_figure, live_figure, timing_figure
 from dashboard.views.render import (
     STYLESHEET,
+    drift_table_html,
     image_result_html,
     markdown_literal,
     result_timings_html,
@@ -258,6 +260,9 @@ class MonitoringView:
         self._drawn: list[ModelStats] = []
         self.live = {name: LiveChart(title, unit) for name, (title, unit) in LIVE_CHARTS.items()}
         self.live_panes = {name: chart.pane for name, chart in self.live.items()}
+        self.drift = pn.pane.HTML(
+            pn.bind(self.drift_html, state.param.drift), sizing_mode="stretch_width", stylesheets=[STYLESHEET]
+        )
         self.error = error_alert(state)
         state.param.watch(self._update_plots, "stats")
         state.param.watch(self._update_live, "live")
@@ -268,6 +273,8 @@ class MonitoringView:
             pn.pane.Markdown("### Live: the last 15 minutes", css_classes=["mtc-live-title"]),
             pn.pane.Markdown(pn.bind(self.source_text, state.param.live_source), css_classes=["mtc-live-source"]),
             *(pn.Row(*panes[i : i + 2], sizing_mode="stretch_width") for i in range(0, len(panes), 2)),
+            pn.pane.Markdown("### Drift: the last hour against the model card", css_classes=["mtc-drift-title"]),
+            self.drift,
             pn.pane.Markdown("### Since Triton started"),
             self.table,
             pn.Row(self.count_pane, self.batch_pane, sizing_mode="stretch_width"),
@@ -280,6 +287,9 @@ class MonitoringView:
         charts: LiveCharts = event.new
         for name, chart in self.live.items():
             chart.show(getattr(charts, name))
+
+    def drift_html(self, rows: list[DriftRow]) -> str:
+        return drift_table_html(rows, self.state.drift_history.span_s)
 
     def source_text(self, source: str) -> str:
         return f"Time series {source}." if source else ""
