@@ -32,6 +32,7 @@ class DashboardPage:
     def __init__(self, state: DashboardState, user: str | None = None) -> None:
         settings = state.settings
         self.state = state
+        self._checking = False
         self._refreshing = False
         self.banner = ConnectionBanner(state.connection, state.client.base_url, settings.health_interval_s)
         self.models_note = pn.pane.Alert(
@@ -89,16 +90,21 @@ class DashboardPage:
     async def refresh(self) -> None:
         """One tick: check the facade; while it is up, list its tasks (once) and refresh the statistics.
 
-        A tick that finds the previous one still waiting (a slow facade) does nothing, so requests
-        never pile up behind an unresponsive API.
+        The check and the refresh each run once at a time: a tick that finds the previous one still waiting
+        (a slow facade) skips it, so requests never pile up behind an unresponsive API, and a slow
+        Monitoring refresh never delays the check that tells the user the API is down.
         """
-        if self._refreshing:
+        if self._checking:
+            return
+        self._checking = True
+        try:
+            await self.state.connection.check()
+        finally:
+            self._checking = False
+        if self.state.connection.status == CONNECTION_DOWN or self._refreshing:
             return
         self._refreshing = True
         try:
-            await self.state.connection.check()
-            if self.state.connection.status == CONNECTION_DOWN:
-                return
             if not self.state.loaded and await self.state.load_tasks():
                 self.build_task_tabs()
             await self.state.monitoring.refresh()

@@ -12,6 +12,7 @@ from markdown_it import MarkdownIt
 from dashboard.app import DashboardPage, build_page
 from dashboard.client import ApiError, ModelInfo, ModelRef, ModelStats, TextPrediction, TextResult
 from dashboard.settings import DashboardSettings
+from dashboard.state import CONNECTION_DOWN
 from dashboard.views.plots import batch_size_data, count_data
 from dashboard.views.render import (
     image_result_html,
@@ -295,3 +296,19 @@ async def test_a_tick_is_skipped_while_the_previous_one_waits_for_a_slow_api() -
     fake.gate.set()  # type: ignore[union-attr]
     await first
     assert fake.calls == [("health", None), ("models", None), ("stats", None), ("metrics", None)]
+
+
+async def test_a_slow_monitoring_refresh_does_not_delay_the_check_that_says_the_api_is_down() -> None:
+    fake = FakeFacade(gate=asyncio.Event(), gated_calls=("stats",))
+    page = build_page(fake, DashboardSettings())
+
+    first = asyncio.create_task(page.refresh())  # checks, lists the tasks, then waits for the statistics
+    await asyncio.sleep(0.05)
+    assert fake.calls[-1] == ("stats", None)
+    fake.down = True
+    await page.refresh()  # the refresh still waits; the check runs anyway
+    assert page.state.connection.status == CONNECTION_DOWN
+    assert fake.calls.count(("stats", None)) == 1, "no second refresh piled up behind the first"
+
+    fake.gate.set()  # type: ignore[union-attr]
+    await first

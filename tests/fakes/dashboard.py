@@ -62,6 +62,8 @@ class FakeFacade:
     ready: bool = True
     fail_with: DashboardClientError | None = None
     gate: asyncio.Event | None = None
+    gated_calls: tuple[str, ...] | None = None
+    """The calls ``gate`` holds (None: every call)."""
     model_list: list[ModelInfo] = field(default_factory=default_models)
     stats_result: list[ModelStats] = field(default_factory=list)
     metrics_text: str = ""
@@ -70,7 +72,7 @@ class FakeFacade:
 
     async def _enter(self, name: str, argument: object) -> None:
         self.calls.append((name, argument))
-        if self.gate is not None:
+        if self.gate is not None and (self.gated_calls is None or name in self.gated_calls):
             await self.gate.wait()
         if self.down:
             raise ApiUnavailable(f"The API at {self.base_url} is unreachable ([Errno 111] Connection refused).")
