@@ -18,14 +18,12 @@ Pure functions and data only: no widget, no network.
 
 from __future__ import annotations
 
-import itertools
-from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from dashboard.live import bucket_quantile
+from dashboard.live import TimeWindow, bucket_quantile, increase
 
 DRIFT_WINDOW_S = 60 * 60
 
@@ -114,45 +112,24 @@ class Reference:
     mix: Mapping[str, float] | None
 
 
-def _increase(before: float, after: float) -> float:
-    return after - before if after >= before else after  # a reset: the counter started again from zero
-
-
-class DriftHistory:
+class DriftHistory(TimeWindow[DriftSample]):
     """The drift samples of the last ``window_s`` seconds and the rows computed from them."""
 
     def __init__(self, window_s: float = DRIFT_WINDOW_S) -> None:
-        self.window_s = window_s
-        self._samples: deque[DriftSample] = deque()
-
-    def __len__(self) -> int:
-        return len(self._samples)
-
-    @property
-    def span_s(self) -> float:
-        """Seconds between the oldest and the newest sample kept."""
-        return self._samples[-1].at - self._samples[0].at if self._samples else 0.0
-
-    def add(self, sample: DriftSample) -> None:
-        """Keep ``sample`` (ignored unless newer than the last one) and forget those older than the window."""
-        if self._samples and sample.at <= self._samples[-1].at:
-            return
-        self._samples.append(sample)
-        while self._samples and self._samples[0].at < sample.at - self.window_s:
-            self._samples.popleft()
+        super().__init__(window_s)
 
     def rows(self, references: Mapping[str, Reference], tasks: Collection[str] | None = None) -> list[DriftRow]:
         """One row per task of ``references`` (in its order), for its served version only."""
         counts: dict[tuple[str, str, str], float] = {}
         buckets: dict[tuple[str, str], dict[float, float]] = {}
-        for before, after in itertools.pairwise(self._samples):
+        for before, after in self.pairs():
             for key, value in after.labels.items():
-                counts[key] = counts.get(key, 0.0) + _increase(before.labels.get(key, 0.0), value)
+                counts[key] = counts.get(key, 0.0) + increase(before.labels.get(key, 0.0), value)
             for pair, now in after.confidence.items():
                 then = before.confidence.get(pair, {})
                 total = buckets.setdefault(pair, {})
                 for le, count in now.items():
-                    total[le] = total.get(le, 0.0) + _increase(then.get(le, 0.0), count)
+                    total[le] = total.get(le, 0.0) + increase(then.get(le, 0.0), count)
         rows = []
         for task, ref in references.items():
             if tasks is not None and task not in tasks:

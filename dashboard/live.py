@@ -14,8 +14,9 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -93,8 +94,47 @@ def snapshot(at: float, metrics_text: str, stats: Sequence[ModelStats], tasks: C
     return Snapshot(at, requests, errors, buckets, in_flight, triton_totals(stats))
 
 
-def _increase(before: float, after: float) -> float:
+def increase(before: float, after: float) -> float:
+    """How much a counter grew between two samples."""
     return after - before if after >= before else after  # a reset: the counter started again from zero
+
+
+class Timed(Protocol):
+    @property
+    def at(self) -> float:
+        """When the sample was taken (seconds)."""
+        ...
+
+
+S = TypeVar("S", bound=Timed)
+
+
+class TimeWindow(Generic[S]):
+    """The samples of the last ``window_s`` seconds, oldest first."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._samples: deque[S] = deque()
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    @property
+    def span_s(self) -> float:
+        """Seconds between the oldest and the newest sample kept."""
+        return self._samples[-1].at - self._samples[0].at if self._samples else 0.0
+
+    def add(self, sample: S) -> None:
+        """Keep ``sample`` (ignored unless newer than the last one) and forget those older than the window."""
+        if self._samples and sample.at <= self._samples[-1].at:
+            return
+        self._samples.append(sample)
+        while self._samples and self._samples[0].at < sample.at - self.window_s:
+            self._samples.popleft()
+
+    def pairs(self) -> Iterator[tuple[S, S]]:
+        """Consecutive samples, oldest first."""
+        return itertools.pairwise(list(self._samples))
 
 
 def bucket_quantile(q: float, buckets: Mapping[float, float]) -> float | None:
@@ -142,52 +182,39 @@ def _append(series: Series, name: str, at: float, value: float | None) -> None:
     values.append(value)
 
 
-class LiveHistory:
+class LiveHistory(TimeWindow[Snapshot]):
     """The snapshots of the last ``window_s`` seconds and the charts computed from them."""
 
     def __init__(self, window_s: float = WINDOW_S) -> None:
-        self.window_s = window_s
-        self._snapshots: deque[Snapshot] = deque()
-
-    def __len__(self) -> int:
-        return len(self._snapshots)
-
-    def add(self, snap: Snapshot) -> None:
-        """Keep ``snap`` (ignored unless newer than the last one) and forget those older than the window."""
-        if self._snapshots and snap.at <= self._snapshots[-1].at:
-            return
-        self._snapshots.append(snap)
-        while self._snapshots and self._snapshots[0].at < snap.at - self.window_s:
-            self._snapshots.popleft()
+        super().__init__(window_s)
 
     def charts(self) -> LiveCharts:
         """Rates per interval between consecutive snapshots, at the later one's time."""
         charts = LiveCharts({}, {}, {}, {}, {}, {})
-        snaps = list(self._snapshots)
-        for before, after in itertools.pairwise(snaps):
+        for before, after in self.pairs():
             seconds = after.at - before.at
             at = after.at
             for task in sorted(after.requests):
-                done = _increase(before.requests.get(task, 0.0), after.requests[task])
+                done = increase(before.requests.get(task, 0.0), after.requests[task])
                 _append(charts.requests, task, at, done / seconds)
-                failed = _increase(before.errors.get(task, 0.0), after.errors.get(task, 0.0))
+                failed = increase(before.errors.get(task, 0.0), after.errors.get(task, 0.0))
                 _append(charts.errors, task, at, failed / seconds)
                 now, then = after.latency_buckets.get(task, {}), before.latency_buckets.get(task, {})
-                delta = {le: _increase(then.get(le, 0.0), count) for le, count in now.items()}
+                delta = {le: increase(then.get(le, 0.0), count) for le, count in now.items()}
                 for q, label in ((0.5, "p50"), (0.95, "p95")):
                     value = bucket_quantile(q, delta)
                     _append(charts.latency_ms, f"{task} {label}", at, None if value is None else value * 1000)
             for task in sorted(after.models):
                 model, previous = after.models[task], before.models.get(task, TritonTotals())
-                served = _increase(previous.success, model.success)
+                served = increase(previous.success, model.success)
                 if served > 0:
-                    queue = _increase(previous.queue_ms, model.queue_ms)
-                    compute = _increase(previous.compute_ms, model.compute_ms)
+                    queue = increase(previous.queue_ms, model.queue_ms)
+                    compute = increase(previous.compute_ms, model.compute_ms)
                     _append(charts.triton_ms, f"{task} queue", at, queue / served)
                     _append(charts.triton_ms, f"{task} compute", at, compute / served)
-                executions = _increase(previous.executions, model.executions)
+                executions = increase(previous.executions, model.executions)
                 if executions > 0:
-                    _append(charts.batch_size, task, at, _increase(previous.rows, model.rows) / executions)
+                    _append(charts.batch_size, task, at, increase(previous.rows, model.rows) / executions)
             _append(charts.in_flight, "in flight", at, after.in_flight)
         return charts
 
