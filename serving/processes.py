@@ -151,6 +151,27 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
+def wait_until_ready(
+    process: subprocess.Popen[bytes],
+    is_ready: Callable[[], bool],
+    timeout_s: float,
+    *,
+    exited: Callable[[int], Exception],
+    timed_out: Callable[[], Exception],
+) -> None:
+    """Poll ``is_ready`` until it is true; raise ``exited(code)`` if the process ends first, ``timed_out()``
+    after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        code = process.poll()
+        if code is not None:
+            raise exited(code)
+        if is_ready():
+            return
+        time.sleep(0.2)
+    raise timed_out()
+
+
 @dataclass
 class ManagedProcess:
     """One server process, started in its own process group and logged to a file.
@@ -218,16 +239,17 @@ class ManagedProcess:
 
     def _wait_ready(self) -> None:
         assert self._process is not None
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            code = self._process.poll()
-            if code is not None:
-                raise ProcessStartError(f"{self.name} exited with code {code} during start-up.\n{tail(self.log_file)}")
-            if self.is_ready():
-                return
-            time.sleep(0.2)
-        raise ProcessStartError(
-            f"{self.name} was not ready at {self.ready_url} after {self.startup_timeout:.0f}s.\n{tail(self.log_file)}"
+        wait_until_ready(
+            self._process,
+            self.is_ready,
+            self.startup_timeout,
+            exited=lambda code: ProcessStartError(
+                f"{self.name} exited with code {code} during start-up.\n{tail(self.log_file)}"
+            ),
+            timed_out=lambda: ProcessStartError(
+                f"{self.name} was not ready at {self.ready_url} after {self.startup_timeout:.0f}s.\n"
+                + tail(self.log_file)
+            ),
         )
 
     def stop(self) -> None:

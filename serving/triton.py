@@ -33,7 +33,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -43,7 +42,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from serving.processes import RUN_ID_ENV, ProcessStartError, append_note, serve_until_stopped, stop_on_signals
+from serving.processes import (
+    RUN_ID_ENV,
+    ProcessStartError,
+    append_note,
+    serve_until_stopped,
+    stop_on_signals,
+    wait_until_ready,
+)
 from taskspec import CPU_CONFIG_NAME
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -314,16 +320,16 @@ class TritonServer:
 
     def _wait_ready(self) -> None:
         assert self._process is not None
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            code = self._process.poll()
-            if code is not None:
-                raise TritonStartError(f"tritonserver exited with code {code} during start-up.\n{self.log_tail()}")
-            if self.is_ready():
-                return
-            time.sleep(0.2)
-        raise TritonStartError(
-            f"tritonserver was not ready after {self.startup_timeout:.0f}s (stopped it).\n{self.log_tail()}"
+        wait_until_ready(
+            self._process,
+            self.is_ready,
+            self.startup_timeout,
+            exited=lambda code: TritonStartError(
+                f"tritonserver exited with code {code} during start-up.\n{self.log_tail()}"
+            ),
+            timed_out=lambda: TritonStartError(
+                f"tritonserver was not ready after {self.startup_timeout:.0f}s (stopped it).\n{self.log_tail()}"
+            ),
         )
 
     def is_ready(self) -> bool:
