@@ -33,7 +33,7 @@ from frontend_api.routes import api_router, probes_router
 from frontend_api.service import PlatformService
 from frontend_api.settings import ApiSettings, describe_settings_error
 from frontend_api.tracing import NO_TRACER, TRACER_NAME, StageTracer, instrument, make_tracer_provider
-from frontend_api.triton_client import TritonBackend, TritonHttpClient
+from frontend_api.triton_client import TritonBackend, make_triton_client
 from frontend_api.uploads import make_s3_client
 
 API_VERSION = "1.0.0"
@@ -62,9 +62,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned_triton = triton is None
-        backend: TritonBackend = triton or TritonHttpClient(
-            settings.triton_url, timeout_s=settings.triton_timeout_s, connections=settings.triton_connections
-        )
+        backend: TritonBackend = triton or make_triton_client(settings)
         http = ImageFetcher.make_client(settings, transport=image_transport)
         s3 = s3_client if s3_client is not None else make_s3_client(settings)
         dns: SystemResolver | None = None

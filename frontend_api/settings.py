@@ -21,6 +21,7 @@ from taskspec import TASK_MODULES_ENV, TASKS, TaskModuleError, load_task_modules
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 TextPadding = Literal["buckets", "max_length"]
+TritonProtocol = Literal["grpc", "http"]
 
 MIN_KEY_CHARS = 16
 KEYGEN_HINT = "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
@@ -66,11 +67,19 @@ class ApiSettings(BaseSettings):
     access_log: bool = Field(True, description="Log one line per request (`python -m frontend_api`)")
 
     # --- Triton ---
+    triton_protocol: TritonProtocol = Field(
+        "http",
+        description="How the facade calls Triton: `grpc` (tritonclient.grpc.aio at triton_grpc_url) or `http` "
+        "(tritonclient.http.aio at triton_url); same requests, same errors (docs/benchmarks.md: which is faster)",
+    )
     triton_url: str = Field("127.0.0.1:8000", description="Triton HTTP endpoint as host:port (no scheme)")
+    triton_grpc_url: str = Field("127.0.0.1:8001", description="Triton gRPC endpoint as host:port (no scheme)")
     triton_timeout_s: float = Field(
         10.0, gt=0, description="Deadline of one Triton call (queue + compute); past it the facade answers 504"
     )
-    triton_connections: int = Field(64, ge=1, description="Connection pool size of the Triton client")
+    triton_connections: int = Field(
+        64, ge=1, description="Connection pool size of the HTTP Triton client (gRPC multiplexes one connection)"
+    )
     model_refresh_s: float = Field(
         5.0,
         ge=0,

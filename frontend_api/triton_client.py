@@ -1,8 +1,10 @@
-"""The only module that talks to Triton: an asyncio HTTP client and the interface the facade needs.
+"""The only module that talks to Triton: asyncio clients over gRPC and HTTP, and the interface the facade needs.
 
-:class:`TritonBackend` is what the service layer depends on; :class:`TritonHttpClient` implements
-it with ``tritonclient.http.aio`` (one long-lived aiohttp connection pool, created in the app's
-lifespan), and :class:`tests.fakes.frontend_api.FakeTriton` implements it for unit tests. Every failure
+:class:`TritonBackend` is what the service layer depends on; :class:`TritonGrpcClient` implements it with
+``tritonclient.grpc.aio`` (one long-lived HTTP/2 channel, created in the app's lifespan) and
+:class:`TritonHttpClient` with ``tritonclient.http.aio`` (one aiohttp connection pool); :func:`make_triton_client`
+picks one from the settings (``MTC_API_TRITON_PROTOCOL``), and :class:`tests.fakes.frontend_api.FakeTriton`
+implements the interface for unit tests. Both clients send the same requests and fail the same way: every failure
 is translated here into the facade's error taxonomy: unreachable or shutting down ->
 :class:`BackendUnavailable`, unknown or unloaded model -> :class:`ModelNotReady`, queue full or
 queue timeout (the model's queue policy) -> :class:`BackendOverloaded`, past the deadline ->
@@ -22,6 +24,8 @@ from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import numpy as np
+import tritonclient.grpc as triton_grpc
+import tritonclient.grpc.aio as grpc_aio
 import tritonclient.http.aio as triton_aio
 from tritonclient.http import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
@@ -34,6 +38,7 @@ from frontend_api.errors import (
     InferenceFailed,
     ModelNotReady,
 )
+from frontend_api.settings import ApiSettings
 from frontend_api.tracing import traceparent_headers
 
 T = TypeVar("T")
@@ -48,6 +53,12 @@ _STOPPING_MARKER = "server is stopping"
 RETRY_AFTER = {"Retry-After": "1"}
 
 
+# Triton's own answers; over gRPC anything else with status UNAVAILABLE is the channel's (no connection, or it broke).
+_TRITON_MESSAGES = (*_SHED_MARKERS, _STOPPING_MARKER, "unknown model", "no available versions", "not at ready state")
+_GRPC_UNAVAILABLE = "StatusCode.UNAVAILABLE"
+_GRPC_DEADLINE_EXCEEDED = "StatusCode.DEADLINE_EXCEEDED"
+
+
 def translate_error(exc: InferenceServerException, what: str, model: str = "") -> ApiError:
     """Triton's rejection of ``what`` as one of the facade's errors."""
     message = str(exc.message() or exc)
@@ -59,6 +70,23 @@ def translate_error(exc: InferenceServerException, what: str, model: str = "") -
     if model and any(marker in lowered for marker in _NOT_READY_MARKERS):
         return ModelNotReady(f"model {model!r} is not ready in Triton: {message}")
     return InferenceFailed(f"Triton rejected {what}: {message}")
+
+
+def translate_grpc_error(exc: InferenceServerException, what: str, url: str, model: str = "") -> ApiError:
+    """As :func:`translate_error`, for ``tritonclient.grpc``: its transport failures arrive as the same exception,
+    with gRPC's status code (``StatusCode.UNAVAILABLE``: connection refused or lost)."""
+    message = str(exc.message() or exc)
+    if exc.status() == _GRPC_UNAVAILABLE and not any(marker in message.lower() for marker in _TRITON_MESSAGES):
+        return BackendUnavailable(f"Triton at {url} is unreachable ({message})", headers=RETRY_AFTER)
+    if exc.status() == _GRPC_DEADLINE_EXCEEDED:
+        return BackendTimeout(f"Triton did not answer {what} in time: {message}")
+    return translate_error(exc, what, model)
+
+
+def remaining_us(deadline: asyncio.Timeout) -> int:
+    """What is left of ``deadline`` in microseconds, at least 1: Triton's per-request queue ``timeout``."""
+    when = deadline.when()
+    return max(1, int(((when if when is not None else 0.0) - asyncio.get_running_loop().time()) * 1e6))
 
 
 @dataclass(frozen=True)
@@ -174,13 +202,10 @@ class TritonHttpClient:
 
     async def _call(self, what: str, make: Callable[[int], Awaitable[T]], *, model: str = "") -> T:
         """``make(remaining_us)`` under the deadline: remaining_us is what is left of it when the call starts."""
-        loop = asyncio.get_running_loop()
         for attempt in (1, 2):
             try:
                 async with asyncio.timeout(self.timeout_s) as deadline:
-                    when = deadline.when()
-                    remaining_us = max(1, int(((when if when is not None else 0.0) - loop.time()) * 1e6))
-                    return await make(remaining_us)
+                    return await make(remaining_us(deadline))
             except TimeoutError:
                 raise BackendTimeout(f"Triton did not answer {what} within {self.timeout_s:g} s") from None
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
@@ -252,3 +277,119 @@ class TritonHttpClient:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def grpc_inputs(arrays: Mapping[str, np.ndarray]) -> list[triton_grpc.InferInput]:
+    """Named arrays as ``tritonclient`` gRPC inputs (raw tensor contents, Triton dtype from the array's)."""
+    tensors = []
+    for name, array in arrays.items():
+        tensor = triton_grpc.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return tensors
+
+
+# tritonclient's own channel options (message size limits, keep-alive pings off), plus reconnection at most 1 s
+# apart: gRPC's default backoff grows to 120 s, so a facade whose Triton was down for a minute would keep
+# answering 503 long after Triton is back.
+GRPC_CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", triton_grpc.MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", triton_grpc.MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.keepalive_time_ms", 2**31 - 1),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", False),
+    ("grpc.http2.max_pings_without_data", 2),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+class TritonGrpcClient:
+    """:class:`TritonBackend` over Triton's gRPC protocol (``tritonclient.grpc.aio``, one HTTP/2 channel).
+
+    Create it inside a running event loop (the app's lifespan). The channel reconnects by itself after a Triton
+    restart (at most 1 s apart, :data:`GRPC_CHANNEL_ARGS`); calls made while it has no connection fail at once with
+    :class:`BackendUnavailable`. Deadline, queue timeout, priority and ``traceparent`` (as gRPC metadata) are sent as
+    :class:`TritonHttpClient` sends them.
+    """
+
+    def __init__(self, url: str, *, timeout_s: float = 10.0) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self._client = grpc_aio.InferenceServerClient(url, channel_args=GRPC_CHANNEL_ARGS)
+
+    async def _call(self, what: str, make: Callable[[int], Awaitable[T]], *, model: str = "") -> T:
+        """``make(remaining_us)`` under the deadline: remaining_us is what is left of it when the call starts."""
+        try:
+            async with asyncio.timeout(self.timeout_s) as deadline:
+                return await make(remaining_us(deadline))
+        except TimeoutError:
+            raise BackendTimeout(f"Triton did not answer {what} within {self.timeout_s:g} s") from None
+        except InferenceServerException as exc:
+            raise translate_grpc_error(exc, what, self.url, model) from exc
+
+    async def server_ready(self) -> bool:
+        try:
+            return bool(await self._call("the readiness probe", lambda _: self._client.is_server_ready()))
+        except ApiError:
+            return False
+
+    async def model_ready(self, model: str) -> bool:
+        try:
+            return bool(await self._call("a model probe", lambda _: self._client.is_model_ready(model), model=model))
+        except ApiError:
+            return False
+
+    async def model_versions(self, model: str) -> list[str]:
+        metadata = await self._call(
+            "a metadata request", lambda _: self._client.get_model_metadata(model, as_json=True), model=model
+        )
+        versions = [str(v) for v in metadata.get("versions", [])]
+        if not versions:
+            raise ModelNotReady(f"model {model!r} has no ready version in Triton")
+        return versions
+
+    async def infer(
+        self, model: str, version: str, inputs: Mapping[str, np.ndarray], output: str, *, priority: int = 0
+    ) -> InferOutput:
+        """As :meth:`TritonHttpClient.infer`."""
+        tensors = grpc_inputs(inputs)
+        outputs = [triton_grpc.InferRequestedOutput(output)]
+        headers = dict(traceparent_headers()) or None
+        result = await self._call(
+            f"an inference request to {model!r}",
+            lambda remaining_us: self._client.infer(
+                model,
+                tensors,
+                model_version=version,
+                outputs=outputs,
+                priority=priority,
+                timeout=remaining_us,
+                headers=headers,
+            ),
+            model=model,
+        )
+        logits = result.as_numpy(output)
+        if logits is None:
+            raise InferenceFailed(f"Triton's answer from {model!r} has no output {output!r}")
+        served = str(result.get_response().model_version or version)
+        return InferOutput(logits=np.asarray(logits, dtype=np.float32), model_version=served)
+
+    async def statistics(self) -> list[TritonModelStats]:
+        document = await self._call(
+            "a statistics request", lambda _: self._client.get_inference_statistics(as_json=True)
+        )
+        return parse_statistics(document)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def make_triton_client(settings: ApiSettings) -> TritonHttpClient | TritonGrpcClient:
+    """The Triton client ``settings`` ask for: gRPC at ``triton_grpc_url`` or HTTP at ``triton_url``."""
+    if settings.triton_protocol == "grpc":
+        return TritonGrpcClient(settings.triton_grpc_url, timeout_s=settings.triton_timeout_s)
+    return TritonHttpClient(
+        settings.triton_url, timeout_s=settings.triton_timeout_s, connections=settings.triton_connections
+    )
