@@ -90,6 +90,7 @@ def create_app(
                 dns.close()
             if owned_triton:
                 await backend.close()
+            metrics.process_exit()
 
     # Listed outermost first (Starlette wraps the app in this order): the metrics see every answer, the
     # loopback guard's and the body limit's refusals included.

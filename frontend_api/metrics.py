@@ -6,16 +6,25 @@ per text, bytes and pixels per image). A shift in these against the model card's
 first sign that the inputs changed (drift) or that the model is less sure of itself than it was.
 Every label value is bounded: task names and versions come from the task specs and Triton, predicted labels
 from the served version's own label list.
+
+With several worker processes (``MTC_API_WORKERS``), ``python -m frontend_api`` runs them in prometheus_client's
+multiprocess mode: it sets ``PROMETHEUS_MULTIPROC_DIR`` to a folder of its own before the workers start, each
+worker's values live in files there, and ``/metrics`` (:meth:`ApiMetrics.exposition`, answered by whichever worker
+gets the request) sums them over every worker; the gauges sum over live workers (``livesum``).
 """
 
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus_client's own variable: set (by ``python -m frontend_api`` with workers), values go to files there."""
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Top-class probability: from 1/num_labels (no idea) to 1 (certain); finer near 1, where most answers fall.
@@ -55,11 +64,14 @@ class ApiMetrics:
             "mtc_api_errors", "Error responses by problem type", ["kind", "status"], registry=self.registry
         )
         self.items = Counter("mtc_api_items", "Texts or images classified by task", ["task"], registry=self.registry)
-        self.in_flight = Gauge("mtc_api_in_flight", "Inference requests being handled", registry=self.registry)
+        self.in_flight = Gauge(
+            "mtc_api_in_flight", "Inference requests being handled", registry=self.registry, multiprocess_mode="livesum"
+        )
         self.image_bytes = Gauge(
             "mtc_api_image_bytes_in_flight",
             "Image bytes held across requests (downloading or waiting to be decoded)",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
 
         self.top_probability = Histogram(
@@ -96,6 +108,20 @@ class ApiMetrics:
             buckets=_IMAGE_PIXEL_BUCKETS,
             registry=self.registry,
         )
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of ``/metrics``: this process's registry, or in multiprocess mode the sum over every
+        worker's files (read by prometheus_client from the folder of :data:`MULTIPROCESS_DIR_ENV`)."""
+        if MULTIPROCESS_DIR_ENV not in os.environ:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+    def process_exit(self) -> None:
+        """In multiprocess mode, drop this worker's gauges from the sums (called when the worker stops)."""
+        if MULTIPROCESS_DIR_ENV in os.environ:
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     def observe_predictions(self, task: str, version: str, labels: Sequence[str], probabilities: np.ndarray) -> None:
         """Top-class probability and predicted label of every row of ``probabilities`` (rows x labels)."""

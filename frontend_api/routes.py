@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from frontend_api.dependencies import ServiceDep, auth_dependencies, in_flight
 from frontend_api.errors import (
@@ -207,6 +207,6 @@ def probes_router(settings: ApiSettings, metrics: ApiMetrics) -> APIRouter:
         },
     )
     async def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -65,6 +65,13 @@ class ApiSettings(BaseSettings):
     )
     port: int = Field(8080, ge=1, le=65535, description="Port the facade listens on (`python -m frontend_api`)")
     access_log: bool = Field(True, description="Log one line per request (`python -m frontend_api`)")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Worker processes of `python -m frontend_api` (uvicorn's), sharing the port. Each has its own "
+        "in-flight limit (max_in_flight), Triton client and caches; /metrics sums over all of them",
+    )
 
     # --- Triton ---
     triton_protocol: TritonProtocol = Field(
