@@ -1,8 +1,10 @@
 """``python -m bench.capacity``: what one facade process carries when the model costs nothing (issue 14).
 
 Serves the null models of :mod:`bench.null_models` (the text tasks' tensors, no compute) from a scratch copy
-of ``--repository`` in a real Triton, puts one facade process (one uvicorn worker, as ``make run`` starts it)
-in front, and measures:
+of ``--repository`` in a real Triton, puts one facade process per ``--facades`` variant in front (``python -m
+frontend_api`` as ``make run`` starts it; a variant names the facade's protocol to Triton and its number of
+worker processes: ``grpc``, ``http``, ``grpc:2``), and measures, for each variant in turn within every round
+(A/B/A/B: background load on a shared machine hits all alike):
 
 1. **single-text capacity**: requests/s at saturation, one short text per request (``POST /v1/sentiment``),
    closed loop at each ``--concurrency`` level; the same requests sent pre-tokenized straight to Triton
@@ -15,7 +17,8 @@ in front, and measures:
    at saturation: what the facade's Triton hop would cost over either protocol.
 
 Every figure carries the 1-minute load average before and after it (the machine may be shared: a figure
-taken while it was busy says so). Writes ``capacity.md`` and ``capacity.json`` into ``--out``.
+taken while it was busy says so), and the facade's CPU time per answer (all its worker processes). Writes
+``capacity.md`` and ``capacity.json`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -52,25 +56,57 @@ BATCH_LEVELS = (2, 8)
 PROTOCOL_CONCURRENCY = 32
 
 
-def facade_pid() -> int | None:
-    """The facade process this run started (a descendant running ``python -m frontend_api``)."""
+@dataclass(frozen=True)
+class Variant:
+    """One facade configuration: its protocol to Triton and its number of worker processes."""
+
+    protocol: str
+    workers: int = 1
+
+    @property
+    def name(self) -> str:
+        return self.protocol if self.workers == 1 else f"{self.protocol}:{self.workers}"
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        protocol, _, workers = text.strip().partition(":")
+        if protocol not in ("grpc", "http") or (workers and not workers.isdigit()) or workers == "0":
+            raise argparse.ArgumentTypeError(f"{text!r}: give grpc or http, optionally :<workers> (e.g. grpc:2)")
+        return cls(protocol, int(workers or 1))
+
+    def env(self) -> dict[str, str]:
+        return {"MTC_API_TRITON_PROTOCOL": self.protocol, "MTC_API_WORKERS": str(self.workers)}
+
+
+def facade_pid(port: int) -> int | None:
+    """The facade process this run started on ``port`` (a descendant running ``python -m frontend_api``)."""
     table = process_table()
     for pid in descendants(os.getpid(), table):
         if "frontend_api" in table[pid].argv:
-            return pid
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"MTC_API_PORT={port}".encode() in environ:
+                return pid
     return None
 
 
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds of ``pid`` so far (``/proc/<pid>/stat``); None when unknown."""
-    if pid is None:
-        return None
+def _own_cpu_seconds(pid: int) -> float:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return None
+        return 0.0
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds so far of ``pid`` and its live descendants (a facade's worker processes;
+    ``/proc/<pid>/stat``); None when unknown."""
+    if pid is None or not Path(f"/proc/{pid}").exists():
+        return None
+    return _own_cpu_seconds(pid) + sum(_own_cpu_seconds(child) for child in descendants(pid, process_table()))
 
 
 def load_average() -> float:
@@ -116,8 +152,8 @@ class CapacityResults:
 
     notes: list[str] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
-    overhead: OverheadResult | None = None
-    overhead_load: tuple[float, float] | None = None
+    overheads: list[tuple[str, OverheadResult, tuple[float, float]]] = field(default_factory=list)
+    """(variant, facade vs direct at concurrency 1, load average before and after), one per variant and round."""
     protocol_latency: ProtocolLatency | None = None
 
     def best(self, prefix: str) -> Figure | None:
@@ -182,7 +218,7 @@ def grpc_sender(client: Any, model: str, spec: TaskSpec, requests: Sequence[Mapp
 
 
 async def measure(
-    facade_url: str,
+    facades: Mapping[str, str],
     triton: TritonServer,
     null: NullRepository,
     *,
@@ -192,7 +228,8 @@ async def measure(
     batch_levels: Sequence[int],
     rounds: int,
 ) -> CapacityResults:
-    """The four measurements on running servers (Triton serving ``null``, the facade in front of it)."""
+    """The four measurements on running servers (Triton serving ``null``; ``facades``: variant name -> base URL of
+    a facade in front of it)."""
     import tritonclient.grpc.aio as grpc_aio
     import tritonclient.http.aio as http_aio
 
@@ -204,10 +241,10 @@ async def measure(
     single_bodies = [{"texts": [t]} for t in tweets]
     batch_body = [{"texts": list(tweets[:BATCH_TEXTS])}]
     tokenized = [encoder.batch([t]).inputs(SENTIMENT.input_names) for t in tweets]
-    facade = f"{facade_url}/v1/sentiment"
-    pid = facade_pid()
-    if pid is None:
-        results.notes.append("The facade's process was not found: no facade CPU figures.")
+    pids = {name: facade_pid(int(url.rsplit(":", 1)[1])) for name, url in facades.items()}
+    for name, pid in pids.items():
+        if pid is None:
+            results.notes.append(f"The process of facade {name} was not found: no facade CPU figures for it.")
     http = http_aio.InferenceServerClient(f"{triton.host}:{triton.http_port}", conn_limit=256)
     grpc = grpc_aio.InferenceServerClient(f"{triton.host}:{triton.grpc_port}")
     try:
@@ -215,25 +252,29 @@ async def measure(
         direct_grpc = grpc_sender(grpc, "sentiment", SENTIMENT, tokenized)
         for round_number in range(1, rounds + 1):
             print(f"==> round {round_number}: single-text and 64-text capacity", flush=True)
+            # Variants in turn, their order reversed every other round (A/B, B/A, ...).
+            order = list(facades.items())[:: 1 if round_number % 2 else -1]
             for level in single_levels:
-                await measured(
-                    f"single facade c{level}",
-                    partial(closed_loop, facade, single_bodies, level, duration_s, warmup_s, "single"),
-                    results,
-                    facade=pid,
-                )
+                for name, url in order:
+                    await measured(
+                        f"single facade[{name}] c{level}",
+                        partial(closed_loop, f"{url}/v1/sentiment", single_bodies, level, duration_s, warmup_s, "1"),
+                        results,
+                        facade=pids[name],
+                    )
                 await measured(
                     f"single direct-http c{level}",
                     partial(run_load, direct_http, concurrency=level, duration_s=duration_s, warmup_s=warmup_s),
                     results,
                 )
             for level in batch_levels:
-                await measured(
-                    f"batch64 facade c{level}",
-                    partial(closed_loop, facade, batch_body, level, duration_s, warmup_s, "batch64"),
-                    results,
-                    facade=pid,
-                )
+                for name, url in order:
+                    await measured(
+                        f"batch64 facade[{name}] c{level}",
+                        partial(closed_loop, f"{url}/v1/sentiment", batch_body, level, duration_s, warmup_s, "64"),
+                        results,
+                        facade=pids[name],
+                    )
             print(f"==> round {round_number}: gRPC vs HTTP to Triton", flush=True)
             for name, send in (("http", direct_http), ("grpc", direct_grpc)):
                 await measured(
@@ -242,10 +283,13 @@ async def measure(
                     results,
                     cpu=True,
                 )
-        print("==> p50 at concurrency 1: facade vs direct, HTTP vs gRPC", flush=True)
-        before = load_average()
-        results.overhead = await compare_overhead(facade_url, triton, null.version_dir("sentiment"), reviews)
-        results.overhead_load = (before, load_average())
+            print(f"==> round {round_number}: p50 at concurrency 1, facade vs direct", flush=True)
+            for name, url in order:
+                before = load_average()
+                overhead = await compare_overhead(url, triton, null.version_dir("sentiment"), reviews)
+                results.overheads.append((name, overhead, (before, load_average())))
+                print(f"    {name}: {overhead.facade.p50_ms:.2f} vs {overhead.direct.p50_ms:.2f} ms", flush=True)
+        print("==> p50 at concurrency 1: HTTP vs gRPC, direct", flush=True)
         before = load_average()
         latencies = await alternating_latency({"http": direct_http, "grpc": direct_grpc}, 500)
         results.protocol_latency = ProtocolLatency(
@@ -262,24 +306,31 @@ def markdown(results: CapacityResults, machine_line: str) -> str:
     lines = ["# Facade capacity on null models (python -m bench.capacity)", "", f"Machine: {machine_line}", ""]
     lines += [f"- {note}" for note in results.notes]
     lines += ["", "| headline | figure | load average (1 min) before -> after |", "|---|---:|---|"]
-    for prefix, label, items in (
-        ("single facade", "single-text requests/s at saturation, one facade worker", 1),
-        ("single direct-http", "the same, pre-tokenized straight to Triton (HTTP)", 1),
-        ("batch64 facade", f"{BATCH_TEXTS}-text requests/s at saturation (texts/s)", BATCH_TEXTS),
-    ):
+    variants = sorted({f.name.split("[", 1)[1].split("]", 1)[0] for f in results.figures if "[" in f.name})
+    headlines = [("single direct-http", "single-text requests/s, pre-tokenized straight to Triton (HTTP)", 1)]
+    for variant in variants:
+        headlines += [
+            (f"single facade[{variant}]", f"single-text requests/s at saturation, facade {variant}", 1),
+            (
+                f"batch64 facade[{variant}]",
+                f"{BATCH_TEXTS}-text requests/s at saturation, facade {variant} (texts/s)",
+                BATCH_TEXTS,
+            ),
+        ]
+    for prefix, label, items in headlines:
         best = results.best(prefix)
         if best is not None:
             rps = best.result.throughput_rps
             shown = f"{rps:.1f} ({rps * items:.0f})" if items > 1 else f"{rps:.1f}"
             lines.append(
-                f"| {label} (c{best.result.concurrency}) | {shown} | {best.load_before} -> {best.load_after} |"
+                f"| {label} (best of its levels and rounds: c{best.result.concurrency}) | {shown} | "
+                f"{best.load_before} -> {best.load_after} |"
             )
-    if results.overhead is not None and results.overhead_load is not None:
-        o = results.overhead
+    for name, o, (before, after) in results.overheads:
         lines.append(
-            f"| p50 at concurrency 1, {o.text_tokens}-token text: facade vs direct tritonclient | "
+            f"| p50 at concurrency 1, {o.text_tokens}-token text: facade {name} vs direct tritonclient | "
             f"{o.facade.p50_ms:.2f} vs {o.direct.p50_ms:.2f} ms (added {o.facade.p50_ms - o.direct.p50_ms:.2f} ms) | "
-            f"{results.overhead_load[0]} -> {results.overhead_load[1]} |"
+            f"{before} -> {after} |"
         )
     if results.protocol_latency is not None:
         p = results.protocol_latency
@@ -309,13 +360,15 @@ def run(
     repository: Path,
     out: Path,
     *,
+    variants: Sequence[Variant] = (Variant("grpc"), Variant("http")),
     duration_s: float = 8.0,
     warmup_s: float = 1.0,
     single_levels: Sequence[int] = SINGLE_LEVELS,
     batch_levels: Sequence[int] = BATCH_LEVELS,
     rounds: int = 1,
 ) -> CapacityResults:
-    """Build the null repository, start Triton and one facade, measure, write ``capacity.md`` / ``.json``."""
+    """Build the null repository, start Triton and one facade per variant, measure, write ``capacity.md`` /
+    ``.json``."""
     out.mkdir(parents=True, exist_ok=True)
     log_dir = out / "logs"
     machine = describe_machine()
@@ -323,13 +376,16 @@ def run(
     if "sentiment" not in null.versions:
         raise SystemExit(f"no published sentiment model in {repository}: nothing to copy the null model beside")
     tasks = sorted(null.versions)
-    with (
-        triton_for(null.root, tasks, log_dir) as triton,
-        facade_for(triton, null.root, log_dir, tasks, padding="buckets", name="facade-capacity") as facade_url,
-    ):
+    with triton_for(null.root, tasks, log_dir) as triton, ExitStack() as facades:
+        urls = {
+            v.name: facades.enter_context(
+                facade_for(triton, null.root, log_dir, tasks, padding="buckets", name=f"facade-{v.name}", env=v.env())
+            )
+            for v in variants
+        }
         results = asyncio.run(
             measure(
-                facade_url,
+                urls,
                 triton,
                 null,
                 duration_s=duration_s,
@@ -341,7 +397,8 @@ def run(
         )
     results.notes[:0] = [
         f"Null models (bench/null_models.py) as version {null.versions} beside the real {null.real_versions} of "
-        f"{repository}; Triton with --model-config-name=cpu; one facade process (python -m frontend_api).",
+        f"{repository}; Triton with --model-config-name=cpu; one facade (python -m frontend_api) per variant: "
+        f"{', '.join(v.name for v in variants)} (protocol to Triton[:worker processes]).",
         f"Load generator, facade and Triton share the machine's {machine.cores} cores.",
     ]
     finished = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
@@ -351,8 +408,7 @@ def run(
         "finished": finished,
         "notes": results.notes,
         "figures": [f.summary() for f in results.figures],
-        "overhead": asdict(results.overhead) if results.overhead else None,
-        "overhead_load": results.overhead_load,
+        "overheads": [{"variant": name, **asdict(o), "load": list(load)} for name, o, load in results.overheads],
         "protocol_latency": asdict(results.protocol_latency) if results.protocol_latency else None,
     }
     (out / "capacity.json").write_text(json.dumps(document, indent=2))
@@ -376,11 +432,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=_levels, default=SINGLE_LEVELS, help="single-text client levels")
     parser.add_argument("--batch-concurrency", type=_levels, default=BATCH_LEVELS, help="64-text client levels")
     parser.add_argument("--rounds", type=int, default=1, help="repeat the capacity levels (noisy, shared machines)")
+    parser.add_argument(
+        "--facades",
+        type=lambda text: [Variant.parse(v) for v in text.split(",") if v.strip()],
+        default=[Variant("grpc"), Variant("http")],
+        help="facade variants measured in turn: protocol to Triton[:workers], e.g. grpc,http or grpc:1,grpc:2",
+    )
     args = parser.parse_args(argv)
     try:
         results = run(
             args.repository,
             args.out,
+            variants=args.facades,
             duration_s=args.duration,
             warmup_s=args.warmup,
             single_levels=args.concurrency,

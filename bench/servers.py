@@ -30,6 +30,7 @@ def facade_env(triton: TritonServer, repository: Path, allowed_http_hosts: Seque
     """The facade's environment for a benchmark: the same variables serving/stack.py passes."""
     return {
         "MTC_API_TRITON_URL": f"{triton.host}:{triton.http_port}",
+        "MTC_API_TRITON_GRPC_URL": f"{triton.host}:{triton.grpc_port}",
         "MTC_API_MODEL_REPOSITORY": str(repository),
         "MTC_API_ALLOWED_HTTP_HOSTS": json.dumps(list(allowed_http_hosts)),
         # The load generator opens up to 64 concurrent requests; none may be shed with 429.
@@ -103,15 +104,24 @@ def triton_for(
 
 @contextmanager
 def facade_for(
-    triton: TritonServer, repository: Path, log_dir: Path, tasks: Sequence[str], *, padding: str, name: str
+    triton: TritonServer,
+    repository: Path,
+    log_dir: Path,
+    tasks: Sequence[str],
+    *,
+    padding: str,
+    name: str,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[str]:
-    """A facade process (uvicorn, no access log) on ``triton``; yields its base URL."""
+    """A facade process (uvicorn, no access log) on ``triton``, with ``env`` added to its settings (e.g.
+    ``MTC_API_TRITON_PROTOCOL``); yields its base URL."""
     extra_env = {
         "MTC_API_TASKS": json.dumps(list(tasks)),
         "MTC_API_TEXT_PADDING": padding,
         # Closed-loop load at concurrency 32 on a small CPU queues for seconds; a request the facade gave up on
         # (504) would still be computed by Triton, wasting the capacity being measured.
         "MTC_API_TRITON_TIMEOUT_S": "300",
+        **(env or {}),
     }
     with facade_server(triton, repository, log_dir, extra_env=extra_env, name=name) as url:
         yield url

@@ -19,9 +19,19 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
+from tritonclient.utils import InferenceServerException
 
 from frontend_api.app import create_app
+from frontend_api.errors import (
+    ApiError,
+    BackendOverloaded,
+    BackendTimeout,
+    BackendUnavailable,
+    InferenceFailed,
+    ModelNotReady,
+)
 from frontend_api.settings import ApiSettings
+from frontend_api.triton_client import translate_grpc_error
 from serving.triton import free_port
 from tests.fakes.frontend_api import FakeTriton, asgi_client, make_artifact_repository
 
@@ -211,16 +221,71 @@ def test_other_triton_rejections_stay_502(repo: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_an_unreachable_triton_is_503_with_retry_after(repo: Path) -> None:
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_an_unreachable_triton_is_503_with_retry_after(repo: Path, protocol: str) -> None:
     """Nothing listens on Triton's port (a restart in progress): clients are told when to come back, so a
     retrying client backs off instead of hammering the facade while Triton starts (seen in the soak)."""
+    nowhere = f"127.0.0.1:{free_port()}"
 
     async def scenario() -> httpx.Response:
-        app = create_app(settings_for(repo, triton_url=f"127.0.0.1:{free_port()}", triton_timeout_s=4))
-        async with asgi_client(app) as client:
+        settings = settings_for(
+            repo, triton_protocol=protocol, triton_url=nowhere, triton_grpc_url=nowhere, triton_timeout_s=4
+        )
+        async with asgi_client(create_app(settings)) as client:
             return await client.post("/v1/sentiment", json={"texts": ["a fine film"]})
 
     response = asyncio.run(scenario())
     body = problem(response, 503, "backend-unavailable")
-    assert "unreachable" in body["detail"]
+    assert f"Triton at {nowhere} is unreachable" in body["detail"]
     assert response.headers["retry-after"] == "1"
+
+
+# What Triton 2.51 and grpcio answer over gRPC (tritonclient.grpc raises them as InferenceServerException with the
+# gRPC status), and what the facade makes of each: the same problems as over HTTP.
+GRPC_ANSWERS = [
+    ("StatusCode.UNAVAILABLE", "[request id: <id_unknown>] Exceeds maximum queue size", BackendOverloaded, True),
+    ("StatusCode.UNAVAILABLE", "Request timeout expired", BackendOverloaded, True),
+    (
+        "StatusCode.UNAVAILABLE",
+        "[request id: <id_unknown>] Server is stopping, scheduler for model has stopped accepting new inference "
+        "requests",
+        BackendUnavailable,
+        True,
+    ),
+    # grpcio itself: nothing listens, or the connection broke (Triton killed)
+    (
+        "StatusCode.UNAVAILABLE",
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:9: Failed to connect to remote "
+        "host: Connection refused",
+        BackendUnavailable,
+        True,
+    ),
+    ("StatusCode.UNAVAILABLE", "Socket closed", BackendUnavailable, True),
+    ("StatusCode.NOT_FOUND", "Request for unknown model: 'sentiment' version 7 is not found", ModelNotReady, False),
+    (
+        "StatusCode.UNAVAILABLE",
+        "Request for unknown model: 'sentiment' has no available versions",
+        ModelNotReady,
+        False,
+    ),
+    (
+        "StatusCode.INVALID_ARGUMENT",
+        "[request id: <id_unknown>] inference input 'attention_mask' data-type is 'INT32', but model 'sentiment' "
+        "expects 'INT64'",
+        InferenceFailed,
+        False,
+    ),
+    ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", BackendTimeout, False),
+]
+
+
+@pytest.mark.parametrize(("status", "message", "kind", "retry_after"), GRPC_ANSWERS)
+def test_grpc_errors_become_the_same_problems_as_over_http(
+    status: str, message: str, kind: type[ApiError], retry_after: bool
+) -> None:
+    error = translate_grpc_error(
+        InferenceServerException(message, status=status), "an inference request", "127.0.0.1:8001", "sentiment"
+    )
+    assert type(error) is kind
+    assert message in error.detail
+    assert (error.headers.get("Retry-After") == "1") is retry_after
