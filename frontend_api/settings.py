@@ -75,7 +75,7 @@ class ApiSettings(BaseSettings):
 
     # --- Triton ---
     triton_protocol: TritonProtocol = Field(
-        "http",
+        "grpc",
         description="How the facade calls Triton: `grpc` (tritonclient.grpc.aio at triton_grpc_url) or `http` "
         "(tritonclient.http.aio at triton_url); same requests, same errors (docs/benchmarks.md: which is faster)",
     )

@@ -188,6 +188,7 @@ class LocalStack:
                 "MTC_API_HOST": host,
                 "MTC_API_PORT": str(settings.api_port),
                 "MTC_API_TRITON_URL": f"{host}:{settings.triton_http_port}",
+                "MTC_API_TRITON_GRPC_URL": f"{host}:{settings.triton_grpc_port}",
                 "MTC_API_MODEL_REPOSITORY": str(self.repository),
                 "MTC_API_S3_ENDPOINT_URL": settings.s3_endpoint,
                 "MTC_API_UPLOAD_BUCKET": settings.uploads_bucket,

@@ -8,6 +8,9 @@ real HTTP server and from S3 refused without inflating them (the facade's memory
 artifacts republished in S3 picked up after the refresh, Triton shedding requests from a full queue (503 +
 Retry-After) and dropping a request the facade gave up on, per-model statistics, SSRF refusals against
 real local services, and Triton stopped mid-test -> 503, then recovery without restarting the facade.
+
+The facade calls Triton over its default protocol (gRPC); a second facade on the same Triton calls it over HTTP,
+and the protocol-sensitive tests (probabilities, shedding and the dropped request) run against both.
 """
 
 from __future__ import annotations
@@ -111,6 +114,9 @@ class Stack:
     repository: Path
     triton: TritonServer
     api_url: str
+    """The facade with the default settings: Triton over gRPC."""
+    http_api_url: str
+    """The same facade calling Triton over HTTP (``MTC_API_TRITON_PROTOCOL=http``)."""
     s3_endpoint: str
     upload_bucket: str
     models_bucket: str
@@ -176,13 +182,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterato
     bomb = stacked_bomb()
 
     triton = start_triton(repository, free_port(), free_port(), free_port())
-    api_port = free_port()
+    api_port, http_api_port = free_port(), free_port()
     s3_hostport = s3_endpoint.removeprefix("http://")
     with BombServer(bomb) as bomb_server:
         env = {
             "MTC_API_HOST": "127.0.0.1",
             "MTC_API_PORT": str(api_port),
             "MTC_API_TRITON_URL": f"127.0.0.1:{triton.http_port}",
+            "MTC_API_TRITON_GRPC_URL": f"127.0.0.1:{triton.grpc_port}",
             "MTC_API_MODEL_REPOSITORY": f"s3://{models_bucket}/repo",
             "MTC_API_S3_ENDPOINT_URL": s3_endpoint,
             "MTC_API_UPLOAD_BUCKET": upload_bucket,
@@ -201,10 +208,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterato
             env=env,
             cwd=PROJECT_ROOT,
         )
+        http_api = ManagedProcess(
+            name="facade-http",
+            command=limited_facade_command(FACADE_ADDRESS_SPACE),
+            ready_url=f"http://127.0.0.1:{http_api_port}/healthz",
+            log_file=root / "api-http.log",
+            env={**env, "MTC_API_PORT": str(http_api_port), "MTC_API_TRITON_PROTOCOL": "http"},
+            cwd=PROJECT_ROOT,
+        )
         stack = Stack(
             repository,
             triton,
             f"http://127.0.0.1:{api_port}",
+            f"http://127.0.0.1:{http_api_port}",
             s3_endpoint,
             upload_bucket,
             models_bucket,
@@ -213,7 +229,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterato
             bomb_server,
         )
         try:
-            with api:
+            with api, http_api:
                 yield stack
         finally:
             # stack.triton, not triton: the restart test replaces it, and the replacement must stop too
@@ -234,9 +250,14 @@ def test_ready_and_models_report_the_published_versions(stack: Stack) -> None:
     assert {t: (m["ready"], m["version"]) for t, m in models.items()} == {t: (True, "1") for t in TASK_MODELS}
 
 
-def test_text_probabilities_match_onnx_runtime_on_the_same_model(stack: Stack) -> None:
+def facade_url(stack: Stack, protocol: str) -> str:
+    return {"grpc": stack.api_url, "http": stack.http_api_url}[protocol]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_text_probabilities_match_onnx_runtime_on_the_same_model(stack: Stack, protocol: str) -> None:
     texts = ["A beautiful, moving film.", "Two hours of my life I will never get back. " * 8, "ok"]
-    response = httpx.post(f"{stack.api_url}/v1/sentiment", json={"texts": texts}, timeout=30)
+    response = httpx.post(f"{facade_url(stack, protocol)}/v1/sentiment", json={"texts": texts}, timeout=30)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model"] == {"name": "sentiment", "version": "1"}
@@ -489,7 +510,8 @@ def load_disaster(stack: Stack, config: dict[str, Any]) -> None:
         time.sleep(0.2)
 
 
-def test_triton_sheds_a_full_queue_with_503_and_drops_what_the_facade_gave_up_on(stack: Stack) -> None:
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_triton_sheds_a_full_queue_with_503_and_drops_what_the_facade_gave_up_on(stack: Stack, protocol: str) -> None:
     original = httpx.get(f"{stack.triton.url}/v2/models/disaster/config", timeout=10).json()
     config = json.loads(json.dumps(original))
     # One request may wait; it waits for a batch up to 6 s, longer than the facade's 5 s deadline. The per-request
@@ -506,7 +528,7 @@ def test_triton_sheds_a_full_queue_with_503_and_drops_what_the_facade_gave_up_on
         executed = triton_stats(stack, "disaster")["execution_count"]
 
         async def burst() -> list[httpx.Response]:
-            async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as client:
+            async with httpx.AsyncClient(base_url=facade_url(stack, protocol), timeout=30) as client:
                 first = asyncio.create_task(client.post("/v1/disaster", json={"texts": ["first"]}))
                 await asyncio.sleep(0.5)  # it is in Triton's queue now
                 others = [client.post("/v1/disaster", json={"texts": [f"more {i}"]}) for i in range(3)]

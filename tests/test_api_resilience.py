@@ -191,7 +191,7 @@ def test_triton_shedding_a_request_is_503_with_retry_after(repo: Path, error: st
 
     async def scenario() -> None:
         async with triton.serve() as url:
-            app = create_app(settings_for(repo, triton_url=url, triton_timeout_s=4))
+            app = create_app(settings_for(repo, triton_protocol="http", triton_url=url, triton_timeout_s=4))
             async with asgi_client(app) as client:
                 response = await client.post("/v1/sentiment", json={"texts": ["a fine film"]})
         body = problem(response, 503, slug)
@@ -212,7 +212,7 @@ def test_other_triton_rejections_stay_502(repo: Path) -> None:
 
     async def scenario() -> None:
         async with triton.serve() as url:
-            app = create_app(settings_for(repo, triton_url=url))
+            app = create_app(settings_for(repo, triton_protocol="http", triton_url=url))
             async with asgi_client(app) as client:
                 response = await client.post("/v1/sentiment", json={"texts": ["x"]})
         problem(response, 502, "inference-failed")

@@ -103,9 +103,10 @@ def test_every_launch_path_refuses_in_one_line_with_status_2(
 
 
 def served(repo: Path, **values: Any) -> Any:
-    # nothing listens on the Triton port: /v1/models still answers (every model not ready)
+    # nothing listens on the Triton ports: /v1/models still answers (every model not ready)
+    nowhere = f"127.0.0.1:{free_port()}"
     return served_app(
-        settings(model_repository=str(repo), tasks=["disaster"], triton_url=f"127.0.0.1:{free_port()}", **values)
+        settings(model_repository=str(repo), tasks=["disaster"], triton_url=nowhere, triton_grpc_url=nowhere, **values)
     )
 
 

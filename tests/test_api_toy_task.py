@@ -55,6 +55,7 @@ def served(toy: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 TASK_MODULES_ENV: TOY_MODULE,  # the only thing that tells the facade about the task
                 "MTC_API_PORT": str(port),
                 "MTC_API_TRITON_URL": f"{triton.host}:{triton.http_port}",
+                "MTC_API_TRITON_GRPC_URL": triton.grpc_url,
                 "MTC_API_MODEL_REPOSITORY": str(repository),
             },
             cwd=PROJECT_ROOT,

@@ -81,22 +81,27 @@ def test_a_real_triton_serves_the_null_model_under_the_task_name(
 def test_the_capacity_run_measures_the_facade_on_null_models_and_writes_its_report(
     repositories: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    from bench.capacity import run
+    from bench.capacity import Variant, run
 
     source, _ = repositories
-    results = run(source, tmp_path, duration_s=0.5, warmup_s=0.2, single_levels=(4,), batch_levels=(1,))
+    variants = [Variant("grpc"), Variant("http", workers=2)]
+    results = run(
+        source, tmp_path, variants=variants, duration_s=0.5, warmup_s=0.2, single_levels=(4,), batch_levels=(1,)
+    )
     names = [f.name for f in results.figures]
     assert names == [
-        "single facade c4",
+        "single facade[grpc] c4",
+        "single facade[http:2] c4",
         "single direct-http c4",
-        "batch64 facade c1",
+        "batch64 facade[grpc] c1",
+        "batch64 facade[http:2] c1",
         "protocol http c32",
         "protocol grpc c32",
     ]
     assert all(f.result.errors == 0 and f.result.requests > 0 for f in results.figures)
     through_facade = [f for f in results.figures if "facade" in f.name]
     assert all(f.facade_cpu_ms_per_request is not None and f.facade_cpu_ms_per_request > 0 for f in through_facade)
-    assert results.overhead is not None and results.overhead.facade.requests == 300
+    assert [(name, o.facade.requests) for name, o, _ in results.overheads] == [("grpc", 300), ("http:2", 300)]
     assert results.protocol_latency is not None
     report = (tmp_path / "capacity.md").read_text()
     assert "single-text requests/s at saturation" in report and "HTTP vs gRPC" in report

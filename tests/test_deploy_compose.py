@@ -247,6 +247,8 @@ def test_api_environment_is_read_by_the_facade_settings(tmp_path: Path, monkeypa
     settings = api_settings_from(environment, monkeypatch)
     host, port = settings.triton_url.split(":")
     assert host == "triton" and int(port) in published(services["triton"])
+    host, port = settings.triton_grpc_url.split(":")  # the protocol the facade uses by default
+    assert host == "triton" and int(port) in published(services["triton"])
     assert settings.model_repository == "s3://mtc-models/model_repository"
     assert settings.s3_endpoint_url == "http://minio:9000"
     assert settings.allowed_http_hosts == ["minio:9000"]

@@ -138,7 +138,10 @@ def test_make_run_traces_only_when_an_endpoint_is_set(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_one_request_is_one_trace_across_the_facade_and_triton(repository: Path, collector: Collector) -> None:
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_one_request_is_one_trace_across_the_facade_and_triton(
+    repository: Path, collector: Collector, protocol: str
+) -> None:
     triton = TritonServer.on_free_ports(
         repository,
         model_control_mode="explicit",
@@ -151,7 +154,9 @@ def test_one_request_is_one_trace_across_the_facade_and_triton(repository: Path,
         _env_file=None,  # type: ignore[call-arg]
         model_repository=str(repository),
         tasks=["disaster"],
+        triton_protocol=protocol,  # the traceparent travels as an HTTP header or as gRPC metadata
         triton_url=f"127.0.0.1:{triton.http_port}",
+        triton_grpc_url=triton.grpc_url,
         otlp_endpoint=collector.endpoint,
         otlp_service_name="mtc-api-test",
     )
