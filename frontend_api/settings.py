@@ -187,7 +187,10 @@ class ApiSettings(BaseSettings):
     # --- protection ---
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest request body accepted (413 above)")
     max_in_flight: int = Field(
-        256, ge=1, description="Inference requests handled at once; more are refused with 429 at once"
+        256,
+        ge=1,
+        description="Inference requests handled at once by one worker process (workers x this in all); more are "
+        "refused with 429 at once",
     )
     api_keys: list[SecretStr] = Field(
         default_factory=list,
