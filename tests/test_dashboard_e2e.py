@@ -195,7 +195,7 @@ def test_the_page_asks_for_the_login_first(browser: Browser, stack: Stack) -> No
 def test_the_tabs_are_the_tasks_the_facade_lists(page: Page, stack: Stack) -> None:
     models = httpx.get(f"{stack.api_url}/v1/models", timeout=30).json()["models"]
 
-    expect(page.locator(".bk-tab")).to_have_text([m["title"] for m in models] + ["Monitoring"])
+    expect(page.locator(".bk-tab")).to_have_text([m["title"] for m in models] + ["Batch", "Monitoring"])
     sentiment = next(m for m in models if m["task"] == "sentiment")
     expect(page.locator(".mtc-input").first).to_contain_text(f"at most {sentiment['max_items']}")
 
@@ -336,7 +336,7 @@ def test_a_page_opened_while_the_api_is_down_gets_its_tabs_when_it_is_back(
     finally:
         stack.facade.start()
 
-    expect(page.locator(".bk-tab")).to_have_text([SENTIMENT.title, DISASTER.title, POSE.title, "Monitoring"])
+    expect(page.locator(".bk-tab")).to_have_text([SENTIMENT.title, DISASTER.title, POSE.title, "Batch", "Monitoring"])
     expect(page.locator(".mtc-models-note")).to_be_hidden()
     page.locator("textarea").first.fill("Back in business")
     page.locator(".mtc-classify button").first.click()
