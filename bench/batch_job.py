@@ -187,8 +187,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "MTC_API_TRITON_TIMEOUT_S": "300",
         }
         with facade_server(triton, args.repository, args.out, extra_env=env) as api:
+            print(f"{args.rows} rows ({source})", flush=True)
             idle = asyncio.run(interactive_idle(api, probe, args.idle_s))
+            print(f"idle interactive p50: {idle.p(50):.1f} ms ({idle.requests} requests)", flush=True)
             loop = asyncio.run(rest_loop(api, texts, args.clients, args.texts_per_request))
+            print(
+                f"REST loop, {args.clients} clients x {args.texts_per_request} review(s) per request: "
+                f"{loop['seconds']} s, {loop['rows_per_s']} rows/s ({loop['errors']} errors)",
+                flush=True,
+            )
             job = asyncio.run(job_run(api, s3, bucket, texts, probe))
     during = job["interactive_during"]
     report = {
@@ -200,11 +207,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "p50_during_job_over_idle": round(during["p50_ms"] / idle.p(50), 2) if idle.latencies_ms else None,
     }
     (args.out / "batch_job.json").write_text(json.dumps(report, indent=1))
-    print(f"{args.rows} rows ({source})")
-    print(f"idle interactive p50: {idle.p(50):.1f} ms ({idle.requests} requests)")
-    print(
-        f"REST loop, {args.clients} clients: {loop['seconds']} s, {loop['rows_per_s']} rows/s ({loop['errors']} errors)"
-    )
     print(
         f"job: {job['seconds_from_post']} s from the POST ({job['rows_per_s_from_post']} rows/s; the runner's own "
         f"{job['runner_rows_per_s']} rows/s; first rows after {job['seconds_to_first_rows']} s)"
