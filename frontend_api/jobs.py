@@ -196,7 +196,11 @@ class SubprocessLauncher:
 
     @staticmethod
     def available() -> bool:
-        return all(importlib.util.find_spec(name) is not None for name in ("ray", "pyarrow"))
+        """Whether this host can run a job (the `batch` extra is installed)."""
+        try:
+            return all(importlib.util.find_spec(name) is not None for name in ("ray", "pyarrow"))
+        except ValueError:  # a module set to None in sys.modules (made unimportable on purpose)
+            return False
 
     async def start(self, job_id: str, job_uri: str, env: Mapping[str, str]) -> None:
         if not self.available():
