@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--model-repository", default=None, help="the repository Triton serves (folder or s3://)")
     classify.add_argument("--no-progress", action="store_true", help="no progress bar")
     classify.add_argument("--json", action="store_true", help="print the summary as JSON")
+    run_job_command = commands.add_parser(
+        "run-job",
+        help="run a job the REST API created (POST /v1/jobs starts this command)",
+        description="Run the job in its folder (job.json), keeping status.json current; see batch.jobrun.",
+    )
+    run_job_command.add_argument("job", help="the job's folder: s3://<jobs bucket>/<prefix><id>")
     return parser
 
 
@@ -83,8 +89,28 @@ def print_summary(summary: JobSummary, as_json: bool) -> None:
     print(f"this run: {summary.rows_this_run} rows in {rate}{resumed}")
 
 
+def run_job_main(job: str) -> int:
+    """``run-job``: the final state is in the job's status.json; the exit status says it too."""
+    from batch.jobrun import run_api_job
+
+    try:
+        status = run_api_job(job, BatchSettings())
+    except ValidationError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except ApiError as exc:  # the job folder cannot be read: no status to write
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 2
+    print(f"{status.state}: {status.rows_done}/{status.rows_total} rows", file=sys.stderr)
+    if status.error is not None:
+        print(f"error: {status.error.detail}", file=sys.stderr)
+    return 0 if status.state == "succeeded" else 130 if status.state == "cancelled" else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "run-job":
+        return run_job_main(args.job)
     try:
         settings = _settings(args)
     except ValidationError as exc:

@@ -438,6 +438,20 @@ def root_error(exc: BaseException) -> ApiError | None:
     return None
 
 
+def innermost(exc: BaseException) -> BaseException:
+    """The exception at the bottom of a chain (a Ray task error's ``cause``, ``__cause__``): what really failed."""
+    seen: set[int] = set()
+    current = exc
+    while id(current) not in seen:
+        seen.add(id(current))
+        cause = getattr(current, "cause", None)
+        following = cause if isinstance(cause, BaseException) else current.__cause__
+        if following is None:
+            break
+        current = following
+    return current
+
+
 # --- the driver ---
 
 
@@ -624,7 +638,8 @@ def run_job(
                 note = f" ({len(records)} of {len(planned)} parts committed: run the job again to resume)"
                 if found is not None:
                     raise type(found)(found.detail + note) from exc
-                raise InternalError(f"the job stopped: {type(exc).__name__}: {str(exc)[:500]}{note}") from exc
+                inner = innermost(exc)
+                raise InternalError(f"the job stopped: {type(inner).__name__}: {str(inner)[:500]}{note}") from exc
         missing = [where for where in planned if where not in records]
         if missing:
             raise InternalError(

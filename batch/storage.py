@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,8 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 from batch.errors import InvalidJob, JobStorageError
+from batch.jobstate import CONTROL_CHARACTERS, key_problem
 from batch.settings import BatchSettings
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -68,18 +66,9 @@ class Location:
         return Location(f"{self.uri.rstrip('/')}/{suffix}", f"{self.path.rstrip('/')}/{suffix}", self.s3)
 
 
-def _key_problem(key: str) -> str | None:
-    if _CONTROL.search(key):
-        return "control characters"
-    segments = key.strip("/").split("/")
-    if any(segment in ("", ".", "..") for segment in segments):
-        return "empty, '.' or '..' segments"
-    return None
-
-
 def parse_location(uri: str, settings: BatchSettings, *, what: str = "location") -> Location:
     """``uri`` checked: ``s3://bucket/key`` in an allowed bucket, or a local path; raises :class:`InvalidJob`."""
-    if not uri or _CONTROL.search(uri):
+    if not uri or CONTROL_CHARACTERS.search(uri):
         raise InvalidJob(f"the {what} is empty or holds control characters")
     if "://" in uri:
         parsed = urlparse(uri)
@@ -93,7 +82,7 @@ def parse_location(uri: str, settings: BatchSettings, *, what: str = "location")
             raise InvalidJob(f"bucket {bucket!r} of the {what} is not allowed; allowed buckets: {allowed}")
         if not key:
             raise InvalidJob(f"the {what} {uri!r} names a whole bucket; give a key or a prefix in it")
-        problem = _key_problem(key)
+        problem = key_problem(key)
         if problem:
             raise InvalidJob(f"the {what} {uri!r} has {problem} in its key")
         key = key.rstrip("/")  # a prefix: pyarrow names it without the slash

@@ -12,9 +12,11 @@ from typing import Any, cast
 
 import panel as pn
 
+from dashboard.batch import BatchState
 from dashboard.client import FacadeAPI, FacadeClient, PrometheusClient
 from dashboard.settings import DashboardSettings
 from dashboard.state import CONNECTION_DOWN, DashboardState, TextTaskState
+from dashboard.views.batch import BatchView
 from dashboard.views.render import markdown_literal, models_note_text
 from dashboard.views.widgets import ConnectionBanner, ImageTaskView, MonitoringView, TextTaskView
 
@@ -44,6 +46,8 @@ class DashboardPage:
         )
         self.task_views: dict[str, TextTaskView | ImageTaskView] = {}
         self.monitoring_view = MonitoringView(state.monitoring, settings.stats_interval_s)
+        self.batch_state = BatchState(state.client, state.connection)
+        self.batch_view = BatchView(self.batch_state, settings.health_interval_s)
         self.tabs = self._tabs()
         self.main = pn.Column(self.banner.panel, self.models_note, self.tabs, sizing_mode="stretch_width")
         sidebar: list[Any] = [
@@ -73,6 +77,7 @@ class DashboardPage:
                 self.task_views[name] = TextTaskView(task_state)
             else:
                 self.task_views[name] = ImageTaskView(task_state)
+        self.batch_state.set_tasks(list(self.task_views))
         # A new Tabs rather than new items in the old one: Bokeh 3.9 keeps a moved tab's panel stacked
         # above the active one (invisible, but it takes the clicks meant for the active tab).
         self.tabs = self._tabs(*(view.panel for view in self.task_views.values()))
@@ -81,6 +86,7 @@ class DashboardPage:
     def _tabs(self, *task_panels: Any) -> pn.Tabs:
         return pn.Tabs(
             *task_panels,
+            *([self.batch_view.panel] if task_panels else []),  # jobs need the task list
             self.monitoring_view.panel,
             dynamic=False,
             sizing_mode="stretch_width",
@@ -107,6 +113,8 @@ class DashboardPage:
         try:
             if not self.state.loaded and await self.state.load_tasks():
                 self.build_task_tabs()
+            if self.state.loaded:
+                await self.batch_state.refresh()
             await self.state.monitoring.refresh()
         finally:
             self._refreshing = False

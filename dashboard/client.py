@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ElementTree
 from typing import Literal, Protocol, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -171,6 +172,41 @@ class Health(_Response):
     detail: str = ""
 
 
+class JobFailure(_Response):
+    type: str = ""
+    title: str = ""
+    detail: str = ""
+
+
+class JobInfo(_Response):
+    """A batch job (``GET /v1/jobs/{id}``): its state and progress."""
+
+    id: str
+    state: str
+    task: str
+    column: str = ""
+    input: str = ""
+    created_at: str = ""
+    rows_total: int | None = None
+    rows_done: int = 0
+    rows_failed: int = 0
+    rows_per_s: float = 0.0
+    eta_s: float | None = None
+    labels: dict[str, int] = Field(default_factory=dict)
+    error: JobFailure | None = None
+    result_url: str | None = None
+
+
+class _JobList(_Response):
+    jobs: list[JobInfo]
+
+
+class JobUploadTicket(UploadTicket):
+    """Response of ``POST /v1/jobs/uploads``: a presigned POST for a job's input file, and that file as a job input."""
+
+    input: str
+
+
 class FacadeAPI(Protocol):
     """What the page needs from the facade; :class:`FacadeClient` is the real one, tests use fakes."""
 
@@ -190,6 +226,16 @@ class FacadeAPI(Protocol):
     async def metrics(self) -> str: ...
 
     async def health(self) -> Health: ...
+
+    async def upload_job_input(self, filename: str, content_type: str, data: bytes) -> str: ...
+
+    async def start_job(self, input_uri: str, task: str, column: str) -> JobInfo: ...
+
+    async def jobs(self, limit: int) -> list[JobInfo]: ...
+
+    async def cancel_job(self, job_id: str) -> JobInfo: ...
+
+    async def job_result_url(self, job_id: str) -> str: ...
 
     async def aclose(self) -> None: ...
 
@@ -335,6 +381,50 @@ class FacadeClient:
                 return Health(ready=False, detail=exc.message)
             raise
         return Health(ready=True)
+
+    # --- batch jobs ---
+
+    async def upload_job_input(self, filename: str, content_type: str, data: bytes) -> str:
+        """Upload a job's input file through the presigned POST of ``/v1/jobs/uploads``; return it as a job input."""
+        response = await self._request(
+            "POST", "/v1/jobs/uploads", {"filename": filename[:200] or "input", "content_type": content_type}
+        )
+        ticket = self._parse(JobUploadTicket, response)
+        if len(data) > ticket.max_bytes:
+            raise UploadError(
+                f"{filename} is {human_size(len(data))}; "
+                f"the largest file a job takes is {human_size(ticket.max_bytes)}."
+            )
+        form = {"file": (filename, data, content_type)}
+        try:
+            async with self._http.stream("POST", ticket.upload_url, data=ticket.fields, files=form) as stored:
+                if stored.status_code < 300:
+                    return ticket.input
+                body = await _read_at_most(stored, STORAGE_ERROR_BYTES)
+        except httpx.HTTPError as exc:
+            raise UploadError(f"Uploading the file to storage failed ({_reason(exc)}).") from exc
+        raise storage_error(stored.status_code, body, ticket.max_bytes)
+
+    async def start_job(self, input_uri: str, task: str, column: str) -> JobInfo:
+        """``POST /v1/jobs``: the job, queued (202)."""
+        response = await self._request("POST", "/v1/jobs", {"input": input_uri, "task": task, "column": column})
+        return self._parse(JobInfo, response)
+
+    async def jobs(self, limit: int) -> list[JobInfo]:
+        """``GET /v1/jobs``: the newest jobs, newest first."""
+        return self._parse(_JobList, await self._request("GET", f"/v1/jobs?limit={int(limit)}")).jobs
+
+    async def cancel_job(self, job_id: str) -> JobInfo:
+        """``DELETE /v1/jobs/{id}``."""
+        return self._parse(JobInfo, await self._request("DELETE", f"/v1/jobs/{quote(job_id, safe='')}"))
+
+    async def job_result_url(self, job_id: str) -> str:
+        """The presigned download URL ``GET /v1/jobs/{id}/result`` redirects to (the page links to it)."""
+        response = await self._request("GET", f"/v1/jobs/{quote(job_id, safe='')}/result")
+        location = str(response.headers.get("location", ""))
+        if response.status_code not in (302, 303, 307) or not location.startswith(("http://", "https://")):
+            raise ApiError(f"The API did not give a download link for job {job_id} (HTTP {response.status_code}).")
+        return location
 
 
 def storage_error(status: int, body: bytes, max_bytes: int | None = None) -> UploadError:

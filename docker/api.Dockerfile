@@ -1,6 +1,8 @@
 # The REST facade (FastAPI + uvicorn). Slim on purpose: the `api` extra has no torch, and only
-# the packages it runs are copied in: taskspec, preprocess, frontend_api, and export for compose's models-init job
-# (`python -m export push` needs boto3 only; training and ONNX export are never imported here).
+# the packages it runs are copied in: taskspec, preprocess, frontend_api, batch (the job API reads its job records,
+# batch/jobstate.py: pydantic only), and export for compose's models-init job (`python -m export push` needs boto3
+# only; training and ONNX export are never imported here). Without the `batch` extra (Ray) in the image, the job
+# API answers 503 jobs-unavailable: run jobs from a host or image that has it (docs/batch.md).
 # Build context: the repository root (see docker-compose.yml).
 FROM python:3.11-slim
 
@@ -15,6 +17,7 @@ COPY pyproject.toml README.md ./
 COPY taskspec/ taskspec/
 COPY preprocess/ preprocess/
 COPY frontend_api/ frontend_api/
+COPY batch/ batch/
 COPY export/ export/
 RUN pip install ".[api]" \
     && useradd --create-home --uid 10001 mtc

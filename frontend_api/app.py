@@ -25,6 +25,8 @@ from starlette.middleware import Middleware
 from frontend_api.artifacts import ArtifactStore, make_source
 from frontend_api.dependencies import InFlightLimiter
 from frontend_api.images import ImageBudget, ImageFetcher, Resolver, SystemResolver, UrlPolicy
+from frontend_api.job_routes import jobs_router
+from frontend_api.jobs import JobLauncher, JobService, SubprocessLauncher
 from frontend_api.metrics import ApiMetrics
 from frontend_api.middleware import BodyLimitMiddleware, LoopbackOnlyMiddleware, MetricsMiddleware
 from frontend_api.openapi import problem_openapi
@@ -48,10 +50,12 @@ def create_app(
     s3_client: Any | None = None,
     loopback_only: bool = False,
     tracer_provider: TracerProvider | None = None,
+    job_launcher: JobLauncher | None = None,
 ) -> FastAPI:
     """Build the facade. Tests pass a fake ``triton``, an ``httpx.MockTransport`` for image hosts,
     a ``resolver`` (host -> addresses), an S3 client and/or a ``tracer_provider`` (e.g. with an in-memory
-    exporter); anything not given is created from settings (no tracing unless ``otlp_endpoint`` is set).
+    exporter) and/or a ``job_launcher`` (what starts a batch job's runner); anything not given is created from
+    settings (no tracing unless ``otlp_endpoint`` is set; job runners as subprocesses).
     ``loopback_only`` adds the guard that answers loopback connections only (:func:`served_app` sets it for
     a facade without API keys)."""
     settings = settings or ApiSettings()
@@ -79,6 +83,7 @@ def create_app(
         app.state.service = PlatformService(
             settings, backend, store, fetcher, presigner, metrics, decode_pool, tracer=tracer
         )
+        app.state.jobs = JobService(settings, s3, presigner, job_launcher or SubprocessLauncher())
         try:
             yield
         finally:
@@ -113,6 +118,7 @@ def create_app(
     add_problem_handlers(app)
     app.include_router(probes_router(settings, metrics))
     app.include_router(api_router(settings))
+    app.include_router(jobs_router(settings))
     app.openapi = problem_openapi(app)  # type: ignore[method-assign]
     if provider is not None:
         instrument(app, provider, trust_incoming=settings.trace_trust_incoming)

@@ -205,6 +205,27 @@ class ApiSettings(BaseSettings):
         "connections only",
     )
 
+    # --- batch jobs: /v1/jobs (docs/batch.md) ---
+    jobs_bucket: str = Field(
+        "", description="Bucket holding the jobs' folders (records, status, output); empty: upload_bucket"
+    )
+    jobs_prefix: str = Field("jobs/", description="Key prefix of the jobs' folders in jobs_bucket (ends with /)")
+    jobs_input_buckets: list[str] = Field(
+        default_factory=list,
+        description="Buckets a job may read its input from (s3:// URIs only; besides uploads of /v1/jobs/uploads)",
+    )
+    jobs_max_running: int = Field(2, ge=1, description="Jobs queued or running at once; more are refused with 429")
+    jobs_max_upload_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Largest input file a presigned job upload accepts"
+    )
+    jobs_stale_s: float = Field(
+        120.0, gt=0, description="A job whose runner has not reported for this long is shown as failed (runner lost)"
+    )
+    jobs_listed: int = Field(100, ge=1, le=1000, description="Newest jobs that GET /v1/jobs and the limit look at")
+    jobs_ray_address: str | None = Field(
+        None, description="Ray cluster the job runners join (MTC_BATCH_RAY_ADDRESS); unset: a local Ray per job"
+    )
+
     # --- tracing (docs/observability.md) ---
     otlp_endpoint: str | None = Field(
         None,
@@ -230,6 +251,14 @@ class ApiSettings(BaseSettings):
         if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query or parsed.fragment:
             raise ValueError(f"{value!r} is not an http(s)://host:port URL of an OTLP/HTTP collector")
         return value.rstrip("/")
+
+    @field_validator("jobs_prefix")
+    @classmethod
+    def _a_plain_prefix(cls, value: str) -> str:
+        segments = value.split("/")
+        if not value.endswith("/") or any(seg in ("", ".", "..") for seg in segments[:-1]) or value.isspace():
+            raise ValueError(f"{value!r} is not a key prefix like 'jobs/' (ends with /, no empty, . or .. segments)")
+        return value
 
     @field_validator("api_keys")
     @classmethod

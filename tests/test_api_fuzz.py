@@ -59,7 +59,11 @@ SETTINGS = ApiSettings(
 )
 FAKE = FakeTriton()
 APP = create_app(SETTINGS, FAKE, image_transport=ImageHostTransport(_image_host), resolver=_resolver)
-schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
+# The job routes (/v1/jobs...) answer from S3 (their records) and from whether an input exists there: with no S3
+# server here they would answer 503 storage-unavailable, and a body valid by the schema is refused (422) when its
+# input is not in an allowed bucket. tests/test_api_jobs.py covers them against an S3 mock, hostile input included.
+JOB_ROUTES = r"^/v1/jobs"
+schema = schemathesis.openapi.from_asgi("/openapi.json", APP).exclude(path_regex=JOB_ROUTES)
 
 
 @schema.parametrize()
@@ -72,7 +76,7 @@ def test_no_server_errors_and_responses_match_the_schema(case: schemathesis.Case
 
 # --- what the validators enforce is what the schema declares ---
 
-POSITIVE = schemathesis.openapi.from_asgi("/openapi.json", APP).include(method="POST")
+POSITIVE = schemathesis.openapi.from_asgi("/openapi.json", APP).include(method="POST").exclude(path_regex=JOB_ROUTES)
 POSITIVE.config.generation.update(modes=[GenerationMode.POSITIVE])
 
 

@@ -196,7 +196,7 @@ def test_the_page_asks_for_the_login_first(browser: Browser, stack: Stack) -> No
 def test_the_tabs_are_the_tasks_the_facade_lists(page: Page, stack: Stack) -> None:
     models = httpx.get(f"{stack.api_url}/v1/models", timeout=30).json()["models"]
 
-    expect(page.locator(".bk-tab")).to_have_text([m["title"] for m in models] + ["Monitoring"])
+    expect(page.locator(".bk-tab")).to_have_text([m["title"] for m in models] + ["Batch", "Monitoring"])
     sentiment = next(m for m in models if m["task"] == "sentiment")
     expect(page.locator(".mtc-input").first).to_contain_text(f"at most {sentiment['max_items']}")
 
@@ -271,6 +271,46 @@ def test_uploading_a_photo_shows_the_pose_result(page: Page, photo: Path) -> Non
     screenshot(page, "3-pose")
 
 
+def test_a_batch_job_started_from_an_uploaded_csv_shows_progress_and_a_download_that_survives_a_reload(
+    page: Page, tmp_path: Path
+) -> None:
+    """The Batch tab: upload a CSV, start a sentiment job, see it finish (its runner starts a local Ray: the
+    slowest part), download the result through the link, reload the page and find the job again."""
+    source = tmp_path / "reviews.csv"
+    reviews = [f"A warm and funny film #{i}" if i % 2 else f"Dull and far too long #{i}" for i in range(30)]
+    source.write_text("id,review\n" + "".join(f"{i},{text}\n" for i, text in enumerate(reviews)))
+    # Waited for first: a click on it right after the page loaded timed out in 2 of 3 runs on a loaded machine
+    # (Playwright never found the tab, though the tab list had it), never after this wait.
+    expect(page.locator(".bk-tab", has_text="Batch")).to_have_count(1)
+    open_tab(page, "Batch")
+    page.locator(".mtc-batch-file input[type=file]").set_input_files(source)
+    page.locator(".mtc-batch-column input").fill("review")
+    page.locator(".mtc-batch-column input").press("Enter")
+    page.locator(".mtc-batch-start button").click()
+
+    row = page.locator(".mtc-jobs tbody tr").first
+    expect(row.locator(".mtc-job-state")).to_have_text(re.compile("queued|running|succeeded"))
+    expect(row).to_contain_text("sentiment")
+    screenshot(page, "3b-batch-started")
+    expect(row.locator(".mtc-job-state")).to_have_text("succeeded", timeout=240_000)
+    expect(row).to_contain_text("30 / 30 rows")
+    link = row.locator(".mtc-download")
+    expect(link).to_be_visible()
+    screenshot(page, "3c-batch-done")
+    result = httpx.get(str(link.get_attribute("href")), timeout=30)
+    assert result.status_code == 200, result.text
+    lines = result.text.splitlines()
+    assert lines[0].replace('"', "") == "id,review,label,p_negative,p_positive,error" and len(lines) == 31
+    assert all(line.replace('"', "").split(",")[2] in SENTIMENT.labels for line in lines[1:])
+
+    job_id = row.get_attribute("data-job")
+    page.reload()
+    open_tab(page, "Batch")
+    again = page.locator(f'.mtc-jobs tbody tr[data-job="{job_id}"]')
+    expect(again.locator(".mtc-job-state")).to_have_text("succeeded")
+    expect(again.locator(".mtc-download")).to_be_visible()
+
+
 def test_a_non_image_url_gives_a_readable_error(page: Page, stack: Stack) -> None:
     open_tab(page, POSE.title)
     page.locator(".mtc-url input").fill(f"{stack.api_url}/openapi.json")
@@ -337,7 +377,7 @@ def test_a_page_opened_while_the_api_is_down_gets_its_tabs_when_it_is_back(
     finally:
         stack.facade.start()
 
-    expect(page.locator(".bk-tab")).to_have_text([SENTIMENT.title, DISASTER.title, POSE.title, "Monitoring"])
+    expect(page.locator(".bk-tab")).to_have_text([SENTIMENT.title, DISASTER.title, POSE.title, "Batch", "Monitoring"])
     expect(page.locator(".mtc-models-note")).to_be_hidden()
     page.locator("textarea").first.fill("Back in business")
     page.locator(".mtc-classify button").first.click()

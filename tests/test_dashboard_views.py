@@ -156,7 +156,7 @@ def text_view(page: DashboardPage, name: str) -> TextTaskView:
 async def test_the_page_has_a_tab_per_task_the_facade_lists_plus_monitoring() -> None:
     page = await ready_page(FakeFacade())
 
-    assert [tab.name for tab in page.tabs] == [SENTIMENT.title, DISASTER.title, POSE.title, "Monitoring"]
+    assert [tab.name for tab in page.tabs] == [SENTIMENT.title, DISASTER.title, POSE.title, "Batch", "Monitoring"]
     assert [type(view) for view in page.task_views.values()] == [TextTaskView, TextTaskView, ImageTaskView]
     assert not page.models_note.visible
 
@@ -165,7 +165,14 @@ async def test_a_fourth_text_task_declared_only_by_the_facade_is_a_tab_with_its_
     fake = FakeFacade(model_list=[*FakeFacade().model_list, TOPICS])
     page = await ready_page(fake)
 
-    assert [tab.name for tab in page.tabs] == [SENTIMENT.title, DISASTER.title, POSE.title, "News topics", "Monitoring"]
+    assert [tab.name for tab in page.tabs] == [
+        SENTIMENT.title,
+        DISASTER.title,
+        POSE.title,
+        "News topics",
+        "Batch",
+        "Monitoring",
+    ]
     topics = text_view(page, "topics")
     assert topics.text_input.label == "News topics: one text per line (at most 5)"
     assert topics.example_buttons == []
@@ -189,13 +196,13 @@ async def test_the_facade_down_at_session_start_shows_the_banner_then_the_tabs_w
 
     fake.down = False
     await page.refresh()
-    assert [tab.name for tab in page.tabs] == [SENTIMENT.title, DISASTER.title, POSE.title, "Monitoring"]
+    assert [tab.name for tab in page.tabs] == [SENTIMENT.title, DISASTER.title, POSE.title, "Batch", "Monitoring"]
     assert page.tabs.active == 0
     assert not page.banner.panel.visible
     assert not page.models_note.visible
 
     await page.refresh()  # built once
-    assert len(page.tabs) == 4
+    assert len(page.tabs) == 5
     assert [name for name, _ in fake.calls].count("models") == 1
 
 
@@ -212,7 +219,7 @@ async def test_a_model_list_the_page_cannot_get_is_said_and_asked_again() -> Non
     fake.fail_with = None
     fake.model_list = [TOPICS]
     await page.refresh()
-    assert [tab.name for tab in page.tabs] == ["News topics", "Monitoring"]
+    assert [tab.name for tab in page.tabs] == ["News topics", "Batch", "Monitoring"]
 
 
 async def test_views_follow_the_state_after_a_click() -> None:
@@ -295,7 +302,7 @@ async def test_a_tick_is_skipped_while_the_previous_one_waits_for_a_slow_api() -
 
     fake.gate.set()  # type: ignore[union-attr]
     await first
-    assert fake.calls == [("health", None), ("models", None), ("stats", None), ("metrics", None)]
+    assert fake.calls == [("health", None), ("models", None), ("jobs", 10), ("stats", None), ("metrics", None)]
 
 
 async def test_a_slow_monitoring_refresh_does_not_delay_the_check_that_says_the_api_is_down() -> None:

@@ -374,7 +374,7 @@ def test_api_image_runs_the_checked_launcher_without_torch() -> None:
     assert not [d for d in api_extra if re.match(r"(torch|transformers)\b", d)], "the api extra must not pull torch"
     # The app, and the push models-init runs with this image, import with the model runtimes made
     # unimportable: the slim image can run both.
-    blocked = ["torch", "transformers", "onnx", "onnxruntime"]
+    blocked = ["torch", "transformers", "onnx", "onnxruntime", "ray", "pyarrow"]  # the job API imports neither
     probe = (
         f"import sys\nfor name in {blocked!r}: sys.modules[name] = None\n"
         "import frontend_api.app\n"

@@ -18,6 +18,7 @@ from dashboard.client import (
     Health,
     ImagePrediction,
     ImageResult,
+    JobInfo,
     LabelProbability,
     ModelInfo,
     ModelRef,
@@ -69,6 +70,8 @@ class FakeFacade:
     metrics_text: str = ""
     calls: list[tuple[str, object]] = field(default_factory=list)
     uploads: dict[str, bytes] = field(default_factory=dict)
+    job_list: list[JobInfo] = field(default_factory=list)
+    """The facade's jobs, newest first (start_job adds one; tests change them with ``advance``)."""
 
     async def _enter(self, name: str, argument: object) -> None:
         self.calls.append((name, argument))
@@ -141,3 +144,41 @@ class FakeFacade:
 
     async def aclose(self) -> None:
         self.calls.append(("aclose", None))
+
+    # --- batch jobs ---
+
+    async def upload_job_input(self, filename: str, content_type: str, data: bytes) -> str:
+        await self._enter("upload_job_input", (filename, content_type, len(data)))
+        uri = f"s3://uploads/job-inputs/{len(self.uploads)}.csv"
+        self.uploads[uri] = data
+        return uri
+
+    async def start_job(self, input_uri: str, task: str, column: str) -> JobInfo:
+        await self._enter("start_job", (input_uri, task, column))
+        job = JobInfo(
+            id=f"{len(self.job_list) + 1:024x}",
+            state="queued",
+            task=task,
+            column=column,
+            input=input_uri,
+            created_at="2026-12-01T12:00:00+00:00",
+        )
+        self.job_list.insert(0, job)
+        return job
+
+    async def jobs(self, limit: int) -> list[JobInfo]:
+        await self._enter("jobs", limit)
+        return self.job_list[:limit]
+
+    def advance(self, job_id: str, **fields: object) -> None:
+        """Change a job as its runner would (state, rows_done...)."""
+        self.job_list = [job.model_copy(update=fields) if job.id == job_id else job for job in self.job_list]
+
+    async def cancel_job(self, job_id: str) -> JobInfo:
+        await self._enter("cancel_job", job_id)
+        self.advance(job_id, state="cancelling")
+        return next(job for job in self.job_list if job.id == job_id)
+
+    async def job_result_url(self, job_id: str) -> str:
+        await self._enter("job_result_url", job_id)
+        return f"http://storage.test/jobs/{job_id}/result.csv?signature=get"

@@ -1,0 +1,110 @@
+"""The runner of a REST-started job (``python -m batch run-job``) without Ray: its records, the result file, a
+cancel that arrives before the job starts. The whole path (facade, Ray, Triton, S3) is tests/test_jobs_integration.py.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batch.formats import FORMATS
+from batch.jobrun import run_api_job, write_result
+from batch.jobstate import CANCEL_MARKER, JOB_RECORD, STATUS_RECORD, JobFormat, JobRecord, JobStatus, now_iso
+from batch.runner import JobSummary, innermost
+from batch.settings import BatchSettings
+from batch.storage import parse_location
+
+
+def summary(fmt: str, parts: list[str]) -> JobSummary:
+    return JobSummary(
+        input="in", output="out", task="sentiment", model="sentiment", model_version="1", format=fmt,
+        rows_total=3, rows_ok=3, rows_failed=0, labels={}, failures=[], failure_reasons={}, parts=len(parts),
+        parts_resumed=0, rows_this_run=3, seconds_this_run=1.0, rows_per_s=3.0, part_files=parts,
+    )  # fmt: skip
+
+
+def test_the_job_formats_are_the_runners() -> None:
+    assert typing.get_args(JobFormat) == FORMATS
+
+
+def test_csv_parts_become_one_result_with_one_header(tmp_path: Path) -> None:
+    output = tmp_path / "job" / "output"
+    output.mkdir(parents=True)
+    (output / "part-00000-000000.csv").write_text('"id","text","label"\n"1","a, b","x"\n"2","c","y"\n')
+    (output / "part-00000-000001.csv").write_text('"id","text","label"\n"3","d\ne","x"\n')
+    folder = parse_location(str(tmp_path / "job"), BatchSettings())
+
+    name = write_result(
+        folder.child("output"), folder, summary("csv", ["part-00000-000000.csv", "part-00000-000001.csv"])
+    )
+
+    assert name == "result.csv"
+    text = (tmp_path / "job" / "result.csv").read_text()
+    assert text == '"id","text","label"\n"1","a, b","x"\n"2","c","y"\n"3","d\ne","x"\n'
+
+
+def test_parquet_parts_become_one_parquet_result(tmp_path: Path) -> None:
+    output = tmp_path / "job" / "output"
+    output.mkdir(parents=True)
+    pq.write_table(pa.table({"id": [1, 2], "label": ["x", None]}), output / "part-00000-000000.parquet")
+    pq.write_table(pa.table({"id": [3], "label": ["y"]}), output / "part-00001-000000.parquet")
+    folder = parse_location(str(tmp_path / "job"), BatchSettings())
+
+    write_result(
+        folder.child("output"), folder, summary("parquet", ["part-00000-000000.parquet", "part-00001-000000.parquet"])
+    )
+
+    table = pq.read_table(tmp_path / "job" / "result.parquet")
+    assert table.column("id").to_pylist() == [1, 2, 3] and table.column("label").to_pylist() == ["x", None, "y"]
+
+
+def test_a_job_cancelled_before_its_runner_starts_ends_cancelled_without_running(tmp_path: Path) -> None:
+    folder = tmp_path / "jobs" / "0123456789ab0123456789ab"
+    folder.mkdir(parents=True)
+    record = JobRecord(
+        id=folder.name, task="sentiment", column="text", input=str(tmp_path / "in.csv"), created_at=now_iso()
+    )
+    (folder / JOB_RECORD).write_text(record.model_dump_json())
+    (folder / CANCEL_MARKER).write_text("{}")
+
+    status = run_api_job(str(folder), BatchSettings(triton_url="127.0.0.1:9"))  # nothing listens: never asked
+
+    assert status.state == "cancelled" and status.finished_at is not None
+    assert JobStatus.model_validate_json((folder / STATUS_RECORD).read_text()) == status
+    assert not (folder / "output").exists()
+
+
+def test_a_job_that_cannot_run_ends_failed_with_the_reason(tmp_path: Path) -> None:
+    folder = tmp_path / "jobs" / "0123456789ab0123456789ac"
+    folder.mkdir(parents=True)
+    (tmp_path / "in.csv").write_text("review\ngood\n")
+    record = JobRecord(
+        id=folder.name, task="sentiment", column="text", input=str(tmp_path / "in.csv"), created_at=now_iso()
+    )
+    (folder / JOB_RECORD).write_text(record.model_dump_json())
+
+    status = run_api_job(str(folder), BatchSettings(triton_url="127.0.0.1:9"), heartbeat_s=0.05)
+
+    assert status.state == "failed" and status.error is not None
+    assert status.error.type == "/problems/invalid-job" and "text" in status.error.detail
+    assert JobStatus.model_validate_json((folder / STATUS_RECORD).read_text()).state == "failed"
+
+
+def test_the_innermost_cause_is_what_a_stopped_job_reports() -> None:
+    class Wrapper(Exception):
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__("ray::MapWorker.submit() ... a long traceback")
+            self.cause = cause
+
+    try:
+        try:
+            raise TimeoutError("Triton did not answer")
+        except TimeoutError as root:
+            raise RuntimeError("user code failed") from root
+    except RuntimeError as middle:
+        wrapped = Wrapper(middle)
+    found = innermost(wrapped)
+    assert isinstance(found, TimeoutError) and str(found) == "Triton did not answer"
