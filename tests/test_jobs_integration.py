@@ -75,6 +75,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterato
         "MTC_API_HOST": "127.0.0.1",
         "MTC_API_PORT": str(api_port),
         "MTC_API_TRITON_URL": f"127.0.0.1:{triton.http_port}",
+        "MTC_API_TRITON_GRPC_URL": f"127.0.0.1:{triton.grpc_port}",
         "MTC_API_MODEL_REPOSITORY": str(repository),
         "MTC_API_S3_ENDPOINT_URL": s3_endpoint,
         "MTC_API_UPLOAD_BUCKET": upload_bucket,
