@@ -126,3 +126,25 @@ def test_missing_dataset_layout_is_a_dataset_error(tmp_path: Path) -> None:
     (tmp_path / "imdb" / "val.csv.gz").write_bytes(b"not gzip")
     with pytest.raises(DatasetError, match="cannot read"):
         imdb_local(SENTIMENT, tmp_path)
+
+
+def test_flip_averaged_export_gives_a_photo_and_its_mirror_image_the_same_logits(tmp_path: Path) -> None:
+    """Test-time flip averaging lives in the exported graph: every serving path feeding the ONNX file gets it."""
+    import onnxruntime as ort
+    import torch
+
+    from export.models import FlipAveraged, TinyCNN
+    from export.onnx_export import export_onnx
+
+    model = TinyCNN(POSE.num_labels).eval()
+    path = export_onnx(FlipAveraged(model), POSE, {"pixel_values": torch.zeros(2, 3, 224, 224)}, tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    pixels = np.random.default_rng(0).normal(size=(3, 3, 224, 224)).astype(np.float32)
+    mirror = np.ascontiguousarray(pixels[..., ::-1])
+    (logits,) = session.run(["logits"], {"pixel_values": pixels})
+    (mirrored,) = session.run(["logits"], {"pixel_values": mirror})
+    with torch.no_grad():
+        plain, flipped = model(torch.from_numpy(pixels)).numpy(), model(torch.from_numpy(mirror)).numpy()
+    assert not np.allclose(plain, flipped, atol=1e-3)  # the inner model alone tells them apart
+    np.testing.assert_allclose(logits, (plain + flipped) / 2, atol=1e-5)
+    np.testing.assert_allclose(mirrored, logits, atol=1e-5)
