@@ -29,7 +29,7 @@ from export.errors import CheckpointError, ExportError
 from export.features import extract_features
 from export.hf_checkpoint import checkpoint_dir as hf_checkpoint_dir
 from export.hf_checkpoint import save_text_checkpoint
-from export.models import EfficientNetFeatures, ImageClassifier, load_text_classifier
+from export.models import EfficientNetFeatures, FlipAveraged, ImageClassifier, load_text_classifier
 from export.pipeline import export_validate_publish
 from export.publish import save_tokenizer
 from export.recipes import ImageRecipe, Profile, Recipe, TextRecipe
@@ -261,15 +261,27 @@ def build_image_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bu
     backbone = load_image_backbone(weights)
     train_started = time.monotonic()
     feature_args: dict[str, Any] = {"weights_id": str(weights), "progress": options.progress}
-    x_train = extract_features(backbone, train.paths, spec.image, desc="features train", **feature_args)
-    x_val = extract_features(backbone, val.paths, spec.image, desc="features val", **feature_args)
+
+    image = spec.image
+
+    def features(split: ImageSplit, part: str, *, flip: bool = False) -> np.ndarray:
+        desc = f"features {part}" + (" (mirrored)" if flip else "")
+        return extract_features(backbone, split.paths, image, flip=flip, desc=desc, **feature_args)
+
+    x_train, x_val = features(train, "train"), features(val, "val")
+    x_fit, y_fit = x_train, train.labels
+    if recipe.flip_features:  # the mirror image of a photo of an action shows the same action
+        x_fit = np.concatenate([x_train, features(train, "train", flip=True)])
+        y_fit = np.concatenate([train.labels, train.labels])
+    if recipe.tta_flip:  # validated as served: a linear head's mean logits are the logits of the mean features
+        x_val = (x_val + features(val, "val", flip=True)) / 2
     epochs = recipe.epochs if options.max_steps is None else min(recipe.epochs, options.max_steps)
     # Tiny tensors: more threads than one only add synchronisation overhead on a busy machine.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         head, history = train_head(
-            x_train, train.labels, x_val, val.labels, spec.num_labels, recipe,
+            x_fit, y_fit, x_val, val.labels, spec.num_labels, recipe,
             seed=options.seed, progress=options.progress, epochs=epochs,
         )  # fmt: skip
         with torch.no_grad():
@@ -283,6 +295,8 @@ def build_image_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bu
             device=device, seed=options.seed, progress=options.progress, max_steps=options.max_steps,
         )  # fmt: skip
 
+    served: torch.nn.Module = FlipAveraged(model).eval() if recipe.tta_flip else model
+
     metrics = _common_metrics(spec, options, data, checkpoint, recipe)
     best_val = max((h["val_accuracy"] for h in history), default=float("nan"))
     metrics.update(
@@ -293,7 +307,7 @@ def build_image_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bu
         val={"accuracy": round(best_val, 4), "n": len(val)},
     )
     published = export_validate_publish(
-        model, spec, held_out=test, repository=options.repository,
+        served, spec, held_out=test, repository=options.repository,
         metrics=metrics, int8=options.int8, seed=options.seed, progress=options.progress,
     )  # fmt: skip
     return BuildResult(spec.name, published.version_dir, published.metrics, time.monotonic() - started)

@@ -6,7 +6,8 @@ root by default; override with ``--data-dir`` or ``MTC_DATA_DIR``), see that fol
 
 - ``imdb/train.csv.gz`` (train) and ``imdb/val.csv.gz`` (held-out test): ``label`` pos/neg, ``text``;
 - ``disaster_tweets/train.csv``: ``text``, ``target``; a fixed, stratified 20 % is held out as test;
-- ``human_action/{train,val}/<class>/*.jpg``: ``val`` is the held-out test.
+- ``human_action/{train,val}/<class>/*.jpg``: ``val`` is the held-out test; ``train_extra/<class>/`` (when
+  present) adds training photos.
 
 Nothing is tuned on the test parts: the recipes are fixed per profile, and the test split is only
 used for the accuracy reported in the model card.
@@ -43,6 +44,8 @@ IMDB_HUB_ID = "stanfordnlp/imdb"
 TWEETS_HUB_ID = "tweet-disaster/nlp-getting-started"
 HAR_HUB_ID = "Bingsu/Human_Action_Recognition"
 TWEETS_TEST_FRACTION = 0.2
+HAR_EXTRA = "train_extra"
+"""Optional folder of more HAR training photos next to ``train/`` (same layout)."""
 SPLIT_SEED = 20240611  # fixed forever: the held-out tweets never change between builds
 
 
@@ -171,13 +174,23 @@ def tweets_local(spec: TaskSpec, data_dir: Path) -> Dataset:
 
 
 def har_local(spec: TaskSpec, data_dir: Path) -> Dataset:
-    """``human_action/{train,val}/<label>/*.jpg``: one folder per label of the spec, ``val`` as test."""
+    """``human_action/{train,val}/<label>/*.jpg``: one folder per label of the spec, ``val`` as test.
+
+    ``train_extra/<label>/`` (when present: more photos of the same source, never a test set) is added to
+    the training data.
+    """
     root = _require(data_dir / "human_action", spec.name)
+    train = image_folder(_require(root / "train", spec.name), spec.labels)
+    used = "train/"
+    if (root / HAR_EXTRA).is_dir():
+        extra = image_folder(root / HAR_EXTRA, spec.labels)
+        train = ImageSplit(train.paths + extra.paths, np.concatenate([train.labels, extra.labels]))
+        used = f"train/ + {HAR_EXTRA}/"
     return Dataset(
         spec.name,
-        image_folder(_require(root / "train", spec.name), spec.labels),
+        train,
         image_folder(_require(root / "val", spec.name), spec.labels),
-        f"HAR human action images ({root}): train/ to train, val/ as test",
+        f"HAR human action images ({root}): {used} to train, val/ as test",
     )
 
 

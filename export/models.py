@@ -130,3 +130,22 @@ class EfficientNetFeatures(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         features: torch.Tensor = self.net.extract_features(pixel_values)  # type: ignore[operator]
         return torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1)
+
+
+class FlipAveraged(nn.Module):
+    """Test-time augmentation inside the exported graph: the mean of ``model``'s logits on x and on x mirrored.
+
+    The image and its horizontal mirror go through ``model`` as one batch of 2N, so every serving path
+    (Triton, the facade, batch jobs) gets the average without a second copy of the preprocessing. It
+    costs twice the backbone compute per image.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        both = torch.cat([pixel_values, torch.flip(pixel_values, dims=[3])], dim=0)
+        logits: torch.Tensor = self.model(both)
+        plain, mirrored = logits.chunk(2, dim=0)
+        return (plain + mirrored) / 2

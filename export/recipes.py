@@ -67,6 +67,11 @@ class ImageRecipe:
     weight_decay: float
     label_smoothing: float
     dropout: float
+    flip_features: bool = False
+    """Train the head on the features of every training image and of its mirror image (twice the extraction)."""
+    tta_flip: bool = False
+    """Serve the mean of the logits of each image and its mirror image: the exported graph does it
+    (:class:`export.models.FlipAveraged`), at twice the compute per served image."""
     finetune_epochs: int = 0
     """Epochs of end-to-end fine-tuning (random crops and flips) after the head; 0 keeps the backbone frozen."""
     finetune_lr: float = 1e-4
@@ -79,11 +84,15 @@ class ImageRecipe:
             f"AdamW lr {self.lr:g}, weight decay {self.weight_decay:g}, label smoothing {self.label_smoothing:g}, "
             f"dropout {self.dropout:g}; best epoch on a {self.val_fraction:.0%} validation split"
         )
+        if self.flip_features:
+            text += "; trained on each image and its mirror image"
         if self.finetune_epochs:
             text += (
                 f"; then {self.finetune_epochs} epochs end to end (random resized crops, flips), "
                 f"lr {self.finetune_lr:g}, batch {self.finetune_batch_size}"
             )
+        if self.tta_flip:
+            text += "; served as the mean of the logits of the image and its mirror image"
         return text
 
     def to_dict(self) -> dict[str, object]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +101,34 @@ def test_smoke_build_publishes_text_and_image_models_with_cards(tmp_path: Path) 
     assert is_mean_pool_checkpoint(results[0].checkpoint_dir) and results[1].checkpoint_dir is None
     confusion = np.array(json.loads((results[1].version_dir / "metrics.json").read_text())["test"]["confusion_matrix"])
     assert confusion.shape == (15, 15)
+
+
+def test_image_recipe_flip_levers_train_on_mirrored_features_and_publish_a_mirror_invariant_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``flip_features`` and ``tta_flip`` through the real build: the published pose file (what Triton, the
+    facade and batch jobs run) gives a photo and its mirror image the same logits, and says so in its card."""
+    import onnxruntime as ort
+
+    from export import registry
+    from export.recipes import ImageRecipe
+    from preprocess.image import normalize, read_resized
+    from taskspec import POSE
+
+    entry = registry.ENTRIES["pose"]
+    quick = entry.recipes["quick"]
+    assert isinstance(quick, ImageRecipe) and not quick.tta_flip  # the levers did not pay off for quick
+    flipped = replace(quick, flip_features=True, tta_flip=True)
+    monkeypatch.setitem(registry.ENTRIES, "pose", replace(entry, recipes={"quick": flipped}))
+    (result,) = build(["pose"], BuildOptions(repository=tmp_path / "repo", limit=30, max_steps=2, progress=False))
+    metrics = json.loads((result.version_dir / "metrics.json").read_text())
+    assert metrics["recipe"]["flip_features"] and metrics["recipe"]["tta_flip"]
+    assert "mirror image" in (result.version_dir / "model_card.md").read_text()
+    assert all(r["passed"] for r in metrics["validation"]["files"].values())
+    assert POSE.image is not None
+    photos = load_dataset("pose").test.paths[:3]
+    pixels = normalize(np.stack([read_resized(p, POSE.image.size) for p in photos]), POSE.image)
+    session = ort.InferenceSession(str(result.version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"pixel_values": pixels})
+    (mirrored,) = session.run(["logits"], {"pixel_values": np.ascontiguousarray(pixels[..., ::-1])})
+    np.testing.assert_allclose(mirrored, logits, atol=1e-4)

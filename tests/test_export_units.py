@@ -94,6 +94,28 @@ def test_checkpoint_errors_name_the_problem(tmp_path: Path) -> None:
         resolve_image_checkpoint(str(tmp_path / "w.pth"))
 
 
+def _har_folder(root: Path, part: str, per_class: int) -> None:
+    for label in POSE.labels:
+        (root / "human_action" / part / label).mkdir(parents=True)
+        for i in range(per_class):
+            (root / "human_action" / part / label / f"{i}.jpg").write_bytes(b"")
+
+
+def test_har_train_extra_photos_are_training_data_never_test(tmp_path: Path) -> None:
+    """``train_extra/`` (when present) joins the training split; the held-out ``val/`` stays as it is."""
+    _har_folder(tmp_path, "train", 2)
+    _har_folder(tmp_path, "val", 1)
+    without = har_local(POSE, tmp_path)
+    assert len(without.train) == 2 * POSE.num_labels and without.description.endswith(": train/ to train, val/ as test")
+    _har_folder(tmp_path, "train_extra", 3)
+    data = har_local(POSE, tmp_path)
+    assert len(data.train) == 5 * POSE.num_labels and len(data.test) == POSE.num_labels
+    assert sum("train_extra" in p.parts for p in data.train.paths) == 3 * POSE.num_labels
+    assert not any("train_extra" in p.parts for p in data.test.paths)
+    assert np.bincount(data.train.labels).tolist() == [5] * POSE.num_labels  # labels follow the folders
+    assert "train/ + train_extra/ to train" in data.description
+
+
 def test_missing_dataset_layout_is_a_dataset_error(tmp_path: Path) -> None:
     (tmp_path / "human_action" / "train" / "calling").mkdir(parents=True)
     (tmp_path / "human_action" / "val").mkdir(parents=True)
@@ -104,3 +126,25 @@ def test_missing_dataset_layout_is_a_dataset_error(tmp_path: Path) -> None:
     (tmp_path / "imdb" / "val.csv.gz").write_bytes(b"not gzip")
     with pytest.raises(DatasetError, match="cannot read"):
         imdb_local(SENTIMENT, tmp_path)
+
+
+def test_flip_averaged_export_gives_a_photo_and_its_mirror_image_the_same_logits(tmp_path: Path) -> None:
+    """Test-time flip averaging lives in the exported graph: every serving path feeding the ONNX file gets it."""
+    import onnxruntime as ort
+    import torch
+
+    from export.models import FlipAveraged, TinyCNN
+    from export.onnx_export import export_onnx
+
+    model = TinyCNN(POSE.num_labels).eval()
+    path = export_onnx(FlipAveraged(model), POSE, {"pixel_values": torch.zeros(2, 3, 224, 224)}, tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    pixels = np.random.default_rng(0).normal(size=(3, 3, 224, 224)).astype(np.float32)
+    mirror = np.ascontiguousarray(pixels[..., ::-1])
+    (logits,) = session.run(["logits"], {"pixel_values": pixels})
+    (mirrored,) = session.run(["logits"], {"pixel_values": mirror})
+    with torch.no_grad():
+        plain, flipped = model(torch.from_numpy(pixels)).numpy(), model(torch.from_numpy(mirror)).numpy()
+    assert not np.allclose(plain, flipped, atol=1e-3)  # the inner model alone tells them apart
+    np.testing.assert_allclose(logits, (plain + flipped) / 2, atol=1e-5)
+    np.testing.assert_allclose(mirrored, logits, atol=1e-5)
