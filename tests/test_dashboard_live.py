@@ -127,8 +127,11 @@ async def test_the_monitoring_tab_draws_a_line_per_task_from_two_refreshes() -> 
 
 
 def prometheus_answer(request: httpx.Request) -> httpx.Response:
-    """A Prometheus answering range queries: one series per recording rule, labelled like the real ones."""
+    """A Prometheus answering range queries: one series per recording rule, labelled like the real ones (and the
+    drift panel's instant queries with no series)."""
     query = request.url.params["query"]
+    if request.url.path == "/api/v1/query":
+        return httpx.Response(200, json={"status": "success", "data": {"resultType": "vector", "result": []}})
     assert request.url.path == "/api/v1/query_range" and request.url.params["step"] == "5"
     labels = {"task": "sentiment", "endpoint": "/v1/sentiment"} if query.startswith("task:") else {"model": "pose"}
     if query.startswith("sum("):
