@@ -23,11 +23,11 @@ Pure functions and data only: no widget, no network but :func:`prometheus_counts
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from dashboard.client import PrometheusClient
 from dashboard.live import TimeWindow, bucket_quantile, increase
@@ -86,18 +86,17 @@ class DriftSample:
     confidence: ConfidenceBuckets = field(default_factory=dict)
 
 
-def drift_sample(at: float, metrics_text: str) -> DriftSample:
-    """A :class:`DriftSample` from the facade's ``/metrics`` text."""
+def drift_sample(at: float, samples: Iterable[Sample]) -> DriftSample:
+    """A :class:`DriftSample` from the facade's ``/metrics`` samples (:func:`dashboard.live.metric_samples`)."""
     labels: dict[tuple[str, str, str], float] = {}
     confidence: dict[tuple[str, str], dict[float, float]] = {}
-    for family in text_string_to_metric_families(metrics_text):
-        for sample in family.samples:
-            task, version = sample.labels.get("task", ""), sample.labels.get("model_version", "")
-            if sample.name == "mtc_api_predictions_total":
-                key = (task, version, sample.labels.get("label", ""))
-                labels[key] = labels.get(key, 0.0) + sample.value
-            elif sample.name == "mtc_api_top_probability_bucket":
-                confidence.setdefault((task, version), {})[float(sample.labels["le"])] = sample.value
+    for sample in samples:
+        task, version = sample.labels.get("task", ""), sample.labels.get("model_version", "")
+        if sample.name == "mtc_api_predictions_total":
+            key = (task, version, sample.labels.get("label", ""))
+            labels[key] = labels.get(key, 0.0) + sample.value
+        elif sample.name == "mtc_api_top_probability_bucket":
+            confidence.setdefault((task, version), {})[float(sample.labels["le"])] = sample.value
     return DriftSample(at, labels, confidence)
 
 

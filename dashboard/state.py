@@ -34,7 +34,7 @@ from dashboard.drift import (
     drift_sample,
     prometheus_counts,
 )
-from dashboard.live import EMPTY_CHARTS, LiveCharts, LiveHistory, prometheus_charts, snapshot
+from dashboard.live import EMPTY_CHARTS, LiveCharts, LiveHistory, metric_samples, prometheus_charts, snapshot
 from dashboard.settings import DashboardSettings
 from taskspec import TASKS
 
@@ -271,8 +271,9 @@ class MonitoringState(RequestState):
         now = self.clock()
         if text is not None:
             tasks = self.tasks | {row.task for row in stats}
-            self.history.add(snapshot(now, text, stats, tasks))
-            self.drift_history.add(drift_sample(now, text))
+            samples = metric_samples(text)  # parsed once for both
+            self.history.add(snapshot(now, samples, stats, tasks))
+            self.drift_history.add(drift_sample(now, samples))
         live, source = self.history.charts(), "sampled by this page since it opened"
         if self.prometheus is not None:
             try:

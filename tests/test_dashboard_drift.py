@@ -8,6 +8,7 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client import generate_latest
+from prometheus_client.samples import Sample
 
 from dashboard.app import DashboardPage, build_page
 from dashboard.client import ConfidenceBucket, PrometheusClient
@@ -23,6 +24,7 @@ from dashboard.drift import (
     drift_sample,
     total_variation,
 )
+from dashboard.live import metric_samples
 from dashboard.settings import DashboardSettings
 from dashboard.state import DashboardState
 from dashboard.views.render import drift_table_html
@@ -47,10 +49,15 @@ def text(metrics: ApiMetrics) -> str:
     return generate_latest(metrics.registry).decode()
 
 
+def samples(metrics: ApiMetrics) -> list[Sample]:
+    """The samples the page reads from the facade's ``/metrics`` text."""
+    return metric_samples(text(metrics))
+
+
 def test_a_sample_reads_the_facades_label_counter_and_confidence_histogram() -> None:
     metrics = ApiMetrics()
     predict(metrics, negative=3, positive=1, top=0.85)
-    sample = drift_sample(10.0, text(metrics))
+    sample = drift_sample(10.0, samples(metrics))
     assert sample.labels == {("sentiment", "2", "negative"): 3, ("sentiment", "2", "positive"): 1}
     assert sample.confidence[("sentiment", "2")][0.8] == 0 and sample.confidence[("sentiment", "2")][0.9] == 4
 
@@ -64,16 +71,16 @@ def test_total_variation_is_half_the_summed_share_gaps_over_every_label() -> Non
 def test_the_last_hour_of_the_served_version_is_compared_and_a_shift_beyond_the_threshold_is_flagged() -> None:
     metrics, history = ApiMetrics(), DriftHistory()
     predict(metrics, negative=500, positive=500, version="1")  # an older version: not compared with v2's card
-    history.add(drift_sample(0.0, text(metrics)))
+    history.add(drift_sample(0.0, samples(metrics)))
     predict(metrics, negative=57, positive=43)  # the card's mix
-    history.add(drift_sample(5.0, text(metrics)))
+    history.add(drift_sample(5.0, samples(metrics)))
     (row,) = history.rows(SENTIMENT_REF)
     assert row.predictions == 100 and row.live_mix == pytest.approx(CARD)
     assert row.distance == pytest.approx(0.0) and not row.shifted
     assert row.confidence_median == pytest.approx(0.85)  # all in the (0.8, 0.9] bucket
     assert row.confidence == {**dict.fromkeys(row.confidence, 0.0), 0.9: 1.0}
     predict(metrics, negative=100, positive=0)  # 157 of 200 negative: 0.785 vs 0.57
-    history.add(drift_sample(10.0, text(metrics)))
+    history.add(drift_sample(10.0, samples(metrics)))
     (row,) = history.rows(SENTIMENT_REF)
     assert row.distance == pytest.approx(0.215) and row.shifted and SHIFT_THRESHOLD < 0.215
 
@@ -144,16 +151,16 @@ def predict_confidence(metrics: ApiMetrics, per_top: dict[float, int], version: 
 
 def test_the_confidence_is_compared_with_the_cards_buckets_and_a_shift_beyond_the_threshold_is_flagged() -> None:
     metrics, history = ApiMetrics(), DriftHistory()
-    history.add(drift_sample(0.0, text(metrics)))
+    history.add(drift_sample(0.0, samples(metrics)))
     predict_confidence(metrics, {0.65: 40, 0.75: 40, 0.85: 40, 0.93: 40, 0.97: 40})  # the card's distribution
-    history.add(drift_sample(5.0, text(metrics)))
+    history.add(drift_sample(5.0, samples(metrics)))
     (row,) = history.rows(CONFIDENT_REF)
     assert row.confidence_count == MIN_CONFIDENCE_PREDICTIONS == 200
     assert row.reference_confidence == CARD_CONFIDENCE
     assert row.confidence_distance == pytest.approx(0.0) and not row.confidence_shifted
     # the model grows unsure: 100 more answers in (0.5, 0.6]; 100 of 300 would have to move to match the card
     predict_confidence(metrics, {0.55: 100})
-    history.add(drift_sample(10.0, text(metrics)))
+    history.add(drift_sample(10.0, samples(metrics)))
     (row,) = history.rows(CONFIDENT_REF)
     assert row.confidence[0.6] == pytest.approx(1 / 3)
     assert row.confidence_distance == pytest.approx(1 / 3) and row.confidence_shifted
@@ -170,9 +177,9 @@ def test_the_confidence_is_compared_with_the_cards_buckets_and_a_shift_beyond_th
 
 def test_a_card_without_confidence_figures_or_in_other_buckets_gives_no_confidence_distance() -> None:
     metrics, history = ApiMetrics(), DriftHistory()
-    history.add(drift_sample(0.0, text(metrics)))
+    history.add(drift_sample(0.0, samples(metrics)))
     predict_confidence(metrics, {0.55: 300})
-    history.add(drift_sample(5.0, text(metrics)))
+    history.add(drift_sample(5.0, samples(metrics)))
     (old_card,) = history.rows(SENTIMENT_REF)  # a version published before the exporter recorded them
     assert old_card.confidence[0.6] == 1.0 and old_card.reference_confidence is None
     assert old_card.confidence_distance is None and not old_card.confidence_shifted
@@ -184,9 +191,9 @@ def test_a_card_without_confidence_figures_or_in_other_buckets_gives_no_confiden
 
 def test_the_panel_draws_the_live_confidence_beside_the_cards_and_flags_its_shift() -> None:
     metrics, history = ApiMetrics(), DriftHistory()
-    history.add(drift_sample(0.0, text(metrics)))
+    history.add(drift_sample(0.0, samples(metrics)))
     predict_confidence(metrics, {0.55: 150, 0.97: 150})
-    history.add(drift_sample(30.0, text(metrics)))
+    history.add(drift_sample(30.0, samples(metrics)))
     markup = drift_table_html(history.rows(CONFIDENT_REF), history.span_s)
     # (0.5, 0.6]: half the live answers, none of the card's; (0.95, 0.99]: half the live ones, a fifth of the card's
     assert (
