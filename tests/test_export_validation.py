@@ -80,7 +80,8 @@ def test_each_files_held_out_confidence_is_recorded_in_the_facades_histogram_buc
     facade.observe_predictions("sentiment", "1", list(SENTIMENT.labels), softmax(logits))
     cumulative = {
         float(s.labels["le"]): s.value
-        for s in facade.top_probability.collect()[0].samples
+        for family in facade.top_probability.collect()
+        for s in family.samples
         if s.name.endswith("_bucket") and s.labels["le"] != "+Inf"
     }
     counts = np.diff([0.0, *(cumulative[le] for le in TOP_PROBABILITY_BUCKETS)])
