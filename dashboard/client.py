@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ElementTree
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -124,6 +124,13 @@ class UploadTicket(_Response):
     max_bytes: int = Field(gt=0)
 
 
+class ConfidenceBucket(_Response):
+    """One bucket of the top-class probability on the held-out test set: its upper bound and share."""
+
+    le: float
+    share: float = Field(ge=0, le=1)
+
+
 class ModelInfo(_Response):
     """One task the facade serves (``GET /v1/models``): the page builds a tab from each."""
 
@@ -139,6 +146,9 @@ class ModelInfo(_Response):
     examples: list[str] = Field(default_factory=list, description="Example inputs, when the facade lists them")
     validation_label_mix: dict[str, float] | None = Field(
         None, description="Share of each predicted label on the served version's held-out test set (its card)"
+    )
+    validation_confidence: list[ConfidenceBucket] | None = Field(
+        None, description="Share of the served version's held-out predictions per top-class probability bucket"
     )
 
 
@@ -474,7 +484,8 @@ def _reason(exc: Exception) -> str:
 
 
 class PrometheusClient:
-    """Range queries to a Prometheus server (``/api/v1/query_range``), for the Monitoring tab's live charts."""
+    """Queries to a Prometheus server (``/api/v1/query_range`` for the Monitoring tab's live charts, ``/api/v1/query``
+    for its drift panel)."""
 
     def __init__(
         self, base_url: str, *, timeout_s: float = 10.0, transport: httpx.AsyncBaseTransport | None = None
@@ -489,22 +500,34 @@ class PrometheusClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    async def query(self, expr: str, at: float) -> list[tuple[dict[str, str], float]]:
+        """Each series of the instant query ``expr`` at ``at`` (epoch seconds): its labels and value; raises
+        :class:`ApiUnavailable` when Prometheus cannot be reached or refuses the query."""
+        body = await self._get("/api/v1/query", expr, {"query": expr, "time": f"{at:.3f}"})
+        try:
+            return [(dict(series.get("metric", {})), float(series["value"][1])) for series in body["data"]["result"]]
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise ApiUnavailable(f"Prometheus at {self._base_url} answered {expr!r} with no vector: {exc!r}") from exc
+
     async def query_range(
         self, expr: str, start: float, end: float, step_s: float
     ) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
         """Each series of ``expr`` between ``start`` and ``end`` (epoch seconds): its labels and (time, value)
         points; raises :class:`ApiUnavailable` when Prometheus cannot be reached or refuses the query."""
         params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step_s:g}"}
-        try:
-            response = await self._http.get("/api/v1/query_range", params=params)
-            body = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            raise ApiUnavailable(f"Prometheus at {self._base_url} is unreachable ({_reason(exc)}).") from exc
-        if response.status_code != 200 or body.get("status") != "success":
-            raise ApiUnavailable(
-                f"Prometheus at {self._base_url} refused {expr!r}: {body.get('error', response.status_code)}"
-            )
+        body = await self._get("/api/v1/query_range", expr, params)
         return [
             (dict(series.get("metric", {})), [(float(t), float(v)) for t, v in series.get("values", [])])
             for series in body["data"]["result"]
         ]
+
+    async def _get(self, path: str, expr: str, params: dict[str, str]) -> dict[str, Any]:
+        try:
+            response = await self._http.get(path, params=params)
+            body = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ApiUnavailable(f"Prometheus at {self._base_url} is unreachable ({_reason(exc)}).") from exc
+        if response.status_code != 200 or not isinstance(body, dict) or body.get("status") != "success":
+            error = body.get("error", response.status_code) if isinstance(body, dict) else response.status_code
+            raise ApiUnavailable(f"Prometheus at {self._base_url} refused {expr!r}: {error}")
+        return body

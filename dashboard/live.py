@@ -14,11 +14,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from dashboard.client import ModelStats, PrometheusClient
 
@@ -71,26 +72,32 @@ def _task_of(endpoint: str, tasks: Collection[str]) -> str | None:
     return name if endpoint.startswith("/v1/") and name in tasks else None
 
 
-def snapshot(at: float, metrics_text: str, stats: Sequence[ModelStats], tasks: Collection[str]) -> Snapshot:
-    """A :class:`Snapshot` from the facade's ``/metrics`` text and ``/v1/stats``, for the routes of ``tasks``."""
+def metric_samples(metrics_text: str) -> list[Sample]:
+    """Every sample of the facade's ``/metrics`` text, parsed once per refresh for the live charts
+    (:func:`snapshot`) and the drift panel (:func:`dashboard.drift.drift_sample`)."""
+    return [sample for family in text_string_to_metric_families(metrics_text) for sample in family.samples]
+
+
+def snapshot(at: float, samples: Iterable[Sample], stats: Sequence[ModelStats], tasks: Collection[str]) -> Snapshot:
+    """A :class:`Snapshot` from the facade's ``/metrics`` samples (:func:`metric_samples`) and ``/v1/stats``, for
+    the routes of ``tasks``."""
     requests: dict[str, float] = {}
     errors: dict[str, float] = {}
     buckets: dict[str, dict[float, float]] = {}
     in_flight = 0.0
-    for family in text_string_to_metric_families(metrics_text):
-        for sample in family.samples:
-            if sample.name == "mtc_api_in_flight":
-                in_flight = sample.value
-                continue
-            task = _task_of(sample.labels.get("endpoint", ""), tasks)
-            if task is None:
-                continue
-            if sample.name == "mtc_api_requests_total":
-                requests[task] = requests.get(task, 0.0) + sample.value
-                if sample.labels.get("status", "").startswith("5"):
-                    errors[task] = errors.get(task, 0.0) + sample.value
-            elif sample.name == "mtc_api_request_duration_seconds_bucket":
-                buckets.setdefault(task, {})[float(sample.labels["le"])] = sample.value
+    for sample in samples:
+        if sample.name == "mtc_api_in_flight":
+            in_flight = sample.value
+            continue
+        task = _task_of(sample.labels.get("endpoint", ""), tasks)
+        if task is None:
+            continue
+        if sample.name == "mtc_api_requests_total":
+            requests[task] = requests.get(task, 0.0) + sample.value
+            if sample.labels.get("status", "").startswith("5"):
+                errors[task] = errors.get(task, 0.0) + sample.value
+        elif sample.name == "mtc_api_request_duration_seconds_bucket":
+            buckets.setdefault(task, {})[float(sample.labels["le"])] = sample.value
     return Snapshot(at, requests, errors, buckets, in_flight, triton_totals(stats))
 
 

@@ -25,8 +25,16 @@ from dashboard.client import (
     PrometheusClient,
     TextResult,
 )
-from dashboard.drift import DriftHistory, DriftRow, Reference, drift_sample
-from dashboard.live import EMPTY_CHARTS, LiveCharts, LiveHistory, prometheus_charts, snapshot
+from dashboard.drift import (
+    DRIFT_WINDOW_S,
+    DriftHistory,
+    DriftRow,
+    Reference,
+    drift_rows,
+    drift_sample,
+    prometheus_counts,
+)
+from dashboard.live import EMPTY_CHARTS, LiveCharts, LiveHistory, metric_samples, prometheus_charts, snapshot
 from dashboard.settings import DashboardSettings
 from taskspec import TASKS
 
@@ -233,6 +241,8 @@ class MonitoringState(RequestState):
     live = param.ClassSelector(class_=LiveCharts, default=EMPTY_CHARTS, doc="The live charts' series")
     live_source = param.String(default="", doc="Where the live charts come from, in words")
     drift = param.List(default=[], item_type=DriftRow, doc="The drift panel: the last hour against each model card")
+    drift_source = param.String(default="", doc="Where the drift panel's counts come from, in words")
+    drift_span_s = param.Number(default=0.0, doc="Seconds the drift panel's counts cover (at most an hour)")
 
     def __init__(
         self,
@@ -261,8 +271,9 @@ class MonitoringState(RequestState):
         now = self.clock()
         if text is not None:
             tasks = self.tasks | {row.task for row in stats}
-            self.history.add(snapshot(now, text, stats, tasks))
-            self.drift_history.add(drift_sample(now, text))
+            samples = metric_samples(text)  # parsed once for both
+            self.history.add(snapshot(now, samples, stats, tasks))
+            self.drift_history.add(drift_sample(now, samples))
         live, source = self.history.charts(), "sampled by this page since it opened"
         if self.prometheus is not None:
             try:
@@ -270,8 +281,23 @@ class MonitoringState(RequestState):
                 source = f"from Prometheus at {self.prometheus.base_url}"
             except ApiUnavailable as exc:
                 source = f"sampled by this page since it opened ({exc.message})"
-        drift = self.drift_history.rows(self.references)
-        self.param.update(stats=stats, live=live, live_source=source, drift=drift, updated_at=time.strftime("%H:%M:%S"))
+        counts, span_s = self.drift_history.increases(), self.drift_history.span_s
+        drift_source = "sampled by this page since it opened"
+        if self.prometheus is not None:
+            try:
+                counts, span_s = await prometheus_counts(self.prometheus, now), DRIFT_WINDOW_S
+                drift_source = f"from Prometheus at {self.prometheus.base_url}"
+            except ApiUnavailable as exc:
+                drift_source = f"sampled by this page since it opened ({exc.message})"
+        self.param.update(
+            stats=stats,
+            live=live,
+            live_source=source,
+            drift=drift_rows(counts, self.references),
+            drift_source=drift_source,
+            drift_span_s=span_s,
+            updated_at=time.strftime("%H:%M:%S"),
+        )
 
 
 class DashboardState(param.Parameterized):
@@ -322,9 +348,16 @@ class DashboardState(param.Parameterized):
                 self.skipped.append(info)
         self.monitoring.tasks = set(self.tasks)
         self.monitoring.references = {
-            info.task: Reference(info.version, info.labels, info.validation_label_mix)
-            for info in models
-            if info.version is not None and info.task in self.tasks
+            info.task: reference(info) for info in models if info.version is not None and info.task in self.tasks
         }
         self.param.update(loaded=True, models_error="")
         return True
+
+
+def reference(info: ModelInfo) -> Reference:
+    """What the drift panel compares a served task with: its version, labels and model card figures."""
+    assert info.version is not None
+    confidence = None
+    if info.validation_confidence is not None:
+        confidence = {bucket.le: bucket.share for bucket in info.validation_confidence}
+    return Reference(info.version, info.labels, info.validation_label_mix, confidence)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from export.data import Split, TextSplit
 from export.errors import ExportValidationError, QualityFloorError
 from export.evaluate import image_inputs, session, text_inputs
-from export.metrics import classification_metrics
+from export.metrics import classification_metrics, confidence_distribution
 from export.onnx_export import MIN_OPSET, check_signature, onnx_opset
 from export.served import ServedFile
 from export.train import stratified_sample
@@ -65,6 +65,8 @@ class FileReport:
     """Accuracy of the first file checked (``model.onnx``) minus this file's, on the whole held-out split."""
     agreement_with_first: float
     """Top-1 agreement with the first file checked on the whole held-out split."""
+    confidence: dict[str, Any] = field(default_factory=dict)
+    """Top-class probability on the whole held-out split (:func:`export.metrics.confidence_distribution`)."""
     problems: tuple[str, ...] = field(default=())
 
     @property
@@ -92,6 +94,7 @@ class FileReport:
             "passed": self.passed,
             "problems": list(self.problems),
             "test": self.test,
+            "confidence": self.confidence,
         }
 
 
@@ -248,6 +251,7 @@ def check_files(
             test=test,
             accuracy_drop=drop,
             agreement_with_first=float(np.mean(predicted == first)),
+            confidence=confidence_distribution(out),
         )
         reports.append(judge(report))
     return reports

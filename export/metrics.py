@@ -7,6 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from preprocess.probabilities import softmax
+from taskspec import TOP_PROBABILITY_BUCKETS
+
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
     """Accuracy, per-class precision/recall/F1, macro F1 and the confusion matrix (rows: true label)."""
@@ -32,6 +35,36 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray, names: S
     if k == 2:
         result["f1"] = per_class[names[1]]["f1"]  # F1 of the positive class (positive / disaster)
     return result
+
+
+def confidence_distribution(logits: np.ndarray) -> dict[str, Any]:
+    """How sure the model is on held-out rows: the share of the rows whose top-class probability (softmax, as the
+    facade computes it) falls in each bucket of :data:`taskspec.TOP_PROBABILITY_BUCKETS` (``le``: upper bounds,
+    a bucket holds the values above the previous bound up to its own, as in a Prometheus histogram).
+
+    The reference the dashboard sets the facade's ``mtc_api_top_probability`` histogram against
+    (``metrics.json``'s ``validation_confidence``).
+    """
+    bounds = np.asarray(TOP_PROBABILITY_BUCKETS, dtype=np.float64)
+    rows = len(logits)
+    top = softmax(logits).max(axis=1) if rows else np.zeros(0)
+    bucket = np.minimum(np.searchsorted(bounds, top, side="left"), len(bounds) - 1)
+    counts = np.bincount(bucket, minlength=len(bounds))
+    return {
+        "n": rows,
+        "le": [float(b) for b in bounds],
+        "shares": [round(float(c) / rows, 4) if rows else 0.0 for c in counts],
+    }
+
+
+def _confidence_text(confidence: Mapping[str, Any]) -> str:
+    """``(0.9, 0.95] 12.0%, (0.95, 0.99] 30.5%, ...``: the non-empty buckets of a :func:`confidence_distribution`."""
+    parts, lower = [], 0.0
+    for bound, share in zip(confidence["le"], confidence["shares"], strict=True):
+        if share > 0:
+            parts.append(f"({lower:g}, {bound:g}] {share:.1%}")
+        lower = bound
+    return ", ".join(parts) or "-"
 
 
 def _confusion_table(confusion: list[list[int]], names: Sequence[str]) -> str:
@@ -96,6 +129,11 @@ def model_card(title: str, names: Sequence[str], metrics: Mapping[str, Any]) -> 
         f"- accuracy **{test['accuracy']:.2%}** on {test['n']} examples",
         f"- macro F1 {test['macro_f1']:.3f}" + (f", F1 of `{names[1]}` {test['f1']:.3f}" if "f1" in test else ""),
     ]
+    if "validation_confidence" in metrics:
+        lines.append(
+            "- top-class probability (share of the predictions per bucket; the dashboard's drift reference): "
+            + _confidence_text(metrics["validation_confidence"])
+        )
     if "val" in metrics:
         lines.append(f"- validation (split from the training data): accuracy {metrics['val']['accuracy']:.2%}")
     if "train" in metrics:

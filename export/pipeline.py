@@ -106,7 +106,9 @@ def trace_sample(spec: TaskSpec, held_out: Split, tokenizer_dir: Path | None) ->
 
 
 def _compat_metrics(spec: TaskSpec, reports: Sequence[FileReport], opset: int) -> dict[str, Any]:
-    """The summary keys older readers use: ``export`` (model.onnx vs PyTorch), ``test`` and ``int8``."""
+    """The summary keys of ``model.onnx`` (each file's own are in ``validation.files``): ``export`` (vs PyTorch),
+    ``test``, ``validation_confidence`` (its top-class probability on the held-out split: the facade's drift
+    reference) and ``int8``."""
     model = reports[0]
     result: dict[str, Any] = {
         "export": {
@@ -117,6 +119,7 @@ def _compat_metrics(spec: TaskSpec, reports: Sequence[FileReport], opset: int) -
             "atol": spec.export_atol,
         },
         "test": model.test,
+        "validation_confidence": model.confidence,
     }
     for report in reports[1:]:
         if report.served.name.endswith(".int8.onnx"):

@@ -35,6 +35,7 @@ from taskspec import (
     METRICS_FILE,
     PREPROCESSING_FILE,
     TOKENIZER_FILE,
+    TOP_PROBABILITY_BUCKETS,
     ImagePreprocessing,
     TaskSpec,
     TextPreprocessing,
@@ -140,6 +141,10 @@ def parse_manifest(data: bytes, where: str) -> VersionContent:
     return VersionContent(identity=f"sha256:{manifest.digest}", sha256=sha256)
 
 
+ConfidenceShares = tuple[tuple[float, float], ...]
+"""(bucket upper bound, share) per bucket of :data:`taskspec.TOP_PROBABILITY_BUCKETS`, in order."""
+
+
 @dataclass(frozen=True)
 class TextArtifacts:
     labels: tuple[str, ...]
@@ -147,6 +152,8 @@ class TextArtifacts:
     """The version's tokenizer set up per its preprocessing (:mod:`preprocess.text`)."""
     validation_label_mix: Mapping[str, float] | None = None
     """Share of each predicted label on the held-out test set (:func:`validation_label_mix`); None unknown."""
+    validation_confidence: ConfidenceShares | None = None
+    """Share of the held-out predictions per top-probability bucket (:func:`validation_confidence`); None unknown."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +162,8 @@ class ImageArtifacts:
     preprocessing: ImagePreprocessing
     validation_label_mix: Mapping[str, float] | None = None
     """Share of each predicted label on the held-out test set (:func:`validation_label_mix`); None unknown."""
+    validation_confidence: ConfidenceShares | None = None
+    """Share of the held-out predictions per top-probability bucket (:func:`validation_confidence`); None unknown."""
 
 
 Artifacts = TextArtifacts | ImageArtifacts
@@ -203,6 +212,27 @@ def validation_label_mix(metrics: bytes | None, labels: tuple[str, ...]) -> dict
         return None
 
 
+def validation_confidence(metrics: bytes | None) -> ConfidenceShares | None:
+    """Share of the held-out predictions per bucket of the top-class probability, from the model card's
+    ``metrics.json`` (``validation_confidence``: ``le`` upper bounds and ``shares``, written by the exporter since
+    it records them); None when the file is missing, unusable, older than these figures, or bucketed otherwise than
+    the facade's ``mtc_api_top_probability`` histogram (:data:`taskspec.TOP_PROBABILITY_BUCKETS`): a reference
+    in other buckets compares with nothing served."""
+    if metrics is None:
+        return None
+    try:
+        document = json.loads(metrics)["validation_confidence"]
+        bounds = [float(b) for b in document["le"]]
+        shares = [float(s) for s in document["shares"]]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None
+    if tuple(bounds) != TOP_PROBABILITY_BUCKETS or len(shares) != len(bounds):
+        return None
+    if any(not math.isfinite(s) or not 0 <= s <= 1 for s in shares) or abs(sum(shares) - 1) > 0.01:
+        return None  # the exporter rounds each share to 4 decimals: their sum is 1 within 0.0006
+    return tuple(zip(bounds, shares, strict=True))
+
+
 class ArtifactStore:
     """Loads and caches :class:`TextArtifacts` / :class:`ImageArtifacts` per (task, version, content identity).
 
@@ -244,8 +274,12 @@ class ArtifactStore:
                     f"{where}/{name} does not match its {MANIFEST_FILE} (being republished?); retry shortly"
                 )
         artifacts = parse_artifacts(spec, version, preprocessing, data.get(TOKENIZER_FILE))
-        mix = validation_label_mix(self.source.read(f"{where}/{METRICS_FILE}"), artifacts.labels)
-        return replace(artifacts, validation_label_mix=mix)
+        card = self.source.read(f"{where}/{METRICS_FILE}")
+        return replace(
+            artifacts,
+            validation_label_mix=validation_label_mix(card, artifacts.labels),
+            validation_confidence=validation_confidence(card),
+        )
 
     async def get(self, spec: TaskSpec, version: str, content: VersionContent) -> Artifacts:
         """The artifacts of ``spec``'s ``version`` with this content (read once, in a worker thread)."""

@@ -26,9 +26,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus_client's own variable: set (by ``python -m frontend_api`` with workers), values go to files there."""
 
+from taskspec import TOP_PROBABILITY_BUCKETS
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# Top-class probability: from 1/num_labels (no idea) to 1 (certain); finer near 1, where most answers fall.
-_CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 # Real tokens per text (after truncation to the model's max length, special tokens included).
 _TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 512)
 _IMAGE_BYTE_BUCKETS = (16e3, 64e3, 256e3, 1e6, 4e6, 16e6)
@@ -78,7 +78,7 @@ class ApiMetrics:
             "mtc_api_top_probability",
             "Probability of the predicted (top) class per classified item, by task and model version",
             ["task", "model_version"],
-            buckets=_CONFIDENCE_BUCKETS,
+            buckets=TOP_PROBABILITY_BUCKETS,  # the model cards' validation_confidence buckets
             registry=self.registry,
         )
         self.predictions = Counter(

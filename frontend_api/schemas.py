@@ -312,6 +312,14 @@ class UploadResponse(BaseModel):
     max_bytes: int = Field(description="Largest file the upload accepts (S3 refuses larger ones)")
 
 
+class ConfidenceBucket(BaseModel):
+    """One bucket of the top-class probability: the share of the predictions above the previous bucket's bound and
+    up to ``le`` (the buckets of the facade's ``mtc_api_top_probability`` histogram)."""
+
+    le: float = Field(description="Upper bound of the bucket (the histogram's `le`)")
+    share: float = Field(ge=0, le=1, description="Share of the predictions in the bucket")
+
+
 class ModelInfo(BaseModel):
     """One task the facade serves: its served model version, that version's labels, the request limits."""
 
@@ -344,7 +352,14 @@ class ModelInfo(BaseModel):
         None,
         description="Share of each predicted label on the served version's held-out test set (its model card, "
         "`metrics.json`): the reference the dashboard compares live traffic with; null when not ready or not "
-        "recorded. The card records no confidence figures, so only the label mix has a reference",
+        "recorded",
+    )
+    validation_confidence: list[ConfidenceBucket] | None = Field(
+        None,
+        description="Share of the served version's held-out test predictions per bucket of the top-class "
+        "probability (its model card, `metrics.json`), in the buckets of the facade's `mtc_api_top_probability` "
+        "histogram: the reference the dashboard compares the live confidence with; null when not ready or not "
+        "recorded (versions published before the exporter recorded it)",
     )
 
 

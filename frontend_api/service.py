@@ -23,6 +23,7 @@ from frontend_api.errors import ApiError, InferenceFailed, ModelNotReady, Storag
 from frontend_api.images import ImageFetcher, Lease, decode_batch
 from frontend_api.metrics import ApiMetrics
 from frontend_api.schemas import (
+    ConfidenceBucket,
     ImagePrediction,
     ImageResponse,
     ImageTimings,
@@ -258,6 +259,10 @@ class PlatformService:
         update: dict[str, Any] = {"version": served.version, "labels": list(artifacts.labels), "ready": True}
         if artifacts.validation_label_mix is not None:
             update["validation_label_mix"] = dict(artifacts.validation_label_mix)
+        if artifacts.validation_confidence is not None:
+            update["validation_confidence"] = [
+                ConfidenceBucket(le=le, share=share) for le, share in artifacts.validation_confidence
+            ]
         if isinstance(artifacts, TextArtifacts):
             preprocessing = artifacts.encoder.preprocessing
             update.update(max_tokens=preprocessing.max_length, truncation=preprocessing.truncation)

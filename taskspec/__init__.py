@@ -41,6 +41,12 @@ MANIFEST_FILE = "manifest.json"
 """``<task>/<version>/manifest.json``: SHA-256 and size of every file of the version, and its digest
 (format and reader: :mod:`taskspec.manifest`)."""
 
+TOP_PROBABILITY_BUCKETS: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+"""Upper bounds of the buckets of the top-class probability (the predicted label's): from 1/num_labels (no
+idea) to 1 (certain), finer near 1, where most answers fall. The facade's histogram
+``mtc_api_top_probability`` and the held-out ``validation_confidence`` of every model card use these very
+bounds, so the dashboard can set one beside the other."""
+
 TritonDType = Literal["TYPE_INT64", "TYPE_INT32", "TYPE_FP32", "TYPE_FP16", "TYPE_STRING"]
 Modality = Literal["text", "image"]
 

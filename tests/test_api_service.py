@@ -109,6 +109,7 @@ def test_models_lists_every_task_with_version_labels_limits_and_ready_state(tmp_
         "truncation": SENTIMENT.text.truncation if SENTIMENT.text else None,
         "examples": list(SENTIMENT.examples),
         "validation_label_mix": None,  # no metrics.json published with this version
+        "validation_confidence": None,
     }
     assert models["sentiment"]["labels"] == ["negative", "positive"]
     assert models["pose"]["ready"] is False and models["pose"]["version"] is None
@@ -128,6 +129,29 @@ def test_models_give_the_served_versions_validation_label_mix_from_its_model_car
     assert models["sentiment"]["validation_label_mix"] == {"negative": 0.5717, "positive": 0.4283}
     # a malformed card gives no reference and never stops serving
     assert models["disaster"]["ready"] is True and models["disaster"]["validation_label_mix"] is None
+
+
+def test_models_give_the_served_versions_held_out_confidence_in_the_facades_histogram_buckets(tmp_path: Path) -> None:
+    repo = make_artifact_repository(tmp_path, tasks=["sentiment", "disaster", "pose"], version="1")
+    shares = [0.0, 0.0, 0.0, 0.05, 0.05, 0.1, 0.1, 0.1, 0.1, 0.2, 0.3]
+    card = {"validation_confidence": {"n": 600, "le": list(taskspec.TOP_PROBABILITY_BUCKETS), "shares": shares}}
+    (repo / "sentiment" / "1" / taskspec.METRICS_FILE).write_text(json.dumps(card))
+    other_buckets = {"validation_confidence": {"le": [0.5, 1.0], "shares": [0.2, 0.8]}}
+    (repo / "disaster" / "1" / taskspec.METRICS_FILE).write_text(json.dumps(other_buckets))
+    # a card published before the exporter recorded confidence figures: its label mix only
+    identity = [[int(i == j) for j in range(POSE.num_labels)] for i in range(POSE.num_labels)]
+    (repo / "pose" / "1" / taskspec.METRICS_FILE).write_text(json.dumps({"test": {"confusion_matrix": identity}}))
+    versions = {"sentiment": ["1"], "disaster": ["1"], "pose": ["1"]}
+    client, _ = build(repo, FakeTriton(versions=versions))
+    with client:
+        models = {m["task"]: m for m in client.get("/v1/models").json()["models"]}
+    assert models["sentiment"]["validation_confidence"] == [
+        {"le": le, "share": share} for le, share in zip(taskspec.TOP_PROBABILITY_BUCKETS, shares, strict=True)
+    ]
+    # buckets the facade's histogram does not have compare with nothing: no reference
+    assert models["disaster"]["ready"] is True and models["disaster"]["validation_confidence"] is None
+    assert models["pose"]["ready"] is True and models["pose"]["validation_confidence"] is None
+    assert models["pose"]["validation_label_mix"] == dict.fromkeys(POSE.labels, round(1 / POSE.num_labels, 4))
 
 
 def test_models_still_answers_when_triton_is_down(repo: Path) -> None:

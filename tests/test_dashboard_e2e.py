@@ -28,7 +28,7 @@ from skimage import data as skimage_data
 from export.s3sync import S3Settings, ensure_bucket, make_client
 from serving.processes import ManagedProcess, python_module
 from serving.triton import PROJECT_ROOT, TritonServer, free_port
-from taskspec import DISASTER, POSE, SENTIMENT
+from taskspec import DISASTER, POSE, SENTIMENT, TOP_PROBABILITY_BUCKETS
 from tests.support.tiny_models import build_tiny_repository
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
@@ -442,7 +442,18 @@ def test_monitoring_draws_moving_time_series_under_load(page: Page, stack: Stack
     expect(drift.nth(2)).not_to_have_text("0")
     expect(drift.nth(4)).to_contain_text(re.compile(r"negative \d+%, positive \d+%"))
     expect(drift.nth(5)).to_contain_text(re.compile(r"\d\.\d\d"))
-    expect(drift.nth(6)).to_contain_text("median")
+    # the confidence chart: per probability bucket a live bar beside the card's (the tiny models' held-out figures),
+    # and the distance between the two distributions
+    chart = drift.nth(6)
+    expect(chart).to_contain_text("median")
+    expect(chart.locator(".mtc-conf-live")).to_have_count(len(TOP_PROBABILITY_BUCKETS))
+    expect(chart.locator(".mtc-conf-card")).to_have_count(len(TOP_PROBABILITY_BUCKETS))
+    # read in one go (the table is redrawn at every refresh): the live answers fill a bar of the chart
+    tallest = chart.locator(".mtc-conf-live").evaluate_all(
+        "bars => Math.max(...bars.map((b) => parseFloat(b.style.height)))"
+    )
+    assert tallest > 10, tallest  # percent of the chart's height
+    expect(drift.nth(7)).to_contain_text(re.compile(r"\d\.\d\d"))
     screenshot(page, "5-monitoring-live")
     page.locator(".mtc-drift-title").scroll_into_view_if_needed()  # a static pane (the table is redrawn)
     screenshot(page, "5b-monitoring-drift")

@@ -11,7 +11,15 @@ from prometheus_client import generate_latest
 
 from dashboard.app import DashboardPage, build_page
 from dashboard.client import ModelStats, PrometheusClient
-from dashboard.live import WINDOW_S, LiveHistory, Snapshot, TritonTotals, bucket_quantile, snapshot
+from dashboard.live import (
+    WINDOW_S,
+    LiveHistory,
+    Snapshot,
+    TritonTotals,
+    bucket_quantile,
+    metric_samples,
+    snapshot,
+)
 from dashboard.settings import DashboardSettings
 from dashboard.state import DashboardState
 from frontend_api.metrics import ApiMetrics
@@ -42,7 +50,7 @@ def test_a_snapshot_reads_the_facades_own_metrics_per_task_route() -> None:
         ModelStats(task="sentiment", version="1", request_success=10, avg_queue_ms=2.0, avg_compute_ms=1.0),
         ModelStats(task="sentiment", version="2", request_success=30, avg_queue_ms=1.0, avg_compute_ms=3.0),
     ]
-    snap = snapshot(100.0, facade_metrics(metrics), stats, TASKS)
+    snap = snapshot(100.0, metric_samples(facade_metrics(metrics)), stats, TASKS)
     assert snap.requests == {"sentiment": 5} and snap.errors == {"sentiment": 1}
     assert snap.in_flight == 2
     assert snap.latency_buckets["sentiment"][0.005] == 5 and snap.latency_buckets["sentiment"][math.inf] == 5
@@ -61,7 +69,7 @@ def test_quantiles_follow_prometheus_histogram_quantile() -> None:
 def test_history_turns_consecutive_samples_into_rates_latency_and_triton_times() -> None:
     metrics = ApiMetrics()
     history = LiveHistory()
-    history.add(snapshot(1000.0, facade_metrics(metrics), [], TASKS))
+    history.add(snapshot(1000.0, metric_samples(facade_metrics(metrics)), [], TASKS))
     serve(metrics, "/v1/sentiment", 200, 0.003, times=40)
     serve(metrics, "/v1/sentiment", 200, 0.2, times=10)  # the slowest fifth
     serve(metrics, "/v1/sentiment", 504, 10.0, times=5)
@@ -71,7 +79,7 @@ def test_history_turns_consecutive_samples_into_rates_latency_and_triton_times()
             avg_queue_ms=4.0, avg_compute_ms=6.0,
         )
     ]  # fmt: skip
-    history.add(snapshot(1005.0, facade_metrics(metrics), stats, TASKS))
+    history.add(snapshot(1005.0, metric_samples(facade_metrics(metrics)), stats, TASKS))
     charts = history.charts()
     assert charts.requests == {"sentiment": ([1005_000.0], [11.0])}  # 55 requests in 5 s
     assert charts.errors == {"sentiment": ([1005_000.0], [1.0])}
@@ -127,8 +135,11 @@ async def test_the_monitoring_tab_draws_a_line_per_task_from_two_refreshes() -> 
 
 
 def prometheus_answer(request: httpx.Request) -> httpx.Response:
-    """A Prometheus answering range queries: one series per recording rule, labelled like the real ones."""
+    """A Prometheus answering range queries: one series per recording rule, labelled like the real ones (and the
+    drift panel's instant queries with no series)."""
     query = request.url.params["query"]
+    if request.url.path == "/api/v1/query":
+        return httpx.Response(200, json={"status": "success", "data": {"resultType": "vector", "result": []}})
     assert request.url.path == "/api/v1/query_range" and request.url.params["step"] == "5"
     labels = {"task": "sentiment", "endpoint": "/v1/sentiment"} if query.startswith("task:") else {"model": "pose"}
     if query.startswith("sum("):

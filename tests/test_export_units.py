@@ -11,11 +11,11 @@ from export.build import resolve_image_checkpoint, resolve_text_checkpoint
 from export.cli import _checkpoints
 from export.data import har_local, imdb_local, stratified_split
 from export.errors import CheckpointError, DatasetError
-from export.metrics import classification_metrics, model_card
+from export.metrics import classification_metrics, confidence_distribution, model_card
 from export.recipes import ImageRecipe, TextRecipe
 from export.registry import recipe_for
 from export.train import length_grouped_batches, stratified_sample
-from taskspec import POSE, SENTIMENT
+from taskspec import POSE, SENTIMENT, TOP_PROBABILITY_BUCKETS
 
 
 def test_length_grouped_batches_cover_every_example_once_with_little_padding() -> None:
@@ -65,6 +65,24 @@ def test_classification_metrics_and_card() -> None:
     )
     assert "accuracy **60.00%** on 5 examples" in card
     assert "| disaster | 1 | 2 |" in card
+
+
+def test_confidence_distribution_counts_top_probabilities_in_the_facades_histogram_buckets() -> None:
+    # top-class probabilities 0.5 (a tie), 0.7, 0.7, 0.999 and 1.0 (logits far apart)
+    logit_07 = float(np.log(0.7 / 0.3))
+    logits = np.array([[0.0, 0.0], [logit_07, 0.0], [0.0, logit_07], [0.0, 7.0], [0.0, 80.0]])
+    confidence = confidence_distribution(logits)
+    assert confidence["n"] == 5 and confidence["le"] == list(TOP_PROBABILITY_BUCKETS)
+    shares = dict(zip(confidence["le"], confidence["shares"], strict=True))
+    # a value on a bound belongs to that bound's bucket (Prometheus' le: less or equal)
+    assert shares == {**dict.fromkeys(TOP_PROBABILITY_BUCKETS, 0.0), 0.5: 0.2, 0.7: 0.4, 1.0: 0.4}
+    card = model_card(
+        "Disaster tweets",
+        ("not_disaster", "disaster"),
+        {"task": "disaster", "test": classification_metrics(np.array([0, 1]), np.array([0, 1]), ("a", "b")),
+         "validation_confidence": confidence},
+    )  # fmt: skip
+    assert "top-class probability" in card and "(0.4, 0.5] 20.0%, (0.6, 0.7] 40.0%, (0.99, 1] 40.0%" in card
 
 
 def test_profiles_cover_every_task_with_the_right_recipe_kind() -> None:

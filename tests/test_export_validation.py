@@ -21,14 +21,16 @@ import export.pipeline
 from export.acceptance import FileReport, judge
 from export.data import TextSplit
 from export.errors import ExportValidationError, PublishError, QualityFloorError
-from export.evaluate import quantize_int8
+from export.evaluate import quantize_int8, text_logits
 from export.models import TextClassifier, tiny_bert
 from export.onnx_export import export_onnx
 from export.pipeline import export_validate_publish, publish_derived, trace_sample
 from export.publish import versions
 from export.served import ServedFile
 from export.validate import validate_task
-from taskspec import INT8_FLOOR, SENTIMENT, QualityFloor
+from frontend_api.metrics import ApiMetrics
+from preprocess.probabilities import softmax
+from taskspec import INT8_FLOOR, SENTIMENT, TOP_PROBABILITY_BUCKETS, QualityFloor
 from taskspec.manifest import read_manifest, verify_version
 from tests.support.tiny_models import default_tokenizer_dir, publish_tiny_model, tiny_text_split
 
@@ -65,6 +67,33 @@ def test_the_int8_file_is_validated_and_its_figures_are_in_the_metrics_and_the_c
     assert "| `model.int8.onnx` | `configs/cpu.pbtxt` | 100.00% vs pytorch (6) |" in card
     assert INT8_FLOOR.reason in card
     assert validate_task(tmp_path / "repo", SENTIMENT) == []
+
+
+def test_each_files_held_out_confidence_is_recorded_in_the_facades_histogram_buckets(tmp_path: Path) -> None:
+    published = publish_tiny_model(SENTIMENT, tmp_path / "repo")
+    version = published.version_dir
+    metrics = json.loads((version / "metrics.json").read_text())
+    split = tiny_text_split(SENTIMENT)
+    # What the facade's mtc_api_top_probability histogram counts for the same rows through model.onnx.
+    facade = ApiMetrics()
+    logits = text_logits(version / "model.onnx", version / "tokenizer.json", SENTIMENT, split.texts, progress=False)
+    facade.observe_predictions("sentiment", "1", list(SENTIMENT.labels), softmax(logits))
+    cumulative = {
+        float(s.labels["le"]): s.value
+        for family in facade.top_probability.collect()
+        for s in family.samples
+        if s.name.endswith("_bucket") and s.labels["le"] != "+Inf"
+    }
+    counts = np.diff([0.0, *(cumulative[le] for le in TOP_PROBABILITY_BUCKETS)])
+    reference = metrics["validation_confidence"]
+    assert reference["le"] == sorted(cumulative) == list(TOP_PROBABILITY_BUCKETS)
+    assert reference["n"] == len(split.texts)
+    assert reference["shares"] == pytest.approx(list(counts / len(split.texts)), abs=1e-4)
+    files = metrics["validation"]["files"]
+    assert files["model.onnx"]["confidence"] == reference  # each file's own figures, model.onnx's the reference
+    assert files["model.int8.onnx"]["confidence"]["n"] == len(split.texts)
+    assert sum(files["model.int8.onnx"]["confidence"]["shares"]) == pytest.approx(1.0, abs=1e-3)
+    assert "- top-class probability (share of the predictions per bucket" in (version / "model_card.md").read_text()
 
 
 def test_an_int8_file_below_its_floor_stops_the_whole_version(tmp_path: Path, monkeypatch) -> None:

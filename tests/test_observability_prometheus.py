@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import shutil
 import socket
 import subprocess
@@ -15,16 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from prometheus_client import start_http_server
 
 from dashboard.client import PrometheusClient
+from dashboard.drift import DriftCounts, prometheus_counts
 from dashboard.live import LiveCharts, prometheus_charts
 from frontend_api.metrics import ApiMetrics
 from serving import stack as stack_module
 from serving.prometheus import OBSERVABILITY_DIR, RULES_FILE, find_prometheus, prometheus_process, write_local_config
 from serving.stack import PROMETHEUS_MISSING, LocalStack, StackSettings
 from serving.triton import free_port
+from taskspec import TOP_PROBABILITY_BUCKETS
 
 PROMETHEUS_DIR = OBSERVABILITY_DIR / "prometheus"
 
@@ -157,6 +161,14 @@ async def dashboard_charts(base: str) -> LiveCharts:
         await client.aclose()
 
 
+async def dashboard_drift_counts(base: str) -> DriftCounts:
+    client = PrometheusClient(base)
+    try:
+        return await prometheus_counts(client, time.time())
+    finally:
+        await client.aclose()
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_a_real_prometheus_scrapes_the_facade_and_records_per_task_rates(
@@ -179,6 +191,7 @@ def test_a_real_prometheus_scrapes_the_facade_and_records_per_task_rates(
             # traffic keeps growing between scrapes, so the 1-minute rate becomes positive after two scrapes
             metrics.requests.labels(endpoint="/v1/sentiment", method="POST", status="200").inc(10)
             metrics.requests.labels(endpoint="/v1/models", method="GET", status="200").inc(10)
+            metrics.observe_predictions("sentiment", "1", ["negative", "positive"], np.array([[0.1, 0.9]] * 10))
             time.sleep(1)
             rates = query(base, "task:mtc_api_requests:rate1m > 0")
         assert [r["metric"]["task"] for r in rates] == ["sentiment"], rates  # /v1/models is not a task
@@ -194,6 +207,12 @@ def test_a_real_prometheus_scrapes_the_facade_and_records_per_task_rates(
         # the dashboard's live charts read the same series from this Prometheus
         charts = asyncio.run(dashboard_charts(base))
         assert set(charts.requests) == {"sentiment"} and max(charts.requests["sentiment"][1]) > 0
+        # and its drift panel the hour's increases of the label counter and the confidence histogram
+        counts = asyncio.run(dashboard_drift_counts(base))
+        assert list(counts.labels) == [("sentiment", "1", "positive")] and min(counts.labels.values()) > 0
+        buckets = counts.confidence["sentiment", "1"]
+        assert set(buckets) == {*TOP_PROBABILITY_BUCKETS, math.inf}
+        assert buckets[0.8] == 0 and buckets[0.9] == pytest.approx(buckets[math.inf]) and buckets[0.9] > 0
     assert {group["name"] for group in rules} == {"mtc-api", "mtc-drift", "triton"}
     assert json.loads(config.read_text())["rule_files"] == [str(RULES_FILE)]
 

@@ -12,7 +12,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from dashboard.client import ImageResult, ModelRef, ModelStats, TextPrediction, TextResult
-from dashboard.drift import MIN_PREDICTIONS, SHIFT_THRESHOLD, DriftRow
+from dashboard.drift import (
+    CONFIDENCE_SHIFT_THRESHOLD,
+    MIN_CONFIDENCE_PREDICTIONS,
+    MIN_PREDICTIONS,
+    SHIFT_THRESHOLD,
+    DriftRow,
+)
 
 # The page's own CSS (classes the HTML below uses and the browser tests look for).
 STYLESHEET = (Path(__file__).parent / "style.css").read_text(encoding="utf-8")
@@ -132,52 +138,92 @@ def _mix_text(mix: Mapping[str, float] | None, labels: Sequence[str]) -> str:
     return ", ".join(f"{html.escape(name)} {mix[name] * 100:.0f}%" for name in names)
 
 
-def _confidence_html(row: DriftRow) -> str:
-    if not row.confidence:
+def _verdict_html(distance: float | None, flagged: bool, enough: bool, missing: str, no_traffic: str) -> str:
+    """A shift cell: the distance, flagged in red beyond its threshold, muted when there are too few to judge."""
+    if distance is None:
+        return f'<span class="mtc-muted">{missing or no_traffic}</span>'
+    if flagged:
+        return f'<span class="mtc-drift-shift">shift {distance:.2f}</span>'
+    if not enough:
+        return f'<span class="mtc-muted">{distance:.2f} (too few to judge)</span>'
+    return f'<span class="mtc-drift-ok">{distance:.2f}</span>'
+
+
+def _confidence_chart_html(row: DriftRow) -> str:
+    """Per bucket of the top-class probability, the live share (blue) beside the card's (grey)."""
+    card = row.reference_confidence or {}
+    bounds = sorted({b for b in (*row.confidence, *card) if not math.isinf(b)})  # nothing is above 1
+    if not row.confidence and not card:
         return "-"
-    bars = "".join(
-        f'<span class="mtc-conf-bar" title="&le; {bound:g}: {share * 100:.0f}%" '
-        f'style="height:{max(share * 100, 2):.0f}%"></span>'
-        for bound, share in sorted(row.confidence.items())
-        if not math.isinf(bound)  # nothing is above a probability of 1
-    )
+    pairs, lower = [], 0.0
+    for bound in bounds:
+        live, held_out = row.confidence.get(bound, 0.0), card.get(bound)
+        title = f"({lower:g}, {bound:g}]: live {live * 100:.0f}%"
+        if held_out is not None:
+            title += f", card {held_out * 100:.0f}%"
+        bars = f'<span class="mtc-conf-bar mtc-conf-live" style="height:{max(live * 100, 2):.0f}%"></span>'
+        if held_out is not None:
+            bars += f'<span class="mtc-conf-bar mtc-conf-card" style="height:{max(held_out * 100, 2):.0f}%"></span>'
+        pairs.append(f'<span class="mtc-conf-pair" data-le="{bound:g}" title="{title}">{bars}</span>')
+        lower = bound
     median = "-" if row.confidence_median is None else f"{row.confidence_median:.2f}"
     p10 = "-" if row.confidence_p10 is None else f"{row.confidence_p10:.2f}"
-    return f'<span class="mtc-conf-hist">{bars}</span> median {median}, p10 {p10}'
+    return f'<span class="mtc-conf-hist">{"".join(pairs)}</span> median {median}, p10 {p10}'
 
 
-def drift_table_html(rows: Sequence[DriftRow], span_s: float = 0.0) -> str:
-    """One row per served task: predictions of the window, its label mix vs the card's, the distance between
-    them (flagged above the threshold) and the confidence histogram."""
+def drift_table_html(rows: Sequence[DriftRow], span_s: float = 0.0, source: str = "") -> str:
+    """One row per served task: predictions of the window, its label mix vs the card's and the distance between
+    them, the top-class probability histogram vs the card's and the distance between them (each flagged above its
+    threshold). ``source``: where the counts come from (Prometheus; else the page's own samples)."""
     if not rows:
         return '<p class="mtc-muted">No served task with predictions to compare yet.</p>'
     body = []
     for row in rows:
-        if row.reference_mix is None:
-            verdict = '<span class="mtc-muted">no card figures</span>'
-        elif row.distance is None:
-            verdict = '<span class="mtc-muted">no traffic</span>'
-        elif row.shifted:
-            verdict = f'<span class="mtc-drift-shift">shift {row.distance:.2f}</span>'
-        elif row.predictions < MIN_PREDICTIONS:
-            verdict = f'<span class="mtc-muted">{row.distance:.2f} (too few to judge)</span>'
+        labels = _verdict_html(
+            row.distance,
+            row.shifted,
+            row.predictions >= MIN_PREDICTIONS,
+            "no card figures" if row.reference_mix is None else "",
+            "no traffic",
+        )
+        if row.reference_confidence is None:
+            missing = "no card figures (published before they were recorded)"
+        elif row.confidence and row.confidence_distance is None:
+            missing = "not comparable (other buckets than the card's)"
         else:
-            verdict = f'<span class="mtc-drift-ok">{row.distance:.2f}</span>'
+            missing = ""
+        confidence = _verdict_html(
+            row.confidence_distance,
+            row.confidence_shifted,
+            row.confidence_count >= MIN_CONFIDENCE_PREDICTIONS,
+            missing,
+            "no traffic",
+        )
         body.append(
             f'<tr data-task="{html.escape(row.task)}"><td>{html.escape(row.task)}</td>'
             f"<td>{html.escape(row.version)}</td><td>{row.predictions:.0f}</td>"
             f"<td>{_mix_text(row.live_mix, row.labels)}</td><td>{_mix_text(row.reference_mix, row.labels)}</td>"
-            f"<td>{verdict}</td><td>{_confidence_html(row)}</td></tr>"
+            f'<td class="mtc-drift-labels">{labels}</td>'
+            f'<td class="mtc-drift-confidence-chart">{_confidence_chart_html(row)}</td>'
+            f'<td class="mtc-drift-confidence">{confidence}</td></tr>'
         )
-    span = f"{span_s:.0f} s" if span_s < 120 else f"{span_s / 60:.0f} min"
+    if source.startswith("from Prometheus"):
+        window = f"Over the last hour, {html.escape(source)}."
+    else:
+        span = f"{span_s:.0f} s" if span_s < 120 else f"{span_s / 60:.0f} min"
+        note = source.removeprefix("sampled by this page since it opened").strip()
+        window = f"Over the last {span} (up to an hour) this page has sampled{' ' + html.escape(note) if note else ''}."
     return (
         '<table class="mtc-table mtc-drift"><thead><tr><th>Task</th><th>Version</th><th>Predictions</th>'
-        "<th>Label mix (live)</th><th>Label mix (card, held-out test)</th><th>Distance</th>"
-        f"<th>Top-class probability</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
-        f'<p class="mtc-muted">Over the last {span} (up to an hour) this page has sampled. Distance: total '
-        f"variation distance of the two mixes, flagged as a shift above {SHIFT_THRESHOLD:g} with at least "
-        f"{MIN_PREDICTIONS} predictions. The model card records no confidence figures: the probability "
-        "histogram (buckets up to 0.2, 0.3, … 0.99, 1) has no reference.</p>"
+        "<th>Label mix (live)</th><th>Label mix (card, held-out test)</th><th>Label shift</th>"
+        "<th>Top-class probability (live | card)</th><th>Confidence shift</th></tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
+        f'<p class="mtc-muted">{window} Shift: total variation distance of the live and the card\'s '
+        "distributions (the share of the predictions that would have to change label, or probability bucket, to "
+        f"match the card), flagged above {SHIFT_THRESHOLD:g} for the label mix with at least {MIN_PREDICTIONS} "
+        f"predictions, above {CONFIDENCE_SHIFT_THRESHOLD:g} for the top-class probability with at least "
+        f"{MIN_CONFIDENCE_PREDICTIONS}. Probability buckets up to 0.2, 0.3, … 0.99, 1: live in blue, the card's "
+        "held-out test in grey.</p>"
     )
 
 

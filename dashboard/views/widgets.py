@@ -12,7 +12,6 @@ import panel as pn
 import param
 
 from dashboard.client import ModelStats
-from dashboard.drift import DriftRow
 from dashboard.live import LiveCharts, Series
 from dashboard.state import (
     CONNECTION_DOWN,
@@ -261,7 +260,9 @@ class MonitoringView:
         self.live = {name: LiveChart(title, unit) for name, (title, unit) in LIVE_CHARTS.items()}
         self.live_panes = {name: chart.pane for name, chart in self.live.items()}
         self.drift = pn.pane.HTML(
-            pn.bind(self.drift_html, state.param.drift), sizing_mode="stretch_width", stylesheets=[STYLESHEET]
+            pn.bind(drift_table_html, state.param.drift, state.param.drift_span_s, state.param.drift_source),
+            sizing_mode="stretch_width",
+            stylesheets=[STYLESHEET],
         )
         self.error = error_alert(state)
         state.param.watch(self._update_plots, "stats")
@@ -287,9 +288,6 @@ class MonitoringView:
         charts: LiveCharts = event.new
         for name, chart in self.live.items():
             chart.show(getattr(charts, name))
-
-    def drift_html(self, rows: list[DriftRow]) -> str:
-        return drift_table_html(rows, self.state.drift_history.span_s)
 
     def source_text(self, source: str) -> str:
         return f"Time series {source}." if source else ""
