@@ -23,10 +23,11 @@ import numpy as np
 from PIL import Image
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
+from taskspec import TOP_PROBABILITY_BUCKETS
+
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus_client's own variable: set (by ``python -m frontend_api`` with workers), values go to files there."""
 
-from taskspec import TOP_PROBABILITY_BUCKETS
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Real tokens per text (after truncation to the model's max length, special tokens included).
