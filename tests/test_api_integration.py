@@ -41,7 +41,16 @@ from preprocess.probabilities import softmax
 from preprocess.text import TextEncoder
 from serving.processes import ManagedProcess
 from serving.triton import PROJECT_ROOT, TritonServer, free_port
-from taskspec import DISASTER, MANIFEST_FILE, MODEL_FILE, POSE, PREPROCESSING_FILE, SENTIMENT, TOKENIZER_FILE
+from taskspec import (
+    DISASTER,
+    INT8_MODEL_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    POSE,
+    PREPROCESSING_FILE,
+    SENTIMENT,
+    TOKENIZER_FILE,
+)
 from tests.fakes.frontend_api import write_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -275,9 +284,12 @@ def test_the_tiny_variant_is_chosen_per_request_and_answers_with_its_own_triton_
     assert default.json()["model"]["name"] == "sentiment"
     encoder = TextEncoder.from_version_dir(stack.repository / "sentiment_tiny" / "1")
     for model, body in (("sentiment_tiny", tiny.json()), ("sentiment", default.json())):
+        # This CPU-only Triton serves configs/cpu.pbtxt: each model's int8 file
+        served = stack.repository / model / "1" / INT8_MODEL_FILE
+        session = ort.InferenceSession(str(served), providers=["CPUExecutionProvider"])
         for group in encoder.groups(texts):
             feeds = {"input_ids": group.input_ids, "attention_mask": group.attention_mask}
-            expected = softmax(ort_logits(stack.repository, model, feeds))
+            expected = softmax(np.asarray(session.run(["logits"], feeds)[0]))
             for index, row in zip(group.indices, expected, strict=True):
                 got = [body["predictions"][index]["probabilities"][label] for label in SENTIMENT.labels]
                 assert got == pytest.approx(row.tolist(), abs=1e-4), model
