@@ -100,3 +100,24 @@ def test_smoke_build_publishes_text_and_image_models_with_cards(tmp_path: Path) 
     assert is_mean_pool_checkpoint(results[0].checkpoint_dir) and results[1].checkpoint_dir is None
     confusion = np.array(json.loads((results[1].version_dir / "metrics.json").read_text())["test"]["confusion_matrix"])
     assert confusion.shape == (15, 15)
+
+
+def test_smoke_build_distils_the_tiny_variant_from_the_teacher_it_just_published(tmp_path: Path) -> None:
+    """`export build --tasks disaster,disaster_tiny` on tiny samples: the student is the teacher's checkpoint with
+    3 of its 6 layers, trained on its logits, published with its own card that names the teacher."""
+    repo = tmp_path / "repo"
+    options = BuildOptions(repository=repo, limit=45, max_steps=2, progress=False)
+    teacher, student = build(["disaster", "disaster_tiny"], options)
+    metrics = json.loads((student.version_dir / "metrics.json").read_text())
+    assert student.version_dir == repo / "disaster_tiny" / "1" and metrics["task"] == "disaster_tiny"
+    assert metrics["teacher"]["task"] == "disaster" and metrics["teacher"]["version"] == 1
+    assert metrics["teacher"]["test"]["accuracy"] == teacher.metrics["test"]["accuracy"]
+    assert metrics["recipe"]["layers"] == [0, 2, 5] and metrics["test"]["n"] == 45
+    assert all(r["passed"] for r in metrics["validation"]["files"].values())
+    assert set(metrics["latency"]["files"]) == {"model.onnx", "model.int8.onnx"}
+    assert "teacher (disaster version 1)" in (student.version_dir / "model_card.md").read_text()
+    # The student reads text exactly as its teacher, and is a 3-layer model.
+    assert (student.version_dir / "tokenizer.json").read_bytes() == (teacher.version_dir / "tokenizer.json").read_bytes()
+    assert student.checkpoint_dir is not None and is_mean_pool_checkpoint(student.checkpoint_dir)
+    config = json.loads((student.checkpoint_dir / "config.json").read_text())
+    assert config["num_hidden_layers"] == 3
