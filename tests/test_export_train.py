@@ -117,7 +117,8 @@ def test_smoke_build_distils_the_tiny_variant_from_the_teacher_it_just_published
     assert set(metrics["latency"]["files"]) == {"model.onnx", "model.int8.onnx"}
     assert "teacher (disaster version 1)" in (student.version_dir / "model_card.md").read_text()
     # The student reads text exactly as its teacher, and is a 3-layer model.
-    assert (student.version_dir / "tokenizer.json").read_bytes() == (teacher.version_dir / "tokenizer.json").read_bytes()
+    tokenizer = "tokenizer.json"
+    assert (student.version_dir / tokenizer).read_bytes() == (teacher.version_dir / tokenizer).read_bytes()
     assert student.checkpoint_dir is not None and is_mean_pool_checkpoint(student.checkpoint_dir)
     config = json.loads((student.checkpoint_dir / "config.json").read_text())
     assert config["num_hidden_layers"] == 3
