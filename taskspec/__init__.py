@@ -354,7 +354,8 @@ class TaskSpec:
     """Everything the platform knows about one classification task."""
 
     name: str
-    """Task name: the REST route (``/v1/<name>``) and the Triton model name."""
+    """Task name: the REST route (``/v1/<name>``; a variant's is its parent's, see ``variant_of``) and the Triton
+    model name."""
     title: str
     modality: Modality
     labels: tuple[str, ...]
