@@ -60,9 +60,7 @@ def latency_document(
 ) -> dict[str, Any]:
     """The ``latency`` entry of ``metrics.json``: per model file (name -> its path) one-row p50 / p90 ms."""
     load_before = os.getloadavg()[0]
-    figures = {
-        name: single_row_latency(spec, path, held_out, tokenizer_file=tokenizer_file) for name, path in files
-    }
+    figures = {name: single_row_latency(spec, path, held_out, tokenizer_file=tokenizer_file) for name, path in files}
     return {
         "files": figures,
         "rows_per_call": 1,
