@@ -46,7 +46,7 @@ prometheus: ## Debian's Prometheus (make run's metrics server; promtool for the 
 run: install prometheus ## Build demo models if missing, start S3 (SeaweedFS) + Triton + facade + dashboard + Prometheus, restart any that dies; Ctrl-C stops all
 	$(PY) -m serving.stack
 
-models: venv ## Train, export and publish the three models (PROFILE=quick|full)
+models: venv ## Train, export and publish the three models and the two tiny text variants (PROFILE=quick|full)
 	$(PY) -m export build --profile $(PROFILE)
 
 push: venv ## Upload model_repository/ to S3 (MTC_S3_URL, endpoint and credentials from the environment)

@@ -98,7 +98,7 @@ def load_samples(spec: TaskSpec, limit: int = 64) -> Samples:
         images, source = _photos(limit)
         return Samples(images=tuple(images), source=source)
     try:
-        texts = _imdb_texts(limit) if spec.name == "sentiment" else _tweet_texts(limit)
+        texts = _imdb_texts(limit) if spec.task_name == "sentiment" else _tweet_texts(limit)
         return Samples(texts=tuple(texts), source=f"{len(texts)} texts from {DATASETS.name}/ ({spec.name})")
     except (OSError, KeyError):
         return Samples(texts=FALLBACK_TEXTS, source="built-in sentences (dataset not found)")

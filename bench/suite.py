@@ -121,9 +121,11 @@ def facade_sender(
     async def send(n: int) -> None:
         if spec.modality == "text":
             body: dict[str, Any] = {"texts": [samples.texts[n % len(samples.texts)]]}
+            if spec.variant_of is not None:
+                body["model"] = spec.model_name  # a variant answers on its task's route
         else:
             body = {"image_urls": [image_urls[n % len(image_urls)]], "top_k": 3}
-        response = await client.post(f"/v1/{spec.name}", json=body)
+        response = await client.post(f"/v1/{spec.task_name}", json=body)
         if response.status_code != 200:
             raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
         if stage_times is not None:

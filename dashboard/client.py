@@ -150,6 +150,10 @@ class ModelInfo(_Response):
     validation_confidence: list[ConfidenceBucket] | None = Field(
         None, description="Share of the served version's held-out predictions per top-class probability bucket"
     )
+    variant_of: str | None = Field(None, description="The task whose tab offers this model (a variant); None: a task")
+    variant: str = "default"
+    accuracy: float | None = Field(None, description="Held-out accuracy of the served version (its card)")
+    latency_p50_ms_int8: float | None = Field(None, description="One-text model time of its int8 file (its card)")
 
 
 class ModelStats(_Response):
@@ -223,7 +227,7 @@ class FacadeAPI(Protocol):
     @property
     def base_url(self) -> str: ...
 
-    async def classify_texts(self, task: str, texts: list[str]) -> TextResult: ...
+    async def classify_texts(self, task: str, texts: list[str], model: str | None = None) -> TextResult: ...
 
     async def upload_image(self, filename: str, content_type: str, data: bytes) -> str: ...
 
@@ -335,9 +339,11 @@ class FacadeClient:
                 f"in {response.request.url.path})."
             ) from exc
 
-    async def classify_texts(self, task: str, texts: list[str]) -> TextResult:
-        """``POST /v1/<task>`` with ``texts``; one prediction per text."""
-        response = await self._request("POST", f"/v1/{task}", {"texts": texts})
+    async def classify_texts(self, task: str, texts: list[str], model: str | None = None) -> TextResult:
+        """``POST /v1/<task>`` with ``texts`` (and ``model``: one of the task's models, None the default); one
+        prediction per text."""
+        body: dict[str, object] = {"texts": texts} if model is None else {"texts": texts, "model": model}
+        response = await self._request("POST", f"/v1/{task}", body)
         return self._parse(TextResult, response)
 
     async def upload_image(self, filename: str, content_type: str, data: bytes) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import mimetypes
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import param
@@ -131,9 +131,17 @@ class TextTaskState(RequestState):
     result = param.ClassSelector(class_=TextResult, default=None, allow_None=True)
     notice = param.String(default="", doc="What the user should know about the shown result (e.g. a cut paste)")
 
-    def __init__(self, task: ModelInfo, client: FacadeAPI, connection: Connection) -> None:
+    model = param.Selector[str](default="", objects=[""], doc="The model that classifies: the task's or a variant")
+
+    def __init__(
+        self, task: ModelInfo, client: FacadeAPI, connection: Connection, variants: Sequence[ModelInfo] = ()
+    ) -> None:
         super().__init__(client, connection)
         self.task = task
+        self.models = {info.model or info.task: info for info in (task, *variants)}
+        """The models a request may choose (``model`` of the request): the task's own first, then its variants."""
+        self.param.model.objects = list(self.models)
+        self.model = next(iter(self.models))
         self.examples = examples_for(task)
         self.max_chars = task.max_text_chars or DEFAULT_MAX_TEXT_CHARS
         """Most characters per text, and what the text box holds (a longer paste is cut by the browser)."""
@@ -151,7 +159,8 @@ class TextTaskState(RequestState):
         if too_long:
             self.error = f"At most {self.max_chars:,} characters per text; text {too_long[0]} is longer."
             return
-        result = await self._call(lambda: self.client.classify_texts(self.task.task, texts))
+        model = None if self.model == (self.task.model or self.task.task) else self.model  # default: say nothing
+        result = await self._call(lambda: self.client.classify_texts(self.task.task, texts, model))
         if result is not None:
             # The browser's text box cuts a paste at its limit without a word: say so when the box is full.
             full = len(self.text) >= self.max_chars
@@ -338,8 +347,11 @@ class DashboardState(param.Parameterized):
             return False
         self.connection.mark_reachable()
         for info in models:
+            if info.variant_of is not None:
+                continue  # a variant is a choice in its task's tab, not a tab
             if info.modality == "text":
-                self.tasks[info.task] = TextTaskState(info, self.client, self.connection)
+                variants = [other for other in models if other.variant_of == info.task]
+                self.tasks[info.task] = TextTaskState(info, self.client, self.connection, variants)
             elif info.modality == "image":
                 self.tasks[info.task] = ImageTaskState(
                     info, self.client, self.connection, top_k=self.settings.default_top_k

@@ -24,25 +24,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.data import PROJECT_ROOT, Dataset, DataSource, ImageSplit, Split, stratified_split
+from export.data import PROJECT_ROOT, Dataset, DataSource, ImageSplit, Split, TextSplit, stratified_split
 from export.errors import CheckpointError, ExportError
 from export.features import extract_features
 from export.hf_checkpoint import checkpoint_dir as hf_checkpoint_dir
-from export.hf_checkpoint import save_text_checkpoint
-from export.models import EfficientNetFeatures, FlipAveraged, ImageClassifier, load_text_classifier
+from export.hf_checkpoint import is_mean_pool_checkpoint, load_mean_pool_classifier, save_text_checkpoint
+from export.models import EfficientNetFeatures, FlipAveraged, ImageClassifier, load_text_classifier, make_student
 from export.pipeline import export_validate_publish
-from export.publish import save_tokenizer
-from export.recipes import ImageRecipe, Profile, Recipe, TextRecipe
+from export.publish import latest_version_dir, save_tokenizer
+from export.recipes import DistillRecipe, ImageRecipe, Profile, Recipe, TextRecipe
 from export.registry import entry_for, load_dataset, recipe_for
+from export.served import read_metrics
 from export.train import (
     finetune_image,
+    predict_text_torch,
     resolve_device,
     seed_everything,
     stratified_sample,
     train_head,
     train_text,
 )
-from taskspec import TOKENIZER_FILE, TaskSpec, get_task
+from preprocess.text import TextEncoder
+from taskspec import TOKENIZER_FILE, TaskSpec, TextPreprocessing, get_task
 
 DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
 DEFAULT_IMAGE_CHECKPOINT = "efficientnet-lite0"
@@ -185,13 +188,52 @@ def held_out_split(test: Split, recipe: Recipe, *, seed: int, limit: int | None 
     return test.take(np.sort(stratified_sample(test.labels, size, seed)))
 
 
+@dataclass(frozen=True)
+class Teacher:
+    """The trained model of a variant's parent task: its latest published version and that version's checkpoint."""
+
+    task: str
+    version_dir: Path
+    checkpoint_dir: Path
+
+    def describe(self) -> str:
+        return f"{self.task} version {self.version_dir.name} ({self.checkpoint_dir})"
+
+
+def find_teacher(spec: TaskSpec, repository: Path) -> Teacher:
+    """The parent of the variant ``spec`` as last published into ``repository``, with its Hugging Face checkpoint
+    (saved beside the repository by the build that published it); :class:`CheckpointError` when there is none."""
+    if spec.variant_of is None:
+        raise ExportError(f"{spec.name} is not a variant of another task: it has no teacher")
+    version_dir = latest_version_dir(repository, spec.variant_of)
+    if version_dir is None:
+        raise CheckpointError(
+            f"{spec.name} is distilled from {spec.variant_of}, which has no version in {repository}: "
+            f"build {spec.variant_of} first (--tasks {spec.variant_of},{spec.name})"
+        )
+    folder = hf_checkpoint_dir(repository, spec.variant_of, version_dir.name)
+    if not is_mean_pool_checkpoint(folder):
+        raise CheckpointError(
+            f"{spec.name} is distilled from {spec.variant_of} version {version_dir.name}, whose trained checkpoint "
+            f"{folder} is missing (published by an older build): rebuild {spec.variant_of} first "
+            f"(--tasks {spec.variant_of},{spec.name})"
+        )
+    return Teacher(spec.variant_of, version_dir, folder)
+
+
 def build_text_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> BuildResult:
     started = time.monotonic()
     recipe = recipe_for(options.profile, spec.name)
     assert isinstance(recipe, TextRecipe) and spec.text is not None
     data = load_dataset(spec.name, source=options.data_source, data_dir=options.data_dir, cache_dir=workdir / "hub")
-    checkpoint = options.checkpoints.get(spec.name) or entry_for(spec.name).checkpoint or default_text_checkpoint()
-    checkpoint_dir = resolve_text_checkpoint(checkpoint, PROJECT_ROOT / ".cache" / "hub")
+    teacher = find_teacher(spec, options.repository) if isinstance(recipe, DistillRecipe) else None
+    if teacher is not None:
+        # The student reads text exactly as its teacher: the tokenizer of the teacher's published version.
+        checkpoint = f"distilled from {teacher.describe()}"
+        checkpoint_dir = teacher.checkpoint_dir
+    else:
+        checkpoint = options.checkpoints.get(spec.name) or entry_for(spec.name).checkpoint or default_text_checkpoint()
+        checkpoint_dir = resolve_text_checkpoint(checkpoint, PROJECT_ROOT / ".cache" / "hub")
     device = resolve_device(options.device)
 
     order = stratified_sample(data.train.labels, None, options.seed)
@@ -202,23 +244,41 @@ def build_text_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bui
     test = held_out_split(data.test, recipe, seed=options.seed, limit=options.limit)
     print(f"==> {spec.name}: {len(train)} train / {len(val)} val / {len(test)} test examples; {data.description}")
 
-    tokenizer_file = save_tokenizer(checkpoint_dir, workdir / TOKENIZER_FILE)
+    tokenizer_source = teacher.version_dir if teacher is not None else checkpoint_dir
+    tokenizer_file = save_tokenizer(tokenizer_source, workdir / TOKENIZER_FILE)
     seed_everything(options.seed)
     if not options.progress:  # transformers draws its own bar while loading weights
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    teacher_logits = None
+    teacher_seconds = 0.0
     try:
-        module = load_text_classifier(checkpoint_dir, spec.num_labels)
+        if teacher is not None:
+            assert isinstance(recipe, DistillRecipe)
+            teacher_module = load_mean_pool_classifier(teacher.checkpoint_dir)
+            module = make_student(teacher_module, recipe.layers)
+            teacher_started = time.monotonic()
+            teacher_logits = teacher_text_logits(
+                teacher_module.to(device), tokenizer_file, spec.text.truncated_at(recipe.max_length), train, device
+            )
+            teacher_seconds = time.monotonic() - teacher_started
+            del teacher_module
+            print(f"==> {spec.name}: teacher logits of {len(train)} texts in {teacher_seconds:.0f} s")
+        else:
+            module = load_text_classifier(checkpoint_dir, spec.num_labels)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot load a text classifier from {checkpoint_dir}: {exc}") from exc
     result = train_text(
         module, tokenizer_file, spec.text, train, val, spec.labels, recipe,
         device=device, seed=options.seed, progress=options.progress, max_steps=options.max_steps,
+        teacher_logits=teacher_logits,
     )  # fmt: skip
 
     metrics = _common_metrics(spec, options, data, checkpoint, recipe)
     metrics.update(device=str(device), train_seconds=round(result.seconds, 1), history=result.history)
+    if teacher is not None:
+        metrics["teacher"] = teacher_summary(teacher, teacher_seconds)
     if result.history:
         last = result.history[-1]
         metrics["train"] = {"accuracy": last["train_accuracy"], "loss": last["train_loss"], "n": len(train)}
@@ -226,7 +286,7 @@ def build_text_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bui
             metrics["val"] = {"accuracy": last["val_accuracy"], "n": len(val)}
 
     published = export_validate_publish(
-        result.module, spec, held_out=test, repository=options.repository, tokenizer_dir=checkpoint_dir,
+        result.module, spec, held_out=test, repository=options.repository, tokenizer_dir=tokenizer_source,
         metrics=metrics, int8=options.int8, seed=options.seed, progress=options.progress,
     )  # fmt: skip
     # The same weights for transformers users (the benchmark's original-design baseline), beside the repository.
@@ -238,6 +298,30 @@ def build_text_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bui
     )
     print(f"==> {spec.name}: Hugging Face checkpoint of version {published.version_dir.name} saved in {saved}")
     return BuildResult(spec.name, published.version_dir, published.metrics, time.monotonic() - started, saved)
+
+
+def teacher_text_logits(
+    teacher: torch.nn.Module,
+    tokenizer_file: Path,
+    preprocessing: TextPreprocessing,
+    texts: TextSplit,
+    device: torch.device,
+) -> np.ndarray:
+    """The teacher's logits of ``texts`` (eval mode, no gradients), tokenized as the student trains on them."""
+    encoder = TextEncoder.from_file(tokenizer_file, preprocessing)
+    return predict_text_torch(teacher, encoder, encoder.token_ids(texts.texts), device)
+
+
+def teacher_summary(teacher: Teacher, seconds: float) -> dict[str, Any]:
+    """What the student's ``metrics.json`` says of its teacher: which version, its held-out figures, logit time."""
+    card = read_metrics(teacher.version_dir) or {}
+    summary: dict[str, Any] = {"task": teacher.task, "version": int(teacher.version_dir.name)}
+    summary["logits_seconds"] = round(seconds, 1)
+    if isinstance(card.get("test"), dict):
+        summary["test"] = {k: card["test"][k] for k in ("accuracy", "f1", "macro_f1", "n") if k in card["test"]}
+    if isinstance(card.get("int8"), dict) and isinstance(card["int8"].get("test"), dict):
+        summary["int8_accuracy"] = card["int8"]["test"].get("accuracy")
+    return summary
 
 
 def build_image_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> BuildResult:
@@ -332,14 +416,19 @@ def build_task(task: str, options: BuildOptions) -> BuildResult:
 
 def preflight(tasks: Sequence[str], options: BuildOptions) -> None:
     """Fail on an unknown task, a missing dataset or checkpoint before minutes of training are spent."""
-    for task in tasks:
-        _spec(task)
+    for index, task in enumerate(tasks):
+        spec = _spec(task)
         entry = entry_for(task)
         recipe = recipe_for(options.profile, task)
         if options.data_source == "local":
             load_dataset(task, data_dir=options.data_dir)
         checkpoint = options.checkpoints.get(task) or entry.checkpoint
-        if isinstance(recipe, TextRecipe):
+        if isinstance(recipe, DistillRecipe):
+            if spec.variant_of in tasks[index + 1 :]:
+                raise ExportError(f"{task} is distilled from {spec.variant_of}: list {spec.variant_of} before it")
+            if spec.variant_of not in tasks[:index]:
+                find_teacher(spec, options.repository)  # a teacher published earlier
+        elif isinstance(recipe, TextRecipe):
             resolve_text_checkpoint(checkpoint or default_text_checkpoint(), PROJECT_ROOT / ".cache" / "hub")
         else:
             resolve_image_checkpoint(checkpoint or DEFAULT_IMAGE_CHECKPOINT)

@@ -97,9 +97,22 @@ def is_mean_pool_checkpoint(folder: Path) -> bool:
     return ARCHITECTURE in (getattr(config, "architectures", None) or [])
 
 
-def load_text_checkpoint(folder: Path) -> MeanPoolForSequenceClassification:
-    """The model saved by :func:`save_text_checkpoint` (eval mode, float32)."""
+def load_text_checkpoint(folder: Path, *, eager_attention: bool = False) -> MeanPoolForSequenceClassification:
+    """The model saved by :func:`save_text_checkpoint` (eval mode, float32; ``eager_attention`` as in
+    :func:`export.models.load_text_classifier`)."""
     config = AutoConfig.from_pretrained(str(folder))
-    model: Any = MeanPoolForSequenceClassification.from_pretrained(str(folder), config=config, dtype=torch.float32)
+    kwargs: dict[str, Any] = {"attn_implementation": "eager"} if eager_attention else {}
+    model: Any = MeanPoolForSequenceClassification.from_pretrained(
+        str(folder), config=config, dtype=torch.float32, **kwargs
+    )
     model.eval()
     return cast(MeanPoolForSequenceClassification, model)
+
+
+def load_mean_pool_classifier(folder: Path) -> MeanPoolClassifier:
+    """The model saved by :func:`save_text_checkpoint` as the module ``export build`` trains and exports
+    (``(input_ids, attention_mask) -> logits``, eager attention, eval mode): e.g. a teacher to distil."""
+    saved = load_text_checkpoint(folder, eager_attention=True)
+    module = MeanPoolClassifier(saved.encoder, int(saved.config.hidden_size), int(saved.config.num_labels or 0))
+    module.classifier = saved.classifier
+    return module.eval()

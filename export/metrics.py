@@ -143,6 +143,23 @@ def model_card(title: str, names: Sequence[str], metrics: Mapping[str, Any]) -> 
         lines.append(
             f"- int8 (dynamic quantisation, `{q['file']}`, {q['size_mb']:.1f} MB): accuracy {q['test']['accuracy']:.2%}"
         )
+    if isinstance(metrics.get("teacher"), Mapping) and "test" in metrics["teacher"]:
+        teacher = metrics["teacher"]
+        lines.append(
+            f"- teacher ({teacher['task']} version {teacher['version']}) on the same split: accuracy "
+            f"{teacher['test']['accuracy']:.2%}"
+        )
+    if isinstance(metrics.get("latency"), Mapping):
+        latency = metrics["latency"]
+        figures = ", ".join(
+            f"`{name}` p50 {row['p50_ms']:.1f} ms (p90 {row['p90_ms']:.1f})"
+            for name, row in latency["files"].items()
+            if row.get("p50_ms") is not None
+        )
+        lines.append(
+            f"- latency of one request ({latency['intra_op_threads']} thread, model only, "
+            f"load average {latency['load_average_1m']:g} on {latency['cpu_count']} CPUs): {figures}"
+        )
     lines += ["", "Confusion matrix (test):", "", _confusion_table(test["confusion_matrix"], names), ""]
     if "validation" in metrics:
         lines += _validation_table(metrics["validation"])

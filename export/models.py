@@ -6,7 +6,10 @@ and output after the spec and the facade feeds them by name.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,6 +70,23 @@ def load_text_classifier(
     return MeanPoolClassifier(encoder, int(encoder.config.hidden_size), num_labels)
 
 
+def make_student(teacher: MeanPoolClassifier, layers: Sequence[int]) -> MeanPoolClassifier:
+    """A copy of ``teacher`` that keeps only the encoder ``layers`` (bottom first; embeddings and head copied too).
+
+    The kept layers are the teacher's trained ones, so the student starts from what the teacher learnt
+    (layer selection, as in DistilBERT and Sanh et al.'s "every other layer" initialisation).
+    """
+    encoder: Any = teacher.encoder
+    blocks = encoder.encoder.layer
+    if not layers or list(layers) != sorted(set(layers)) or layers[0] < 0 or layers[-1] >= len(blocks):
+        raise ValueError(f"layers {tuple(layers)} are not distinct ascending layers of a {len(blocks)}-layer encoder")
+    student = copy.deepcopy(teacher)
+    student_encoder: Any = student.encoder
+    student_encoder.encoder.layer = nn.ModuleList([student_encoder.encoder.layer[i] for i in layers])
+    student_encoder.config.num_hidden_layers = len(layers)
+    return student.eval()
+
+
 def tiny_bert(num_labels: int, vocab_size: int = 30522, *, seed: int = 0) -> TextClassifier:
     """A 2-layer, 32-wide random BERT (tests: the real export path in well under a second)."""
     from transformers import BertConfig, BertForSequenceClassification
@@ -84,6 +104,27 @@ def tiny_bert(num_labels: int, vocab_size: int = 30522, *, seed: int = 0) -> Tex
     config._attn_implementation = "eager"
     model: nn.Module = BertForSequenceClassification(config)
     return TextClassifier(model).eval()
+
+
+def tiny_mean_pool_bert(
+    num_labels: int, *, layers: int = 3, vocab_size: int = 30522, seed: int = 0
+) -> MeanPoolClassifier:
+    """A ``layers``-layer, 32-wide random BERT in the trained models' shape (:class:`MeanPoolClassifier`): a teacher
+    for tests of the distillation path (:func:`make_student`) in well under a second."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    config._attn_implementation = "eager"
+    encoder = BertModel(config, add_pooling_layer=False)
+    return MeanPoolClassifier(encoder, config.hidden_size, num_labels).eval()
 
 
 class TinyCNN(nn.Module):

@@ -39,6 +39,7 @@ from export.acceptance import (
 from export.data import Split, TextSplit
 from export.errors import PublishError
 from export.evaluate import image_inputs, quantize_int8
+from export.latency import latency_document
 from export.metrics import model_card
 from export.onnx_export import DEFAULT_OPSET, export_onnx
 from export.publish import publish, publish_files, save_tokenizer
@@ -185,6 +186,9 @@ def export_validate_publish(
         raise_below_floor(spec, reports)
         full = {**(metrics or {}), "task": spec.name, **_compat_metrics(spec, reports, opset)}
         full["validation"] = validation_document(reports, sample_size=sample_size, seed=seed)
+        full["latency"] = latency_document(
+            spec, [(served.name, path) for served, path in files], held_out, tokenizer_file=tokenizer_file
+        )
         version_dir = publish(
             spec,
             onnx_path,

@@ -56,6 +56,31 @@ class TextRecipe:
 
 
 @dataclass(frozen=True)
+class DistillRecipe(TextRecipe):
+    """A smaller student distilled from its parent task's trained model (the teacher).
+
+    The student is the teacher with only ``layers`` of its encoder kept (embeddings and head copied too), so
+    it starts from what the teacher learnt; it is then trained on the teacher's logits for the training texts
+    (computed once, in eval mode), and on the hard labels with weight ``hard_weight``.
+    """
+
+    layers: tuple[int, ...] = (0, 2, 5)
+    """Teacher encoder layers the student keeps, bottom first."""
+    temperature: float = 2.0
+    """Softmax temperature of the distillation loss (KL divergence of the softened distributions, times T^2)."""
+    hard_weight: float = 0.0
+    """Weight of the cross-entropy on the hard labels; the distillation loss gets ``1 - hard_weight``."""
+
+    def summary(self) -> str:
+        hard = f" + {self.hard_weight:g} x hard-label cross-entropy" if self.hard_weight else ""
+        return (
+            f"student: layers {', '.join(map(str, self.layers))} of the teacher's encoder (its embeddings and head "
+            f"too), distilled on the teacher's logits (KL at temperature {self.temperature:g}{hard}); "
+            + super().summary()
+        )
+
+
+@dataclass(frozen=True)
 class ImageRecipe:
     """A linear head on frozen backbone features, optionally followed by end-to-end fine-tuning."""
 
@@ -99,7 +124,7 @@ class ImageRecipe:
         return asdict(self)
 
 
-Recipe = TextRecipe | ImageRecipe
+Recipe = TextRecipe | DistillRecipe | ImageRecipe
 
 TaskRecipes = dict[Profile, Recipe]
 """One task's recipe per profile."""
@@ -120,6 +145,16 @@ SENTIMENT_RECIPES: TaskRecipes = {
 DISASTER_RECIPES: TaskRecipes = {
     "quick": TextRecipe(train_size=3000, val_size=300, max_length=48, batch_size=32, epochs=1, lr=8e-5),
     "full": TextRecipe(train_size=None, val_size=400, max_length=64, batch_size=32, epochs=3, lr=4e-5),
+}
+SENTIMENT_TINY_RECIPES: TaskRecipes = {
+    "quick": DistillRecipe(
+        train_size=2500, val_size=200, max_length=128, batch_size=16, epochs=1, lr=1e-4, test_size=600
+    ),
+    "full": DistillRecipe(train_size=None, val_size=1000, max_length=256, batch_size=32, epochs=2, lr=1e-4),
+}
+DISASTER_TINY_RECIPES: TaskRecipes = {
+    "quick": DistillRecipe(train_size=3000, val_size=300, max_length=48, batch_size=32, epochs=1, lr=1e-4),
+    "full": DistillRecipe(train_size=None, val_size=400, max_length=64, batch_size=32, epochs=3, lr=1e-4),
 }
 POSE_RECIPES: TaskRecipes = {
     "quick": ImageRecipe(

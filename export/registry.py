@@ -37,14 +37,17 @@ from export.data import (
 from export.errors import DatasetError, RegistryError
 from export.recipes import (
     DISASTER_RECIPES,
+    DISASTER_TINY_RECIPES,
     POSE_RECIPES,
     SENTIMENT_RECIPES,
+    SENTIMENT_TINY_RECIPES,
+    DistillRecipe,
     ImageRecipe,
     Profile,
     Recipe,
     TextRecipe,
 )
-from taskspec import DISASTER, POSE, SENTIMENT, TASKS, TaskSpec
+from taskspec import DISASTER, DISASTER_TINY, POSE, SENTIMENT, SENTIMENT_TINY, TASKS, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,9 @@ def register_entry(entry: TaskEntry) -> TaskEntry:
     wrong = [profile for profile, recipe in entry.recipes.items() if not isinstance(recipe, kind)]
     if wrong or not entry.recipes:
         raise RegistryError(f"{entry.task} is a {spec.modality} task: give a {kind.__name__} for every profile")
+    distilled = [isinstance(recipe, DistillRecipe) for recipe in entry.recipes.values()]
+    if any(distilled) and (spec.variant_of is None or not all(distilled)):
+        raise RegistryError(f"{entry.task}: a DistillRecipe (for every profile) is for a variant of a trained task")
     ENTRIES[entry.task] = entry
     return entry
 
@@ -133,7 +139,10 @@ def load_dataset(
     return entry.local(spec, resolve_data_dir(data_dir))
 
 
-BUILTIN_ENTRIES: tuple[str, ...] = (SENTIMENT.name, DISASTER.name, POSE.name)
+BUILTIN_ENTRIES: tuple[str, ...] = (SENTIMENT.name, DISASTER.name, POSE.name, SENTIMENT_TINY.name, DISASTER_TINY.name)
 register_entry(TaskEntry(SENTIMENT.name, local=imdb_local, hub=imdb_hub, recipes=SENTIMENT_RECIPES))
 register_entry(TaskEntry(DISASTER.name, local=tweets_local, hub=tweets_hub, recipes=DISASTER_RECIPES))
 register_entry(TaskEntry(POSE.name, local=har_local, hub=har_hub, recipes=POSE_RECIPES))
+# The tiny variants learn from their parent's trained model on the parent's data (export.build builds the parent first).
+register_entry(TaskEntry(SENTIMENT_TINY.name, local=imdb_local, hub=imdb_hub, recipes=SENTIMENT_TINY_RECIPES))
+register_entry(TaskEntry(DISASTER_TINY.name, local=tweets_local, hub=tweets_hub, recipes=DISASTER_TINY_RECIPES))

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from export.data import ImageSplit, TextSplit
 from export.metrics import classification_metrics
 from export.models import ImageClassifier
-from export.recipes import ImageRecipe, TextRecipe
+from export.recipes import DistillRecipe, ImageRecipe, TextRecipe
 from preprocess.image import normalize, read_image, read_resized, resize
 from preprocess.text import TextEncoder
 from taskspec import ImagePreprocessing, TextPreprocessing
@@ -122,6 +122,24 @@ def predict_text_torch(
     return logits
 
 
+def distillation_loss(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, recipe: DistillRecipe
+) -> torch.Tensor:
+    """KL divergence between the teacher's and the student's softened distributions (temperature T, scaled by
+    T^2 so its gradients keep their size, Hinton et al. 2015), plus ``hard_weight`` x the hard-label cross-entropy."""
+    t = recipe.temperature
+    soft = nn.functional.kl_div(
+        nn.functional.log_softmax(logits / t, dim=1),
+        nn.functional.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (t * t)
+    if not recipe.hard_weight:
+        return soft
+    hard = nn.functional.cross_entropy(logits, labels)
+    return (1.0 - recipe.hard_weight) * soft + recipe.hard_weight * hard
+
+
 def train_text(
     module: nn.Module,
     tokenizer_file: Path,
@@ -135,13 +153,17 @@ def train_text(
     seed: int,
     progress: bool = True,
     max_steps: int | None = None,
+    teacher_logits: np.ndarray | None = None,
 ) -> TrainResult:
     """Fine-tune ``module`` (``(input_ids, attention_mask) -> logits``) on ``train``; report ``val`` each epoch.
 
     Texts are tokenized as served (``preprocessing``: lowercase, truncation, pad id) but cut at the
     recipe's ``max_length``, which may be shorter than the served one (faster; the model still sees
-    the head of each text), and each step pads to its longest row.
+    the head of each text), and each step pads to its longest row. With ``teacher_logits`` (one row per
+    training text; ``recipe`` a :class:`DistillRecipe`) the loss is :func:`distillation_loss`.
     """
+    if teacher_logits is not None and (not isinstance(recipe, DistillRecipe) or len(teacher_logits) != len(train)):
+        raise ValueError("teacher_logits need a DistillRecipe and one row per training text")
     seed_everything(seed)
     started = time.monotonic()
     encoder = TextEncoder.from_file(tokenizer_file, preprocessing.truncated_at(recipe.max_length))
@@ -183,6 +205,7 @@ def train_text(
     total = steps_per_epoch * recipe.epochs if max_steps is None else min(max_steps, steps_per_epoch * recipe.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(total, int(total * recipe.warmup_ratio)))
     targets = torch.from_numpy(train.labels)
+    soft_targets = torch.from_numpy(teacher_logits.astype(np.float32)) if teacher_logits is not None else None
     generator = np.random.default_rng(seed)
     history: list[dict[str, float]] = []
     step = 0
@@ -201,7 +224,11 @@ def train_text(
                 logits = module(
                     torch.from_numpy(batch.input_ids).to(device), torch.from_numpy(batch.attention_mask).to(device)
                 )
-            loss = nn.functional.cross_entropy(logits.float(), y)
+            if soft_targets is not None:
+                assert isinstance(recipe, DistillRecipe)
+                loss = distillation_loss(logits.float(), soft_targets[index].to(device), y, recipe)
+            else:
+                loss = nn.functional.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)

@@ -33,6 +33,7 @@ from preprocess.text import TextEncoder
 from taskspec import (
     MANIFEST_FILE,
     METRICS_FILE,
+    MODEL_FILE,
     PREPROCESSING_FILE,
     TOKENIZER_FILE,
     TOP_PROBABILITY_BUCKETS,
@@ -146,6 +147,20 @@ ConfidenceShares = tuple[tuple[float, float], ...]
 
 
 @dataclass(frozen=True)
+class CardFigures:
+    """What the version's model card (``metrics.json``) says of its quality and speed; None where it says nothing."""
+
+    accuracy: float | None = None
+    """Held-out accuracy of ``model.onnx`` (``test.accuracy``)."""
+    accuracy_int8: float | None = None
+    """Held-out accuracy of the int8 file CPU hosts serve (``int8.test.accuracy``)."""
+    latency_p50_ms: float | None = None
+    """p50 of a one-text / one-image call of ``model.onnx``, one thread, model only (``latency``)."""
+    latency_p50_ms_int8: float | None = None
+    """The same for the int8 file."""
+
+
+@dataclass(frozen=True)
 class TextArtifacts:
     labels: tuple[str, ...]
     encoder: TextEncoder
@@ -154,6 +169,8 @@ class TextArtifacts:
     """Share of each predicted label on the held-out test set (:func:`validation_label_mix`); None unknown."""
     validation_confidence: ConfidenceShares | None = None
     """Share of the held-out predictions per top-probability bucket (:func:`validation_confidence`); None unknown."""
+    card: CardFigures = CardFigures()
+    """Accuracy and latency from the version's model card (:func:`card_figures`)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +181,8 @@ class ImageArtifacts:
     """Share of each predicted label on the held-out test set (:func:`validation_label_mix`); None unknown."""
     validation_confidence: ConfidenceShares | None = None
     """Share of the held-out predictions per top-probability bucket (:func:`validation_confidence`); None unknown."""
+    card: CardFigures = CardFigures()
+    """Accuracy and latency from the version's model card (:func:`card_figures`)."""
 
 
 Artifacts = TextArtifacts | ImageArtifacts
@@ -233,6 +252,35 @@ def validation_confidence(metrics: bytes | None) -> ConfidenceShares | None:
     return tuple(zip(bounds, shares, strict=True))
 
 
+def _figure(document: Any, *path: str) -> float | None:
+    for key in path:
+        if not isinstance(document, Mapping) or key not in document:
+            return None
+        document = document[key]
+    if isinstance(document, bool) or not isinstance(document, int | float) or not math.isfinite(document):
+        return None
+    return float(document)
+
+
+def card_figures(metrics: bytes | None) -> CardFigures:
+    """Accuracy and latency of a version from its ``metrics.json`` (written by ``export build``); a figure that is
+    missing or not a finite number is None (the card is informative: a bad one never stops serving)."""
+    if metrics is None:
+        return CardFigures()
+    try:
+        document = json.loads(metrics)
+    except (ValueError, UnicodeDecodeError):
+        return CardFigures()
+    int8_file = document.get("int8", {}).get("file") if isinstance(document.get("int8"), Mapping) else None
+    latency = ("latency", "files")
+    return CardFigures(
+        accuracy=_figure(document, "test", "accuracy"),
+        accuracy_int8=_figure(document, "int8", "test", "accuracy"),
+        latency_p50_ms=_figure(document, *latency, MODEL_FILE, "p50_ms"),
+        latency_p50_ms_int8=_figure(document, *latency, int8_file, "p50_ms") if isinstance(int8_file, str) else None,
+    )
+
+
 class ArtifactStore:
     """Loads and caches :class:`TextArtifacts` / :class:`ImageArtifacts` per (task, version, content identity).
 
@@ -274,11 +322,12 @@ class ArtifactStore:
                     f"{where}/{name} does not match its {MANIFEST_FILE} (being republished?); retry shortly"
                 )
         artifacts = parse_artifacts(spec, version, preprocessing, data.get(TOKENIZER_FILE))
-        card = self.source.read(f"{where}/{METRICS_FILE}")
+        metrics = self.source.read(f"{where}/{METRICS_FILE}")
         return replace(
             artifacts,
-            validation_label_mix=validation_label_mix(card, artifacts.labels),
-            validation_confidence=validation_confidence(card),
+            validation_label_mix=validation_label_mix(metrics, artifacts.labels),
+            validation_confidence=validation_confidence(metrics),
+            card=card_figures(metrics),
         )
 
     async def get(self, spec: TaskSpec, version: str, content: VersionContent) -> Artifacts:

@@ -11,6 +11,7 @@ tests/test_api_fuzz.py holds the two to each other.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import GenericAlias
 from typing import Annotated, Any, Literal, TypeVar, cast
 
@@ -107,26 +108,43 @@ def _per_task(base: type[M], spec: TaskSpec, doc: str, examples: list[Any], **fi
 
 class TextRequest(BaseModel):
     """Texts to classify (one prediction per text, in order). Each text task has its own subclass
-    (:func:`text_request_model`) with the task's limit on ``texts``."""
+    (:func:`text_request_model`) with the task's limit on ``texts`` and its models."""
 
     model_config = ConfigDict(extra="forbid")
 
     texts: list[Text] = Field(min_length=1)
     user_id: UserId | None = None
+    model: str | None = None
 
 
-def text_request_model(spec: TaskSpec) -> type[TextRequest]:
+def text_request_model(spec: TaskSpec, variants: Sequence[TaskSpec] = ()) -> type[TextRequest]:
     """The request body of ``POST /v1/<spec.name>``: at most ``spec.batching.max_batch_size`` texts of at most
-    ``spec.text.max_chars`` characters each."""
+    ``spec.text.max_chars`` characters each, and which of the task's models classifies them: ``spec``'s own (the
+    default, the most accurate) or one of ``variants`` (served variants of the task, e.g. ``sentiment_tiny``)."""
     limit = spec.batching.max_batch_size
     max_chars = spec.text.max_chars if spec.text is not None else MAX_TEXT_CHARS
     example: dict[str, Any] = {"texts": list(spec.examples) or ["some text"], "user_id": "ada@example.com"}
+    names = (spec.model_name, *(variant.model_name for variant in variants))
+    choices = (
+        ", ".join(f"`{variant.model_name}` ({variant.variant}: {variant.title})" for variant in variants)
+        or "none served"
+    )
+    model_type: Any = Literal.__getitem__(names)  # the enum of this task's served models
     return _per_task(
         TextRequest,
         spec,
         f"Texts to classify: {spec.title} (one prediction per text, in order).",
         [example],
         texts=(texts_type(max_chars), Field(min_length=1, max_length=limit, description=f"1 to {limit} texts")),
+        model=(
+            model_type | None,
+            Field(
+                None,
+                description=f"Which model classifies the texts: `{spec.model_name}` (the default when absent or "
+                f"null: the most accurate) or a variant: {choices}. Each model's held-out accuracy and latency are "
+                "in `GET /v1/models`; the response's `model` names the one that answered",
+            ),
+        ),
     )
 
 
@@ -348,6 +366,26 @@ class ModelInfo(BaseModel):
         "`head` the first ones, `head+tail` the first and the last ones",
     )
     examples: list[str] = Field(default_factory=list, description="Example inputs (text tasks)")
+    variant_of: str | None = Field(
+        None,
+        description="The task whose route serves this model when it is a variant (e.g. `sentiment` for "
+        '`sentiment_tiny`: send `"model": "sentiment_tiny"` to `POST /v1/sentiment`); null for a task\'s own model',
+    )
+    variant: str = Field("default", description="`default` for a task's own model; `tiny` for a distilled variant")
+    accuracy: float | None = Field(
+        None,
+        description="Held-out accuracy of the served version's `model.onnx` (its model card, `metrics.json`); null "
+        "when not ready or not recorded",
+    )
+    accuracy_int8: float | None = Field(
+        None, description="Held-out accuracy of the served version's int8 file (what CPU hosts serve); null if none"
+    )
+    latency_p50_ms: float | None = Field(
+        None,
+        description="Median time of one single-text (or single-image) call of the served version's `model.onnx` "
+        "in ONNX Runtime with one thread, model only, on the machine that built it (its model card); null if unknown",
+    )
+    latency_p50_ms_int8: float | None = Field(None, description="The same for the int8 file; null if none")
     validation_label_mix: dict[str, float] | None = Field(
         None,
         description="Share of each predicted label on the served version's held-out test set (its model card, "
@@ -376,6 +414,8 @@ def model_info(spec: TaskSpec) -> ModelInfo:
         max_items=spec.batching.max_batch_size,
         max_text_chars=spec.text.max_chars if spec.text is not None else None,
         examples=list(spec.examples),
+        variant_of=spec.variant_of,
+        variant=spec.variant,
     )
 
 

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -142,7 +142,8 @@ class PlatformService:
     # --- classification ---
 
     async def classify_texts(self, spec: TaskSpec, texts: Sequence[str]) -> TextResponse:
-        """Label every text: tokenize into length buckets, one Triton request per bucket, concurrently."""
+        """Label every text with ``spec``'s model (a task's own, or one of its variants): tokenize into length
+        buckets, one Triton request per bucket, concurrently."""
         start = time.perf_counter()
         served = await self.served(spec)
         version = served.version
@@ -180,7 +181,7 @@ class PlatformService:
         self.metrics.observe_stages(spec.name, timings.model_dump())
         self.metrics.items.labels(task=spec.name).inc(len(texts))
         return TextResponse(
-            task=spec.name,
+            task=spec.task_name,
             model=ModelRef(name=spec.model_name, version=outputs[0].model_version or version),
             predictions=[p for p in predictions if p is not None],
             timings_ms=timings,
@@ -257,6 +258,7 @@ class PlatformService:
         except ApiError:
             return info
         update: dict[str, Any] = {"version": served.version, "labels": list(artifacts.labels), "ready": True}
+        update.update(asdict(artifacts.card))  # accuracy and latency from the version's model card
         if artifacts.validation_label_mix is not None:
             update["validation_label_mix"] = dict(artifacts.validation_label_mix)
         if artifacts.validation_confidence is not None:

@@ -111,7 +111,8 @@ class ApiSettings(BaseSettings):
     tasks: list[str] = Field(
         default_factory=list,
         description="Tasks this facade serves (names from taskspec); empty (the default): every known task, the "
-        "built-ins and those the task modules register",
+        "built-ins and those the task modules register. A variant (e.g. `sentiment_tiny`) is served on its task's "
+        "route (the request's `model`) and needs its task listed too",
     )
 
     # --- artifacts that travel with the weights ---
@@ -292,6 +293,12 @@ class ApiSettings(BaseSettings):
             raise ValueError(
                 f"MTC_API_TASKS names unknown tasks {', '.join(map(repr, unknown))}; known: {', '.join(TASKS)} "
                 f"(a task outside the built-ins needs its module in {TASK_MODULES_ENV})"
+            )
+        orphans = [name for name in self.tasks if (TASKS[name].variant_of or name) not in self.tasks]
+        if orphans:
+            raise ValueError(
+                f"MTC_API_TASKS names variants without their task: {', '.join(orphans)} (a variant is chosen per "
+                f"request on its task's route: add {', '.join(sorted({str(TASKS[n].variant_of) for n in orphans}))})"
             )
         return self
 

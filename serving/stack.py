@@ -105,7 +105,8 @@ class StackSettings(BaseSettings):
 
 def missing_models(repository: Path) -> list[str]:
     """Tasks without a servable version: none published, or (tasks with a CPU variant) the latest one lacks
-    the file that ``configs/cpu.pbtxt`` serves (published before the variant existed)."""
+    the file that ``configs/cpu.pbtxt`` serves (published before the variant existed); and the parent of such a
+    variant (``sentiment_tiny``) when the parent has no trained checkpoint to distil from."""
     from export.publish import latest_version_dir
 
     missing = []
@@ -113,7 +114,21 @@ def missing_models(repository: Path) -> list[str]:
         latest = latest_version_dir(repository, name)
         if latest is None or (spec.cpu is not None and not (latest / spec.cpu.model_file).is_file()):
             missing.append(name)
-    return missing
+    # A variant is distilled from its task's trained checkpoint (export.build.find_teacher): a task published
+    # without one (by a build from before the variants) is rebuilt with it, before it (TASKS order).
+    for name in list(missing):
+        parent = TASKS[name].variant_of
+        if parent is not None and parent not in missing and not _has_checkpoint(repository, parent):
+            missing.append(parent)
+    return [name for name in TASKS if name in missing]
+
+
+def _has_checkpoint(repository: Path, task: str) -> bool:
+    from export.hf_checkpoint import checkpoint_dir
+    from export.publish import latest_version_dir
+
+    latest = latest_version_dir(repository, task)
+    return latest is not None and (checkpoint_dir(repository, task, latest.name) / "config.json").is_file()
 
 
 def build_models(repository: Path, tasks: list[str]) -> None:

@@ -360,7 +360,8 @@ class TaskSpec:
     """Everything the platform knows about one classification task."""
 
     name: str
-    """Task name: the REST route (``/v1/<name>``) and the Triton model name."""
+    """Task name: the REST route (``/v1/<name>``; a variant's is its parent's, see ``variant_of``) and the Triton
+    model name."""
     title: str
     modality: Modality
     labels: tuple[str, ...]
@@ -377,10 +378,21 @@ class TaskSpec:
     cpu: CpuServing | None = None
     """The CPU-host serving variant (``configs/cpu.pbtxt``); None: CPU hosts use ``config.pbtxt`` too."""
     examples: tuple[str, ...] = field(default=())
+    variant_of: str | None = None
+    """Set on a variant of another task (:func:`tiny_variant`): the parent task's name. A variant has its own
+    Triton model (named after the variant) and versions, but its parent's labels, tensors, preprocessing and
+    route: a caller picks it per request (the ``model`` field of ``POST /v1/<parent>``). None: a task."""
+    variant: str = "default"
+    """What the variant is (``tiny``: a distilled, smaller student of the parent); ``default`` for a task."""
 
     @property
     def model_name(self) -> str:
         return self.name
+
+    @property
+    def task_name(self) -> str:
+        """The task this spec serves: its parent for a variant (the route ``/v1/<task_name>``), else its own name."""
+        return self.variant_of or self.name
 
     @property
     def raw_text_model_name(self) -> str:
@@ -513,7 +525,22 @@ POSE = TaskSpec(
     export_atol=1e-3,
 )
 
-BUILTIN_TASKS: tuple[TaskSpec, ...] = (SENTIMENT, DISASTER, POSE)
+
+def tiny_variant(parent: TaskSpec) -> TaskSpec:
+    """The distilled tiny variant of a text task: ``<parent>_tiny``, a 3-layer student of the parent's trained
+    6-layer encoder (recipe: ``export.recipes.DistillRecipe``), served as its own Triton model with the parent's
+    tensors, labels, preprocessing, batching and CPU (int8) serving, and chosen per request."""
+    if parent.modality != "text" or parent.variant_of is not None:
+        raise ValueError(f"{parent.name}: only a text task (not a variant) has a tiny variant")
+    return replace(
+        parent, name=f"{parent.name}_tiny", title=f"{parent.title} (tiny)", variant_of=parent.name, variant="tiny"
+    )
+
+
+SENTIMENT_TINY = tiny_variant(SENTIMENT)
+DISASTER_TINY = tiny_variant(DISASTER)
+
+BUILTIN_TASKS: tuple[TaskSpec, ...] = (SENTIMENT, DISASTER, POSE, SENTIMENT_TINY, DISASTER_TINY)
 TASKS: dict[str, TaskSpec] = {t.name: t for t in BUILTIN_TASKS}
 """Every task this process knows: the built-ins and those added with :func:`register` (same dict object
 for the whole process, so a module holding it sees later registrations)."""
@@ -544,8 +571,13 @@ def get_task(name: str) -> TaskSpec:
 
 
 def text_tasks() -> tuple[TaskSpec, ...]:
-    """The text tasks known now, registered ones included."""
+    """The text tasks known now, registered ones included (variants too: each is a Triton model of its own)."""
     return tuple(t for t in TASKS.values() if t.modality == "text")
+
+
+def variants_of(task: str) -> tuple[TaskSpec, ...]:
+    """The variants of ``task`` known now (e.g. ``sentiment_tiny`` of ``sentiment``), in registration order."""
+    return tuple(t for t in TASKS.values() if t.variant_of == task)
 
 
 def _registration_problems(spec: TaskSpec) -> list[str]:
@@ -564,6 +596,17 @@ def _registration_problems(spec: TaskSpec) -> list[str]:
         problems.append("inputs must be non-empty with distinct names")
     if (spec.modality == "text") != (spec.text is not None) or (spec.modality == "image") != (spec.image is not None):
         problems.append(f"a {spec.modality} task declares exactly its own preprocessing (text or image)")
+    if spec.variant_of is not None:
+        parent = TASKS.get(spec.variant_of)
+        if parent is None or parent.variant_of is not None:
+            problems.append(f"variant_of {spec.variant_of!r} is not a known task (register the parent first)")
+        elif (parent.labels, parent.inputs, parent.output, parent.modality) != (
+            spec.labels,
+            spec.inputs,
+            spec.output,
+            spec.modality,
+        ):
+            problems.append(f"a variant has the labels and tensors of its parent {parent.name!r}")
     return problems
 
 

@@ -44,12 +44,21 @@ from preprocess.probabilities import softmax
 from preprocess.text import TextEncoder
 from serving.processes import ManagedProcess
 from serving.triton import PROJECT_ROOT, TritonServer, free_port
-from taskspec import DISASTER, MANIFEST_FILE, MODEL_FILE, POSE, PREPROCESSING_FILE, SENTIMENT, TOKENIZER_FILE
+from taskspec import (
+    DISASTER,
+    INT8_MODEL_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    POSE,
+    PREPROCESSING_FILE,
+    SENTIMENT,
+    TOKENIZER_FILE,
+)
 from tests.fakes.frontend_api import write_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-TASK_MODELS = ["sentiment", "disaster", "pose"]
+TASK_MODELS = ["sentiment", "disaster", "pose", "sentiment_tiny", "disaster_tiny"]
 # The facade's address space is capped (RLIMIT_AS): it needs ~0.5 GiB; the bombs below inflate to 2 GiB.
 FACADE_ADDRESS_SPACE = 3 << 29  # 1.5 GiB
 BOMB_INFLATED = 2 << 30
@@ -282,6 +291,35 @@ def test_text_probabilities_match_onnx_runtime_on_the_same_model(stack: Stack, p
             got = [prediction["probabilities"][label] for label in SENTIMENT.labels]
             assert got == pytest.approx(row.tolist(), abs=1e-4)
             assert prediction["label"] == SENTIMENT.labels[int(np.argmax(row))]
+
+
+def test_the_tiny_variant_is_chosen_per_request_and_answers_with_its_own_triton_model(stack: Stack) -> None:
+    """`model: sentiment_tiny` on /v1/sentiment: the response names that model, its probabilities are those of
+    sentiment_tiny's own published file in ONNX Runtime (not sentiment's); a model the task lacks is 422."""
+    texts = ["A beautiful, moving film.", "Two hours of my life I will never get back."]
+    url = f"{stack.api_url}/v1/sentiment"
+    tiny = httpx.post(url, json={"texts": texts, "model": "sentiment_tiny"}, timeout=30)
+    default = httpx.post(url, json={"texts": texts}, timeout=30)
+    assert tiny.status_code == 200 and default.status_code == 200, (tiny.text, default.text)
+    assert tiny.json()["task"] == "sentiment" and tiny.json()["model"] == {"name": "sentiment_tiny", "version": "1"}
+    assert default.json()["model"]["name"] == "sentiment"
+    encoder = TextEncoder.from_version_dir(stack.repository / "sentiment_tiny" / "1")
+    for model, body in (("sentiment_tiny", tiny.json()), ("sentiment", default.json())):
+        # This CPU-only Triton serves configs/cpu.pbtxt: each model's int8 file
+        served = stack.repository / model / "1" / INT8_MODEL_FILE
+        session = ort.InferenceSession(str(served), providers=["CPUExecutionProvider"])
+        for group in encoder.groups(texts):
+            feeds = {"input_ids": group.input_ids, "attention_mask": group.attention_mask}
+            expected = softmax(np.asarray(session.run(["logits"], feeds)[0]))
+            for index, row in zip(group.indices, expected, strict=True):
+                got = [body["predictions"][index]["probabilities"][label] for label in SENTIMENT.labels]
+                assert got == pytest.approx(row.tolist(), abs=1e-4), model
+    assert tiny.json()["predictions"] != default.json()["predictions"]  # two different models answered
+    wrong = httpx.post(url, json={"texts": texts, "model": "disaster_tiny"}, timeout=30)
+    assert wrong.status_code == 422 and "'sentiment' or 'sentiment_tiny'" in wrong.text
+    models = {m["model"]: m for m in httpx.get(f"{stack.api_url}/v1/models", timeout=10).json()["models"]}
+    assert models["sentiment_tiny"]["variant_of"] == "sentiment" and models["sentiment_tiny"]["ready"]
+    assert models["sentiment_tiny"]["latency_p50_ms"] > 0 and 0 <= models["sentiment_tiny"]["accuracy"] <= 1
 
 
 def test_long_reviews_are_classified_and_say_they_were_truncated(stack: Stack) -> None:

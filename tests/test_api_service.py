@@ -110,6 +110,12 @@ def test_models_lists_every_task_with_version_labels_limits_and_ready_state(tmp_
         "examples": list(SENTIMENT.examples),
         "validation_label_mix": None,  # no metrics.json published with this version
         "validation_confidence": None,
+        "variant_of": None,
+        "variant": "default",
+        "accuracy": None,  # nor accuracy and latency figures
+        "accuracy_int8": None,
+        "latency_p50_ms": None,
+        "latency_p50_ms_int8": None,
     }
     assert models["sentiment"]["labels"] == ["negative", "positive"]
     assert models["pose"]["ready"] is False and models["pose"]["version"] is None

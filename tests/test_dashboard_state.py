@@ -56,8 +56,29 @@ def test_split_texts_keeps_one_text_per_non_blank_line() -> None:
 async def test_a_state_per_task_the_facade_lists_in_its_order() -> None:
     state = await loaded_state(FakeFacade())
 
-    assert list(state.tasks) == list(TASKS)
+    assert list(state.tasks) == [name for name, spec in TASKS.items() if spec.variant_of is None]
     assert [type(task) for task in state.tasks.values()] == [TextTaskState, TextTaskState, ImageTaskState]
+
+
+async def test_a_tiny_variant_is_a_model_choice_in_its_tasks_tab_not_a_tab() -> None:
+    fake = FakeFacade()
+    state = await loaded_state(fake)
+    assert "sentiment_tiny" not in state.tasks
+    sentiment = state.tasks["sentiment"]
+    assert isinstance(sentiment, TextTaskState)
+    assert list(sentiment.models) == ["sentiment", "sentiment_tiny"] and sentiment.model == "sentiment"
+    fake.calls.clear()
+    sentiment.text = "A good movie"
+    await sentiment.classify()  # the default model: the request names none
+    sentiment.model = "sentiment_tiny"
+    await sentiment.classify()
+    assert fake.calls == [
+        ("classify_texts", ("sentiment", ["A good movie"])),
+        ("classify_texts", ("sentiment", ["A good movie"], "sentiment_tiny")),
+    ]
+    assert sentiment.result is not None and sentiment.result.model.name == "sentiment_tiny"
+    with pytest.raises(ValueError):
+        sentiment.model = "disaster_tiny"  # only the task's own models
 
 
 async def test_a_fourth_task_declared_only_by_the_facade_gets_a_state_with_its_labels_and_limit() -> None:
@@ -98,7 +119,7 @@ async def test_the_facade_down_at_session_start_leaves_no_task_until_it_answers(
 
     fake.down = False
     assert await state.load_tasks()
-    assert list(state.tasks) == list(TASKS)
+    assert list(state.tasks) == ["sentiment", "disaster", "pose"]
     assert state.loaded
     assert state.models_error == ""
 

@@ -184,6 +184,31 @@ async def test_a_fourth_text_task_declared_only_by_the_facade_is_a_tab_with_its_
     assert re.findall(r'data-label="(\w+)"', topics.results.object) == TOPICS.labels * 2
 
 
+async def test_the_text_tab_offers_the_tiny_variant_with_its_card_figures_and_sends_the_choice() -> None:
+    models = [
+        info.model_copy(update={"accuracy": 0.8683, "latency_p50_ms_int8": 21.4})
+        if info.task == "sentiment"
+        else info.model_copy(update={"accuracy": 0.85, "latency_p50_ms_int8": 9.6})
+        if info.task == "sentiment_tiny"
+        else info
+        for info in FakeFacade().model_list
+    ]
+    fake = FakeFacade(model_list=models)
+    page = await ready_page(fake)
+    view = text_view(page, "sentiment")
+    assert view.model_select.visible and view.model_select.value == "sentiment"
+    assert view.model_select.options == {
+        "sentiment (accurate: 86.8% held-out, 21 ms/text (int8))": "sentiment",
+        "sentiment_tiny (tiny: 85.0% held-out, 10 ms/text (int8))": "sentiment_tiny",
+    }
+    view.model_select.value = "sentiment_tiny"
+    view.text_input.value = "good stuff"
+    await view._on_classify(None)
+    assert fake.calls[-1] == ("classify_texts", ("sentiment", ["good stuff"], "sentiment_tiny"))
+    assert "model sentiment_tiny v1" in view.timings.object
+    assert text_view(page, "disaster").model_select.value == "disaster"  # each tab its own choice
+
+
 async def test_the_facade_down_at_session_start_shows_the_banner_then_the_tabs_when_it_is_back() -> None:
     fake = FakeFacade(down=True)
     page = build_page(fake, DashboardSettings())

@@ -132,3 +132,25 @@ def test_image_recipe_flip_levers_train_on_mirrored_features_and_publish_a_mirro
     (logits,) = session.run(["logits"], {"pixel_values": pixels})
     (mirrored,) = session.run(["logits"], {"pixel_values": np.ascontiguousarray(pixels[..., ::-1])})
     np.testing.assert_allclose(mirrored, logits, atol=1e-4)
+
+
+def test_smoke_build_distils_the_tiny_variant_from_the_teacher_it_just_published(tmp_path: Path) -> None:
+    """`export build --tasks disaster,disaster_tiny` on tiny samples: the student is the teacher's checkpoint with
+    3 of its 6 layers, trained on its logits, published with its own card that names the teacher."""
+    repo = tmp_path / "repo"
+    options = BuildOptions(repository=repo, limit=45, max_steps=2, progress=False)
+    teacher, student = build(["disaster", "disaster_tiny"], options)
+    metrics = json.loads((student.version_dir / "metrics.json").read_text())
+    assert student.version_dir == repo / "disaster_tiny" / "1" and metrics["task"] == "disaster_tiny"
+    assert metrics["teacher"]["task"] == "disaster" and metrics["teacher"]["version"] == 1
+    assert metrics["teacher"]["test"]["accuracy"] == teacher.metrics["test"]["accuracy"]
+    assert metrics["recipe"]["layers"] == [0, 2, 5] and metrics["test"]["n"] == 45
+    assert all(r["passed"] for r in metrics["validation"]["files"].values())
+    assert set(metrics["latency"]["files"]) == {"model.onnx", "model.int8.onnx"}
+    assert "teacher (disaster version 1)" in (student.version_dir / "model_card.md").read_text()
+    # The student reads text exactly as its teacher, and is a 3-layer model.
+    tokenizer = "tokenizer.json"
+    assert (student.version_dir / tokenizer).read_bytes() == (teacher.version_dir / tokenizer).read_bytes()
+    assert student.checkpoint_dir is not None and is_mean_pool_checkpoint(student.checkpoint_dir)
+    config = json.loads((student.checkpoint_dir / "config.json").read_text())
+    assert config["num_hidden_layers"] == 3

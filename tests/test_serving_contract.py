@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,7 @@ def test_tensorrt_accelerator_is_optional_and_valid() -> None:
 
 
 def test_unknown_task_error_lists_known_tasks() -> None:
-    with pytest.raises(KeyError, match="known tasks: disaster, pose, sentiment"):
+    with pytest.raises(KeyError, match="known tasks: disaster, disaster_tiny, pose, sentiment, sentiment_tiny"):
         get_task("sentimnet")
 
 
@@ -128,17 +129,26 @@ def test_cpu_only_launcher_asks_for_the_cpu_configs(tmp_path: Path) -> None:
 def test_make_run_rebuilds_text_models_published_without_their_cpu_file(tmp_path: Path) -> None:
     from serving.stack import missing_models
 
+    repository = tmp_path / "model_repository"
     for task in TASKS:
-        (tmp_path / task / "1").mkdir(parents=True)
-        (tmp_path / task / "1" / "model.onnx").write_bytes(b"weights")
+        (repository / task / "1").mkdir(parents=True)
+        (repository / task / "1" / "model.onnx").write_bytes(b"weights")
+    for variant in ("sentiment_tiny", "disaster_tiny"):
+        (repository / variant / "1" / INT8_MODEL_FILE).write_bytes(b"int8")
     # Text versions published before the CPU variant existed: Triton on a CPU host could not load them.
-    assert missing_models(tmp_path) == ["sentiment", "disaster"]
-    (tmp_path / "sentiment" / "1" / INT8_MODEL_FILE).write_bytes(b"int8")
-    assert missing_models(tmp_path) == ["disaster"]
-    (tmp_path / "disaster" / "2").mkdir()
-    (tmp_path / "disaster" / "2" / "model.onnx").write_bytes(b"weights")
-    (tmp_path / "disaster" / "2" / INT8_MODEL_FILE).write_bytes(b"int8")
-    assert missing_models(tmp_path) == []
+    assert missing_models(repository) == ["sentiment", "disaster"]
+    (repository / "sentiment" / "1" / INT8_MODEL_FILE).write_bytes(b"int8")
+    assert missing_models(repository) == ["disaster"]
+    (repository / "disaster" / "2").mkdir()
+    (repository / "disaster" / "2" / "model.onnx").write_bytes(b"weights")
+    (repository / "disaster" / "2" / INT8_MODEL_FILE).write_bytes(b"int8")
+    assert missing_models(repository) == []
+    # A missing tiny variant is distilled from its task's trained checkpoint: without one, the task is rebuilt first.
+    shutil.rmtree(repository / "sentiment_tiny")
+    assert missing_models(repository) == ["sentiment", "sentiment_tiny"]
+    (tmp_path / "checkpoints" / "sentiment" / "1").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "sentiment" / "1" / "config.json").write_text("{}")
+    assert missing_models(repository) == ["sentiment_tiny"]
 
 
 @pytest.mark.parametrize("path", ALL_CONFIGS + sorted(REPOSITORY.glob("*/configs/*.pbtxt")), ids=str)

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from dashboard.client import ImageResult, ModelRef, ModelStats, TextPrediction, TextResult
+from dashboard.client import ImageResult, ModelInfo, ModelRef, ModelStats, TextPrediction, TextResult
 from dashboard.drift import (
     CONFIDENCE_SHIFT_THRESHOLD,
     MIN_CONFIDENCE_PREDICTIONS,
@@ -241,6 +241,17 @@ def models_note_text(models_error: str) -> str:
     if models_error:
         return f"**The tasks could not be listed.** {markdown_literal(models_error)} The page asks again shortly."
     return "Waiting for the API to list its tasks; their tabs appear here as soon as it answers."
+
+
+def model_choice_label(info: ModelInfo) -> str:
+    """How the model picker names a model: its name, what it is, and its card's accuracy and latency when known."""
+    kind = "accurate" if info.variant_of is None else info.variant
+    figures = []
+    if info.accuracy is not None:
+        figures.append(f"{info.accuracy:.1%} held-out")
+    if info.latency_p50_ms_int8 is not None:
+        figures.append(f"{info.latency_p50_ms_int8:.0f} ms/text (int8)")
+    return f"{info.model or info.task} ({kind}{': ' + ', '.join(figures) if figures else ''})"
 
 
 def shorten(text: str, width: int) -> str:

@@ -27,6 +27,7 @@ from dashboard.views.render import (
     drift_table_html,
     image_result_html,
     markdown_literal,
+    model_choice_label,
     result_timings_html,
     shorten,
     stats_table_html,
@@ -101,6 +102,15 @@ class TextTaskView:
             label="Classify", color="primary", disabled=state.param.loading, css_classes=["mtc-classify"]
         )
         self.classify_button.on_click(self._on_classify)
+        # The task's model or a faster variant (GET /v1/models), shown with its card's accuracy and latency.
+        self.model_select = pn.widgets.Select.from_param(
+            state.param.model,
+            label="Model",
+            options={model_choice_label(info): name for name, info in state.models.items()},
+            visible=len(state.models) > 1,
+            width=420,
+            css_classes=["mtc-model"],
+        )
         self.example_buttons = []
         for index, example in enumerate(state.examples):
             button = pn.widgets.Button(
@@ -136,6 +146,7 @@ class TextTaskView:
         )
         examples = [pn.pane.Markdown("Examples:", margin=(12, 5, 0, 20)), *self.example_buttons]
         self.panel = pn.Column(
+            self.model_select,
             self.text_input,
             pn.FlexBox(self.classify_button, *(examples if self.example_buttons else []), align_items="center"),
             self.error,

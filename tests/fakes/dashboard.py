@@ -47,6 +47,8 @@ def model_info(spec: TaskSpec, max_items: int | None = None, examples: bool = Fa
         ready=True,
         max_items=max_items,
         examples=list(spec.examples) if examples else [],
+        variant_of=spec.variant_of,
+        variant=spec.variant,
     )
 
 
@@ -89,8 +91,8 @@ class FakeFacade:
         await self._enter("models", None)
         return list(self.model_list)
 
-    async def classify_texts(self, task: str, texts: list[str]) -> TextResult:
-        await self._enter("classify_texts", (task, list(texts)))
+    async def classify_texts(self, task: str, texts: list[str], model: str | None = None) -> TextResult:
+        await self._enter("classify_texts", (task, list(texts)) if model is None else (task, list(texts), model))
         labels = self._labels(task)
         predictions = []
         for index, text in enumerate(texts):
@@ -99,7 +101,7 @@ class FakeFacade:
             predictions.append(TextPrediction(text_index=index, label=labels[top], probabilities=probabilities))
         return TextResult(
             task=task,
-            model=ModelRef(name=task, version="1"),
+            model=ModelRef(name=model or task, version="1"),
             predictions=predictions,
             timings_ms={"tokenize": 0.5, "inference": 4.0, "total": 5.0},
         )

