@@ -50,9 +50,12 @@ def _infer(client: httpclient.InferenceServerClient, model: str, feeds: dict[str
 
 
 def test_every_published_model_is_ready_and_its_config_matches_the_spec(repository: Path, client) -> None:
+    tasks = [get_task(name) for name in ("sentiment", "disaster", "pose", "sentiment_tiny", "disaster_tiny")]
+    raw_text = [spec.raw_text_model_name for spec in tasks if spec.text is not None]
     index = {m["name"]: m.get("state") for m in client.get_model_repository_index()}
-    assert index == {name: "READY" for name in ("sentiment", "disaster", "pose", "sentiment_text", "disaster_text")}
-    for spec in (SENTIMENT, DISASTER, POSE):
+    assert index == {name: "READY" for name in [spec.name for spec in tasks] + raw_text}
+    assert "sentiment_tiny_text" in index
+    for spec in tasks:
         assert check_model_config(spec, repository / spec.name) == []
 
 
