@@ -52,6 +52,7 @@ from batch.jobstate import (
 from frontend_api.errors import ApiError, InternalError, InvalidRequest, NotFound, StorageUnavailable
 from frontend_api.schemas import UploadResponse
 from frontend_api.settings import PROJECT_ROOT, ApiSettings
+from frontend_api.uploads import presigned_form
 from taskspec import TASKS, TaskSpec
 
 logger = logging.getLogger("frontend_api.jobs")
@@ -539,23 +540,9 @@ class JobService:
         """A presigned POST for one input file (random key under ``job-inputs/``, size-capped, short-lived)."""
         s = self.settings
         key = f"{JOB_UPLOAD_PREFIX}{uuid.uuid4().hex}.{UPLOAD_EXTENSIONS[body.content_type]}"
-        try:
-            get_url = self.presigner.generate_presigned_url(
-                "get_object", Params={"Bucket": s.upload_bucket, "Key": key}, ExpiresIn=s.upload_expires_s
-            )
-            post = self.presigner.generate_presigned_post(
-                Bucket=s.upload_bucket,
-                Key=key,
-                Fields={"Content-Type": body.content_type, "Content-Encoding": "identity"},
-                Conditions=[
-                    {"Content-Type": body.content_type},
-                    {"Content-Encoding": "identity"},
-                    ["content-length-range", 1, s.jobs_max_upload_bytes],
-                ],
-                ExpiresIn=s.upload_expires_s,
-            )
-        except (BotoCoreError, ClientError) as exc:
-            raise StorageUnavailable(f"cannot sign upload URLs: {exc}") from exc
+        post, get_url = presigned_form(
+            self.presigner, s.upload_bucket, key, body.content_type, s.jobs_max_upload_bytes, s.upload_expires_s
+        )
         return JobUploadResponse(
             upload_url=str(post["url"]),
             fields={str(name): str(value) for name, value in post["fields"].items()},

@@ -47,30 +47,39 @@ def make_s3_client(settings: ApiSettings, *, public: bool = False) -> Any:
     )
 
 
-def presign_upload(s3: Any, settings: ApiSettings, content_type: str) -> UploadResponse:
-    """A presigned POST (form upload) and the GET URL for one new object (signing is local: no request to S3)."""
-    known = image_format(content_type)
-    key = f"uploads/{uuid.uuid4().hex}.{known.extension if known is not None else 'bin'}"
+def presigned_form(
+    s3: Any, bucket: str, key: str, content_type: str, max_bytes: int, expires_s: int
+) -> tuple[dict[str, Any], str]:
+    """A presigned POST form for one new object (type and identity encoding pinned, 1..``max_bytes`` bytes) and
+    its presigned GET URL; signing is local (no request to S3). Raises :class:`StorageUnavailable`."""
     try:
         # The GET first: without credentials it raises NoCredentialsError, where botocore's POST signer
         # would fail with an AttributeError.
-        get_url = s3.generate_presigned_url(
-            "get_object", Params={"Bucket": settings.upload_bucket, "Key": key}, ExpiresIn=settings.upload_expires_s
-        )
+        get_url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_s)
         post = s3.generate_presigned_post(
-            Bucket=settings.upload_bucket,
+            Bucket=bucket,
             Key=key,
             Fields={"Content-Type": content_type, "Content-Encoding": "identity"},
             Conditions=[
                 {"Content-Type": content_type},
                 # Pinned, not just unlisted: some S3 servers (SeaweedFS 4.48) store form fields the policy omits.
                 {"Content-Encoding": "identity"},
-                ["content-length-range", 1, settings.image_max_bytes],
+                ["content-length-range", 1, max_bytes],
             ],
-            ExpiresIn=settings.upload_expires_s,
+            ExpiresIn=expires_s,
         )
     except (BotoCoreError, ClientError) as exc:  # e.g. no credentials configured
         raise StorageUnavailable(f"cannot sign upload URLs: {exc}") from exc
+    return post, str(get_url)
+
+
+def presign_upload(s3: Any, settings: ApiSettings, content_type: str) -> UploadResponse:
+    """A presigned POST (form upload) and the GET URL for one new object (signing is local: no request to S3)."""
+    known = image_format(content_type)
+    key = f"uploads/{uuid.uuid4().hex}.{known.extension if known is not None else 'bin'}"
+    post, get_url = presigned_form(
+        s3, settings.upload_bucket, key, content_type, settings.image_max_bytes, settings.upload_expires_s
+    )
     return UploadResponse(
         upload_url=str(post["url"]),
         fields={str(name): str(value) for name, value in post["fields"].items()},
