@@ -1,11 +1,11 @@
 """The worker side of a job: one batch of rows in, the same rows with ``label``, ``p_<label>`` and ``error``
 out, through the facade's own preprocessing and Triton client.
 
-A :class:`Classifier` is a Ray Data callable class: each Ray worker holds one, with its own Triton
-client (:class:`frontend_api.triton_client.TritonHttpClient`, so Triton's failures arrive as the facade's
-errors), the pinned version's artifacts (:class:`frontend_api.artifacts.ArtifactStore`: the tokenizer and
-preprocessing Triton's model was published with, checked against the version's manifest) and, for image
-tasks, the facade's hardened fetcher (:class:`frontend_api.images.ImageFetcher`: SSRF rules, no redirects,
+A :class:`Classifier` is a Ray Data callable class: each Ray worker holds one, with its own Triton client
+(:func:`frontend_api.triton_client.make_triton_client`: gRPC by default, as the facade; Triton's failures arrive
+as the facade's errors), the pinned version's artifacts (:class:`frontend_api.artifacts.ArtifactStore`: the
+tokenizer and preprocessing Triton's model was published with, checked against the version's manifest) and, for
+image tasks, the facade's hardened fetcher (:class:`frontend_api.images.ImageFetcher`: SSRF rules, no redirects,
 no inflation, byte caps). Texts are tokenized into the task's length buckets (:meth:`TextEncoder.groups`)
 and images decoded by :func:`frontend_api.images.decode_image`, exactly as for ``/v1/<task>``.
 
@@ -44,7 +44,7 @@ from frontend_api.errors import (
 )
 from frontend_api.images import ImageBudget, ImageFetcher, SystemResolver, UrlPolicy, decode_image
 from frontend_api.settings import ApiSettings
-from frontend_api.triton_client import TritonHttpClient
+from frontend_api.triton_client import make_triton_client
 from preprocess.probabilities import softmax
 from taskspec import TaskSpec, get_task
 
@@ -106,7 +106,7 @@ class Classifier:
 
     async def _open(self) -> None:
         settings, pin = self.config.settings, self.config.model
-        self.triton = TritonHttpClient(settings.triton_url, timeout_s=settings.triton_timeout_s, connections=16)
+        self.triton = make_triton_client(settings)
         repository = settings.model_repository
         store = ArtifactStore(
             make_source(repository, make_s3_client(settings) if repository.startswith("s3://") else None)

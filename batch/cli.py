@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--concurrency", type=int, default=None, help="classifier workers (batches in flight)")
     classify.add_argument("--batch-rows", type=int, default=None, help="rows per batch (default 64)")
     classify.add_argument("--ray-address", default=None, help="existing Ray cluster (default: a local Ray)")
+    classify.add_argument(
+        "--triton-protocol", choices=("grpc", "http"), default=None, help="how to call Triton (default grpc)"
+    )
+    classify.add_argument("--triton-grpc-url", default=None, help="Triton gRPC host:port (default 127.0.0.1:8001)")
     classify.add_argument("--triton-url", default=None, help="Triton HTTP host:port (default 127.0.0.1:8000)")
     classify.add_argument("--model-repository", default=None, help="the repository Triton serves (folder or s3://)")
     classify.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -60,6 +64,8 @@ def _settings(args: argparse.Namespace) -> BatchSettings:
         "concurrency": args.concurrency,
         "batch_rows": args.batch_rows,
         "ray_address": args.ray_address,
+        "triton_protocol": args.triton_protocol,
+        "triton_grpc_url": args.triton_grpc_url,
         "triton_url": args.triton_url,
         "model_repository": args.model_repository,
     }

@@ -70,7 +70,7 @@ from batch.storage import Location, S3Access, list_files, list_names, parse_loca
 from frontend_api.artifacts import ArtifactStore, make_source
 from frontend_api.errors import ApiError, InternalError
 from frontend_api.settings import ApiSettings
-from frontend_api.triton_client import TritonHttpClient
+from frontend_api.triton_client import make_triton_client
 from taskspec import TaskSpec, get_task
 
 logger = logging.getLogger("batch")
@@ -158,7 +158,7 @@ def _highest(versions: list[str]) -> str:
 
 
 async def _pin_model(spec: TaskSpec, settings: BatchSettings) -> tuple[ModelPin, tuple[str, ...]]:
-    triton = TritonHttpClient(settings.triton_url, timeout_s=settings.triton_timeout_s, connections=2)
+    triton = make_triton_client(settings)
     try:
         version = _highest(await triton.model_versions(spec.model_name))
     finally:

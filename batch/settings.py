@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from frontend_api.settings import PROJECT_ROOT
+from frontend_api.settings import PROJECT_ROOT, TritonProtocol
 from taskspec import BATCH_PRIORITY, INTERACTIVE_PRIORITY, PRIORITY_LEVELS
 
 TextPadding = Literal["buckets", "max_length"]
@@ -31,7 +31,14 @@ class BatchSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MTC_BATCH_", env_file=".env", extra="ignore", populate_by_name=True)
 
     # --- Triton and the model repository (the same ones the facade uses) ---
+    triton_protocol: TritonProtocol = Field(
+        "grpc", description="How workers call Triton: `grpc` at triton_grpc_url or `http` at triton_url (as the facade)"
+    )
     triton_url: str = Field("127.0.0.1:8000", description="Triton HTTP endpoint as host:port (no scheme)")
+    triton_grpc_url: str = Field("127.0.0.1:8001", description="Triton gRPC endpoint as host:port (no scheme)")
+    triton_connections: int = Field(
+        16, ge=1, description="Connection pool of each worker's HTTP Triton client (gRPC multiplexes one connection)"
+    )
     triton_timeout_s: float = Field(
         30.0, gt=0, description="Deadline of one Triton call (queue + compute); Triton drops the request after it"
     )

@@ -8,8 +8,12 @@
 2. **REST loop**: the rows sent through ``POST /v1/sentiment`` by ``--clients`` (32) closed-loop clients,
    ``--texts-per-request`` (1) reviews per request: wall time and rows/s;
 3. **job**: the same rows as a CSV in S3, ``POST /v1/jobs`` polled to ``succeeded``: wall time from the POST to
-   the end (Ray's start-up included) and the runner's own rows/s; meanwhile the interactive p50 at
-   concurrency 1 again (the job's requests run at Triton priority 2, the interactive ones at 1).
+   the end (Ray's start-up included) and the runner's own rows/s. Nothing else runs, as in the REST loop: this is
+   the throughput comparison;
+4. **job + interactive**: a job of the first ``--probe-rows`` rows with the interactive client at concurrency 1
+   beside it, from the job's first classified rows to its end: the interactive p50 and its ratio to idle (the
+   job's requests run at Triton priority 2, the interactive ones at 1, so the job yields to them by design and
+   its own rate in this phase is lower).
 
 It prints the figures and writes them to ``OUT/batch_job.json``. It uses the whole machine for minutes: run it
 at full size on a quiet machine (``--rows 500`` shows that it works).
@@ -108,8 +112,8 @@ async def rest_loop(api: str, texts: Sequence[str], clients: int, per_request: i
     }
 
 
-async def job_run(api: str, s3: Any, bucket: str, texts: Sequence[str], probe_text: str) -> dict[str, Any]:
-    """The rows as one job; the interactive p50 measured while it runs."""
+async def job_run(api: str, s3: Any, bucket: str, texts: Sequence[str], probe_text: str | None) -> dict[str, Any]:
+    """The rows as one job; with ``probe_text``, the interactive p50 measured while it runs."""
     key = f"bench/{uuid.uuid4().hex}.csv"
     s3.put_object(Bucket=bucket, Key=key, Body=csv_bytes(texts))
     stop = asyncio.Event()
@@ -134,7 +138,9 @@ async def job_run(api: str, s3: Any, bucket: str, texts: Sequence[str], probe_te
                     return view
                 await asyncio.sleep(0.5)
 
-        async def probe_once_running() -> LoadResult:
+        async def probe_once_running() -> LoadResult | None:
+            if probe_text is None:
+                return None
             await running.wait()  # from the first classified rows on
             return await interactive_until(api, probe_text, stop)
 
@@ -148,8 +154,16 @@ async def job_run(api: str, s3: Any, bucket: str, texts: Sequence[str], probe_te
         "rows_per_s_from_post": round(len(texts) / seconds, 1),
         "runner_rows_per_s": view["rows_per_s"],
         "seconds_to_first_rows": round((running_at or time.perf_counter()) - start, 2),
-        "interactive_during": during.summary(),
+        **({"interactive_during": during.summary()} if during is not None else {}),
     }
+
+
+def job_line(what: str, job: dict[str, Any]) -> str:
+    return (
+        f"{what}: {job['rows']} rows in {job['seconds_from_post']} s from the POST ({job['rows_per_s_from_post']} "
+        f"rows/s; the runner's own {job['runner_rows_per_s']} rows/s; "
+        f"first rows after {job['seconds_to_first_rows']} s)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -158,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=32, help="closed-loop clients of the REST loop")
     parser.add_argument("--texts-per-request", type=int, default=1, help="reviews per request of the REST loop")
     parser.add_argument("--idle-s", type=float, default=20.0, help="seconds of the idle interactive measurement")
+    parser.add_argument(
+        "--probe-rows", type=int, default=4000, help="rows of the job run beside the interactive client (0: skip it)"
+    )
     parser.add_argument("--repository", type=Path, default=PROJECT_ROOT / "model_repository")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench-results" / "batch_job")
     args = parser.parse_args(argv)
@@ -196,25 +213,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{loop['seconds']} s, {loop['rows_per_s']} rows/s ({loop['errors']} errors)",
                 flush=True,
             )
-            job = asyncio.run(job_run(api, s3, bucket, texts, probe))
-    during = job["interactive_during"]
-    report = {
+            job = asyncio.run(job_run(api, s3, bucket, texts, None))
+            print(job_line("job", job), flush=True)
+            probed = None
+            if args.probe_rows > 0:
+                probed = asyncio.run(job_run(api, s3, bucket, texts[: args.probe_rows], probe))
+                print(job_line("job beside the interactive client", probed), flush=True)
+    report: dict[str, Any] = {
         "rows": args.rows,
         "inputs": source,
+        "batch_settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MTC_BATCH_")},
         "idle_interactive": idle.summary(),
         "rest_loop": {**loop, "clients": args.clients, "texts_per_request": args.texts_per_request},
         "job": job,
-        "p50_during_job_over_idle": round(during["p50_ms"] / idle.p(50), 2) if idle.latencies_ms else None,
+        "job_over_rest_loop": round(job["rows_per_s_from_post"] / loop["rows_per_s"], 2),
     }
+    print(f"job / REST loop: {report['job_over_rest_loop']}x")
+    if probed is not None:
+        during = probed["interactive_during"]
+        report["job_beside_interactive"] = probed
+        report["p50_during_job_over_idle"] = round(during["p50_ms"] / idle.p(50), 2) if idle.latencies_ms else None
+        print(
+            f"interactive p50 during the job: {during['p50_ms']:.1f} ms ({during['requests']} requests), "
+            f"{report['p50_during_job_over_idle']}x idle"
+        )
     (args.out / "batch_job.json").write_text(json.dumps(report, indent=1))
-    print(
-        f"job: {job['seconds_from_post']} s from the POST ({job['rows_per_s_from_post']} rows/s; the runner's own "
-        f"{job['runner_rows_per_s']} rows/s; first rows after {job['seconds_to_first_rows']} s)"
-    )
-    print(
-        f"interactive p50 during the job: {during['p50_ms']:.1f} ms ({during['requests']} requests), "
-        f"{report['p50_during_job_over_idle']}x idle"
-    )
     print(f"-> {args.out / 'batch_job.json'}")
     return 0
 

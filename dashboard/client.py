@@ -354,21 +354,26 @@ class FacadeClient:
         """
         response = await self._request("POST", "/v1/uploads", {"filename": filename, "content_type": content_type})
         ticket = self._parse(UploadTicket, response)
+        await self._store(ticket, filename, content_type, data, "image", "the largest image you can upload")
+        return ticket.get_url
+
+    async def _store(
+        self, ticket: UploadTicket, filename: str, content_type: str, data: bytes, noun: str, cap: str
+    ) -> None:
+        """Send ``data`` to storage with the ticket's presigned POST form; refuse it first when above the ticket's
+        ``max_bytes`` (``cap`` names that limit in the message), and make a refusal by storage readable."""
         if len(data) > ticket.max_bytes:
-            raise UploadError(
-                f"{filename} is {human_size(len(data))}; the largest image you can upload is "
-                f"{human_size(ticket.max_bytes)}."
-            )
+            raise UploadError(f"{filename} is {human_size(len(data))}; {cap} is {human_size(ticket.max_bytes)}.")
         # The policy fields first, the file last: S3 ignores form fields that follow the file.
         form = {"file": (filename, data, content_type)}
         try:
             # No Authorization header: the API key is for the facade only, the form carries its own signature.
             async with self._http.stream("POST", ticket.upload_url, data=ticket.fields, files=form) as stored:
                 if stored.status_code < 300:
-                    return ticket.get_url
+                    return
                 body = await _read_at_most(stored, STORAGE_ERROR_BYTES)
         except httpx.HTTPError as exc:
-            raise UploadError(f"Uploading the image to storage failed ({_reason(exc)}).") from exc
+            raise UploadError(f"Uploading the {noun} to storage failed ({_reason(exc)}).") from exc
         raise storage_error(stored.status_code, body, ticket.max_bytes)
 
     async def classify_images(self, task: str, image_urls: list[str], top_k: int) -> ImageResult:
@@ -406,20 +411,8 @@ class FacadeClient:
             "POST", "/v1/jobs/uploads", {"filename": filename[:200] or "input", "content_type": content_type}
         )
         ticket = self._parse(JobUploadTicket, response)
-        if len(data) > ticket.max_bytes:
-            raise UploadError(
-                f"{filename} is {human_size(len(data))}; "
-                f"the largest file a job takes is {human_size(ticket.max_bytes)}."
-            )
-        form = {"file": (filename, data, content_type)}
-        try:
-            async with self._http.stream("POST", ticket.upload_url, data=ticket.fields, files=form) as stored:
-                if stored.status_code < 300:
-                    return ticket.input
-                body = await _read_at_most(stored, STORAGE_ERROR_BYTES)
-        except httpx.HTTPError as exc:
-            raise UploadError(f"Uploading the file to storage failed ({_reason(exc)}).") from exc
-        raise storage_error(stored.status_code, body, ticket.max_bytes)
+        await self._store(ticket, filename, content_type, data, "file", "the largest file a job takes")
+        return ticket.input
 
     async def start_job(self, input_uri: str, task: str, column: str) -> JobInfo:
         """``POST /v1/jobs``: the job, queued (202)."""

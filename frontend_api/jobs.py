@@ -428,7 +428,9 @@ class JobService:
         """What the runner is told: the facade's Triton, repository, buckets and image rules (one configuration)."""
         s = self.settings
         env = {
+            "MTC_BATCH_TRITON_PROTOCOL": s.triton_protocol,
             "MTC_BATCH_TRITON_URL": s.triton_url,
+            "MTC_BATCH_TRITON_GRPC_URL": s.triton_grpc_url,
             "MTC_BATCH_MODEL_REPOSITORY": s.model_repository,
             "MTC_BATCH_ALLOWED_BUCKETS": json.dumps(sorted({self.bucket, s.upload_bucket, *s.jobs_input_buckets})),
             "MTC_BATCH_S3_REGION": s.s3_region,

@@ -38,7 +38,7 @@ from frontend_api.errors import (
     InferenceFailed,
     ModelNotReady,
 )
-from frontend_api.settings import ApiSettings
+from frontend_api.settings import TritonProtocol
 from frontend_api.tracing import traceparent_headers
 
 T = TypeVar("T")
@@ -186,7 +186,101 @@ def infer_inputs(arrays: Mapping[str, np.ndarray]) -> list[InferInput]:
     return tensors
 
 
-class TritonHttpClient:
+def grpc_inputs(arrays: Mapping[str, np.ndarray]) -> list[triton_grpc.InferInput]:
+    """Named arrays as ``tritonclient`` gRPC inputs (raw tensor contents, Triton dtype from the array's)."""
+    tensors = []
+    for name, array in arrays.items():
+        tensor = triton_grpc.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return tensors
+
+
+class _TritonClient:
+    """What both protocols share: the probes, metadata, inference and statistics calls and their answers.
+
+    A protocol (:class:`TritonHttpClient`, :class:`TritonGrpcClient`) supplies its ``tritonclient`` client, how a
+    call is made under the deadline with its failures translated (:meth:`_call`), and the few places where the
+    two libraries differ (tensor types, JSON documents, the answer's model version).
+    """
+
+    url: str
+    timeout_s: float
+    _client: Any
+
+    async def _call(self, what: str, make: Callable[[int], Awaitable[T]], *, model: str = "") -> T:
+        """``make(remaining_us)`` under the deadline: remaining_us is what is left of it when the call starts."""
+        raise NotImplementedError
+
+    def _tensors(self, inputs: Mapping[str, np.ndarray], output: str) -> tuple[list[Any], list[Any]]:
+        """The request's input tensors and its requested output in this protocol's types."""
+        raise NotImplementedError
+
+    def _served_version(self, result: Any, asked: str) -> str:
+        """The model version that answered ``result``."""
+        raise NotImplementedError
+
+    async def _json(self, what: str, method: str, *args: Any, model: str = "") -> dict[str, Any]:
+        """A metadata or statistics call, its answer as Triton's JSON document."""
+        raise NotImplementedError
+
+    async def server_ready(self) -> bool:
+        try:
+            return bool(await self._call("the readiness probe", lambda _: self._client.is_server_ready()))
+        except ApiError:
+            return False
+
+    async def model_ready(self, model: str) -> bool:
+        try:
+            return bool(await self._call("a model probe", lambda _: self._client.is_model_ready(model), model=model))
+        except ApiError:
+            return False
+
+    async def model_versions(self, model: str) -> list[str]:
+        metadata = await self._json("a metadata request", "get_model_metadata", model, model=model)
+        versions = [str(v) for v in metadata.get("versions", [])]
+        if not versions:
+            raise ModelNotReady(f"model {model!r} has no ready version in Triton")
+        return versions
+
+    async def infer(
+        self, model: str, version: str, inputs: Mapping[str, np.ndarray], output: str, *, priority: int = 0
+    ) -> InferOutput:
+        """As :meth:`TritonBackend.infer`; ``priority``: Triton's priority level of the request (1 is served
+        first; 0, the default, sends none: the model's ``default_priority_level``, ``taskspec.INTERACTIVE_PRIORITY``).
+        Batch jobs send ``taskspec.BATCH_PRIORITY``."""
+        tensors, outputs = self._tensors(inputs, output)
+        # The caller's inference span, for a Triton in OpenTelemetry trace mode; empty while tracing is off.
+        headers = dict(traceparent_headers()) or None
+        result = await self._call(
+            f"an inference request to {model!r}",
+            # Triton's queue timeout = what is left of our deadline (needs allow_timeout_override in the config)
+            lambda remaining_us: self._client.infer(
+                model,
+                tensors,
+                model_version=version,
+                outputs=outputs,
+                priority=priority,
+                timeout=remaining_us,
+                headers=headers,
+            ),
+            model=model,
+        )
+        logits = result.as_numpy(output)
+        if logits is None:
+            raise InferenceFailed(f"Triton's answer from {model!r} has no output {output!r}")
+        return InferOutput(
+            logits=np.asarray(logits, dtype=np.float32), model_version=self._served_version(result, version)
+        )
+
+    async def statistics(self) -> list[TritonModelStats]:
+        return parse_statistics(await self._json("a statistics request", "get_inference_statistics"))
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+class TritonHttpClient(_TritonClient):
     """:class:`TritonBackend` over Triton's HTTP/REST protocol (binary tensor data), asyncio.
 
     Create it inside a running event loop (the app's lifespan): aiohttp binds its pool to the loop.
@@ -201,7 +295,6 @@ class TritonHttpClient:
         self._client = triton_aio.InferenceServerClient(url, conn_limit=connections, conn_timeout=timeout_s + 5)
 
     async def _call(self, what: str, make: Callable[[int], Awaitable[T]], *, model: str = "") -> T:
-        """``make(remaining_us)`` under the deadline: remaining_us is what is left of it when the call starts."""
         for attempt in (1, 2):
             try:
                 async with asyncio.timeout(self.timeout_s) as deadline:
@@ -222,71 +315,15 @@ class TritonHttpClient:
                 raise translate_error(exc, what, model) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def server_ready(self) -> bool:
-        try:
-            return bool(await self._call("the readiness probe", lambda _: self._client.is_server_ready()))
-        except ApiError:
-            return False
+    def _tensors(self, inputs: Mapping[str, np.ndarray], output: str) -> tuple[list[Any], list[Any]]:
+        return infer_inputs(inputs), [InferRequestedOutput(output, binary_data=True)]
 
-    async def model_ready(self, model: str) -> bool:
-        try:
-            return bool(await self._call("a model probe", lambda _: self._client.is_model_ready(model), model=model))
-        except ApiError:
-            return False
+    def _served_version(self, result: Any, asked: str) -> str:
+        return str(result.get_response().get("model_version", asked))
 
-    async def model_versions(self, model: str) -> list[str]:
-        metadata = await self._call("a metadata request", lambda _: self._client.get_model_metadata(model), model=model)
-        versions = [str(v) for v in metadata.get("versions", [])]
-        if not versions:
-            raise ModelNotReady(f"model {model!r} has no ready version in Triton")
-        return versions
-
-    async def infer(
-        self, model: str, version: str, inputs: Mapping[str, np.ndarray], output: str, *, priority: int = 0
-    ) -> InferOutput:
-        """As :meth:`TritonBackend.infer`; ``priority``: Triton's priority level of the request (1 is served
-        first; 0, the default, sends none: the model's ``default_priority_level``, ``taskspec.INTERACTIVE_PRIORITY``).
-        Batch jobs send ``taskspec.BATCH_PRIORITY``."""
-        tensors = infer_inputs(inputs)
-        outputs = [InferRequestedOutput(output, binary_data=True)]
-        # The caller's inference span, for a Triton in OpenTelemetry trace mode; empty while tracing is off.
-        headers = dict(traceparent_headers()) or None
-        result = await self._call(
-            f"an inference request to {model!r}",
-            # Triton's queue timeout = what is left of our deadline (needs allow_timeout_override in the config)
-            lambda remaining_us: self._client.infer(
-                model,
-                tensors,
-                model_version=version,
-                outputs=outputs,
-                priority=priority,
-                timeout=remaining_us,
-                headers=headers,
-            ),
-            model=model,
-        )
-        logits = result.as_numpy(output)
-        if logits is None:
-            raise InferenceFailed(f"Triton's answer from {model!r} has no output {output!r}")
-        served = str(result.get_response().get("model_version", version))
-        return InferOutput(logits=np.asarray(logits, dtype=np.float32), model_version=served)
-
-    async def statistics(self) -> list[TritonModelStats]:
-        document = await self._call("a statistics request", lambda _: self._client.get_inference_statistics())
-        return parse_statistics(document)
-
-    async def close(self) -> None:
-        await self._client.close()
-
-
-def grpc_inputs(arrays: Mapping[str, np.ndarray]) -> list[triton_grpc.InferInput]:
-    """Named arrays as ``tritonclient`` gRPC inputs (raw tensor contents, Triton dtype from the array's)."""
-    tensors = []
-    for name, array in arrays.items():
-        tensor = triton_grpc.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        tensors.append(tensor)
-    return tensors
+    async def _json(self, what: str, method: str, *args: Any, model: str = "") -> dict[str, Any]:
+        document: dict[str, Any] = await self._call(what, lambda _: getattr(self._client, method)(*args), model=model)
+        return document
 
 
 # tritonclient's own channel options (message size limits, keep-alive pings off), plus reconnection at most 1 s
@@ -305,7 +342,7 @@ GRPC_CHANNEL_ARGS = [
 ]
 
 
-class TritonGrpcClient:
+class TritonGrpcClient(_TritonClient):
     """:class:`TritonBackend` over Triton's gRPC protocol (``tritonclient.grpc.aio``, one HTTP/2 channel).
 
     Create it inside a running event loop (the app's lifespan). The channel reconnects by itself after a Triton
@@ -320,7 +357,6 @@ class TritonGrpcClient:
         self._client = grpc_aio.InferenceServerClient(url, channel_args=GRPC_CHANNEL_ARGS)
 
     async def _call(self, what: str, make: Callable[[int], Awaitable[T]], *, model: str = "") -> T:
-        """``make(remaining_us)`` under the deadline: remaining_us is what is left of it when the call starts."""
         try:
             async with asyncio.timeout(self.timeout_s) as deadline:
                 return await make(remaining_us(deadline))
@@ -329,64 +365,36 @@ class TritonGrpcClient:
         except InferenceServerException as exc:
             raise translate_grpc_error(exc, what, self.url, model) from exc
 
-    async def server_ready(self) -> bool:
-        try:
-            return bool(await self._call("the readiness probe", lambda _: self._client.is_server_ready()))
-        except ApiError:
-            return False
+    def _tensors(self, inputs: Mapping[str, np.ndarray], output: str) -> tuple[list[Any], list[Any]]:
+        return grpc_inputs(inputs), [triton_grpc.InferRequestedOutput(output)]
 
-    async def model_ready(self, model: str) -> bool:
-        try:
-            return bool(await self._call("a model probe", lambda _: self._client.is_model_ready(model), model=model))
-        except ApiError:
-            return False
+    def _served_version(self, result: Any, asked: str) -> str:
+        return str(result.get_response().model_version or asked)
 
-    async def model_versions(self, model: str) -> list[str]:
-        metadata = await self._call(
-            "a metadata request", lambda _: self._client.get_model_metadata(model, as_json=True), model=model
+    async def _json(self, what: str, method: str, *args: Any, model: str = "") -> dict[str, Any]:
+        document: dict[str, Any] = await self._call(
+            what, lambda _: getattr(self._client, method)(*args, as_json=True), model=model
         )
-        versions = [str(v) for v in metadata.get("versions", [])]
-        if not versions:
-            raise ModelNotReady(f"model {model!r} has no ready version in Triton")
-        return versions
-
-    async def infer(
-        self, model: str, version: str, inputs: Mapping[str, np.ndarray], output: str, *, priority: int = 0
-    ) -> InferOutput:
-        """As :meth:`TritonHttpClient.infer`."""
-        tensors = grpc_inputs(inputs)
-        outputs = [triton_grpc.InferRequestedOutput(output)]
-        headers = dict(traceparent_headers()) or None
-        result = await self._call(
-            f"an inference request to {model!r}",
-            lambda remaining_us: self._client.infer(
-                model,
-                tensors,
-                model_version=version,
-                outputs=outputs,
-                priority=priority,
-                timeout=remaining_us,
-                headers=headers,
-            ),
-            model=model,
-        )
-        logits = result.as_numpy(output)
-        if logits is None:
-            raise InferenceFailed(f"Triton's answer from {model!r} has no output {output!r}")
-        served = str(result.get_response().model_version or version)
-        return InferOutput(logits=np.asarray(logits, dtype=np.float32), model_version=served)
-
-    async def statistics(self) -> list[TritonModelStats]:
-        document = await self._call(
-            "a statistics request", lambda _: self._client.get_inference_statistics(as_json=True)
-        )
-        return parse_statistics(document)
-
-    async def close(self) -> None:
-        await self._client.close()
+        return document
 
 
-def make_triton_client(settings: ApiSettings) -> TritonHttpClient | TritonGrpcClient:
+class TritonEndpoint(Protocol):
+    """Where and how to reach Triton: the fields :class:`~frontend_api.settings.ApiSettings` and the batch
+    runner's :class:`~batch.settings.BatchSettings` both have."""
+
+    @property
+    def triton_protocol(self) -> TritonProtocol: ...
+    @property
+    def triton_url(self) -> str: ...
+    @property
+    def triton_grpc_url(self) -> str: ...
+    @property
+    def triton_timeout_s(self) -> float: ...
+    @property
+    def triton_connections(self) -> int: ...
+
+
+def make_triton_client(settings: TritonEndpoint) -> TritonHttpClient | TritonGrpcClient:
     """The Triton client ``settings`` ask for: gRPC at ``triton_grpc_url`` or HTTP at ``triton_url``."""
     if settings.triton_protocol == "grpc":
         return TritonGrpcClient(settings.triton_grpc_url, timeout_s=settings.triton_timeout_s)

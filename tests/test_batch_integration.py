@@ -66,6 +66,7 @@ class Env:
     def settings(self, **overrides: Any) -> BatchSettings:
         values: dict[str, Any] = {
             "triton_url": f"127.0.0.1:{self.triton.http_port}",
+            "triton_grpc_url": f"127.0.0.1:{self.triton.grpc_port}",
             "model_repository": str(self.repository),
             "allowed_buckets": [self.bucket],
             "s3_endpoint_url": self.s3_endpoint,
@@ -315,7 +316,7 @@ def test_a_killed_job_resumes_after_its_committed_parts_without_losing_or_repeat
     environment = {
         **os.environ,
         "MTC_BATCH_TEST_MARKER": marker,
-        "MTC_BATCH_TRITON_URL": f"127.0.0.1:{env.triton.http_port}",
+        "MTC_BATCH_TRITON_GRPC_URL": f"127.0.0.1:{env.triton.grpc_port}",
         "MTC_BATCH_MODEL_REPOSITORY": str(env.repository),
     }
     command = [

@@ -377,7 +377,7 @@ def test_every_triton_request_of_a_job_carries_the_batch_priority(
     serving = threading.Thread(target=triton.serve_forever, daemon=True)
     serving.start()
     try:
-        settings = BatchSettings(triton_url=triton.url, model_repository=str(repository))
+        settings = BatchSettings(triton_protocol="http", triton_url=triton.url, model_repository=str(repository))
         classifier = Classifier(
             ClassifierConfig(
                 task="sentiment",
