@@ -118,6 +118,8 @@ class Classifier:
                 f"{content.identity}); start a new job (new output) to use them"
             )
         self.artifacts = await store.get(self.spec, pin.version, content)
+        self.request_rows = min(settings.triton_request_rows, self.spec.batching.max_batch_size)
+        self.in_flight = asyncio.Semaphore(settings.triton_in_flight)
         self.fetcher: ImageFetcher | None = None
         if self.spec.modality == "image":
             image_settings = self.config.image_settings or ApiSettings()
@@ -167,9 +169,10 @@ class Classifier:
         attempts = self.config.settings.triton_retries + 1
         for attempt in range(1, attempts + 1):
             try:
-                output = await self.triton.infer(
-                    pin.name, pin.version, inputs, spec.output.name, priority=self.config.settings.triton_priority
-                )
+                async with self.in_flight:
+                    output = await self.triton.infer(
+                        pin.name, pin.version, inputs, spec.output.name, priority=self.config.settings.triton_priority
+                    )
                 break
             except RETRIED:
                 if attempt == attempts:
@@ -198,7 +201,7 @@ class Classifier:
             return
         texts = [str(values[i]) for i in good]
         groups = await asyncio.to_thread(artifacts.encoder.groups, texts, self.config.settings.text_padding)
-        chunks = [chunk for group in groups for chunk in group.chunks(self.spec.batching.max_batch_size)]
+        chunks = [chunk for group in groups for chunk in group.chunks(self.request_rows)]
         results = await asyncio.gather(*(self._infer(chunk.inputs(self.spec.input_names)) for chunk in chunks))
         for chunk, rows in zip(chunks, results, strict=True):
             out[[good[i] for i in chunk.indices]] = rows
@@ -234,7 +237,7 @@ class Classifier:
             wanted.append((index, value.strip()))
         pixels = await asyncio.gather(*(load(index, url) for index, url in wanted))
         loaded = [(index, p) for (index, _), p in zip(wanted, pixels, strict=True) if p is not None]
-        size = self.spec.batching.max_batch_size
+        size = self.request_rows
         chunks = [loaded[i : i + size] for i in range(0, len(loaded), size)]
         name = self.spec.input_names[0]
         results = await asyncio.gather(*(self._infer({name: np.stack([p for _, p in chunk])}) for chunk in chunks))

@@ -80,6 +80,21 @@ class BatchSettings(BaseSettings):
         "a job puts on Triton",
     )
 
+    triton_request_rows: int = Field(
+        1,
+        ge=1,
+        description="Rows per Triton request (at most the model's max_batch_size). A running request cannot be "
+        "interrupted, so this bounds how long an interactive request waits for a CPU instance; raise it on a GPU "
+        "(docs/batch.md)",
+    )
+    triton_in_flight: int = Field(
+        1,
+        ge=1,
+        description="Triton requests each worker keeps in flight. Keep concurrency x this at most the model's "
+        "instance count: a job request waiting in Triton's queue is batched together with the next interactive "
+        "request, which then waits for its compute",
+    )
+
     # --- the job's shape ---
     batch_rows: int = Field(64, ge=1, le=4096, description="Rows per batch a worker classifies at once")
     rows_per_part: int = Field(

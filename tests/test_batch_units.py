@@ -9,6 +9,7 @@ import csv
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -329,9 +330,14 @@ class RecordingTriton(ThreadingHTTPServer):
     """Triton's HTTP infer endpoint, enough for the real client: answers zero logits and records each request's
     ``parameters`` (where tritonclient puts ``priority`` and ``timeout``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
         super().__init__(("127.0.0.1", 0), _RecordingHandler)
         self.parameters: list[dict[str, Any]] = []
+        self.rows: list[int] = []
+        self.delay_s = delay_s
+        self.running = 0
+        self.most_running = 0
+        self.lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -346,6 +352,13 @@ class _RecordingHandler(BaseHTTPRequestHandler):
         header = json.loads(body[: int(self.headers.get("Inference-Header-Content-Length", len(body)))])
         self.server.parameters.append(header.get("parameters", {}))
         rows = header["inputs"][0]["shape"][0]
+        with self.server.lock:
+            self.server.rows.append(rows)
+            self.server.running += 1
+            self.server.most_running = max(self.server.most_running, self.server.running)
+        time.sleep(self.server.delay_s)
+        with self.server.lock:
+            self.server.running -= 1
         answer = json.dumps(
             {
                 "model_name": "sentiment",
@@ -404,3 +417,40 @@ def test_every_triton_request_of_a_job_carries_the_batch_priority(
 def test_a_batch_priority_outside_the_models_levels_is_refused() -> None:
     with pytest.raises(ValueError, match="triton_priority"):
         BatchSettings(triton_priority=3)
+
+
+def test_a_batch_goes_to_triton_in_requests_of_at_most_request_rows_with_at_most_in_flight_at_once(
+    tmp_path: Path,
+) -> None:
+    """A running request cannot be interrupted by an interactive one: the job's requests stay small, and few."""
+    repository = make_artifact_repository(tmp_path / "repo", tasks=["sentiment"], manifest=True)
+    content = asyncio.run(ArtifactStore(make_source(str(repository), None)).content(get_task("sentiment"), "1"))
+    triton = RecordingTriton(delay_s=0.2)
+    serving = threading.Thread(target=triton.serve_forever, daemon=True)
+    serving.start()
+    try:
+        settings = BatchSettings(
+            triton_protocol="http",
+            triton_url=triton.url,
+            model_repository=str(repository),
+            triton_request_rows=3,
+            triton_in_flight=2,
+        )
+        config = ClassifierConfig(
+            task="sentiment",
+            model=ModelPin(name="sentiment", version="1", content=content.identity),
+            value_column=VALUE_COLUMN,
+            names=NAMES,
+            settings=settings,
+        )
+        classifier = Classifier(config)
+        try:
+            result = classifier(pa.table({VALUE_COLUMN: [f"review number {i}" for i in range(10)]}))
+        finally:
+            classifier.close()
+    finally:
+        triton.shutdown()
+        triton.server_close()
+    assert result.column("label").to_pylist() == ["negative"] * 10
+    assert sorted(triton.rows) == [1, 3, 3, 3]
+    assert triton.most_running == 2
