@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from types import MappingProxyType
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import aiohttp
 import numpy as np
@@ -207,6 +208,8 @@ class _TritonClient:
     url: str
     timeout_s: float
     _client: Any
+    _as_json: ClassVar[Mapping[str, bool]] = MappingProxyType({})
+    """What the library's metadata and statistics calls need to answer Triton's JSON document."""
 
     async def _call(self, what: str, make: Callable[[int], Awaitable[T]], *, model: str = "") -> T:
         """``make(remaining_us)`` under the deadline: remaining_us is what is left of it when the call starts."""
@@ -218,10 +221,6 @@ class _TritonClient:
 
     def _served_version(self, result: Any, asked: str) -> str:
         """The model version that answered ``result``."""
-        raise NotImplementedError
-
-    async def _json(self, what: str, method: str, *args: Any, model: str = "") -> dict[str, Any]:
-        """A metadata or statistics call, its answer as Triton's JSON document."""
         raise NotImplementedError
 
     async def server_ready(self) -> bool:
@@ -237,7 +236,9 @@ class _TritonClient:
             return False
 
     async def model_versions(self, model: str) -> list[str]:
-        metadata = await self._json("a metadata request", "get_model_metadata", model, model=model)
+        metadata: dict[str, Any] = await self._call(
+            "a metadata request", lambda _: self._client.get_model_metadata(model, **self._as_json), model=model
+        )
         versions = [str(v) for v in metadata.get("versions", [])]
         if not versions:
             raise ModelNotReady(f"model {model!r} has no ready version in Triton")
@@ -274,7 +275,10 @@ class _TritonClient:
         )
 
     async def statistics(self) -> list[TritonModelStats]:
-        return parse_statistics(await self._json("a statistics request", "get_inference_statistics"))
+        document = await self._call(
+            "a statistics request", lambda _: self._client.get_inference_statistics(**self._as_json)
+        )
+        return parse_statistics(document)
 
     async def close(self) -> None:
         await self._client.close()
@@ -321,10 +325,6 @@ class TritonHttpClient(_TritonClient):
     def _served_version(self, result: Any, asked: str) -> str:
         return str(result.get_response().get("model_version", asked))
 
-    async def _json(self, what: str, method: str, *args: Any, model: str = "") -> dict[str, Any]:
-        document: dict[str, Any] = await self._call(what, lambda _: getattr(self._client, method)(*args), model=model)
-        return document
-
 
 # tritonclient's own channel options (message size limits, keep-alive pings off), plus reconnection at most 1 s
 # apart: gRPC's default backoff grows to 120 s, so a facade whose Triton was down for a minute would keep
@@ -351,6 +351,8 @@ class TritonGrpcClient(_TritonClient):
     :class:`TritonHttpClient` sends them.
     """
 
+    _as_json = MappingProxyType({"as_json": True})  # tritonclient.grpc answers protobuf messages unless asked for JSON
+
     def __init__(self, url: str, *, timeout_s: float = 10.0) -> None:
         self.url = url
         self.timeout_s = timeout_s
@@ -370,12 +372,6 @@ class TritonGrpcClient(_TritonClient):
 
     def _served_version(self, result: Any, asked: str) -> str:
         return str(result.get_response().model_version or asked)
-
-    async def _json(self, what: str, method: str, *args: Any, model: str = "") -> dict[str, Any]:
-        document: dict[str, Any] = await self._call(
-            what, lambda _: getattr(self._client, method)(*args, as_json=True), model=model
-        )
-        return document
 
 
 class TritonEndpoint(Protocol):
