@@ -18,10 +18,11 @@ stay: rerun to resume).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import httpx
@@ -32,6 +33,7 @@ from botocore.config import Config
 from batch.errors import JobConflict
 from batch.formats import READ_ERROR_COLUMN, OutputNames
 from batch.manifest import ModelPin
+from batch.pacing import InFlightLimit, Pacer
 from batch.settings import BatchSettings
 from frontend_api.artifacts import ArtifactStore, ImageArtifacts, TextArtifacts, make_source
 from frontend_api.errors import (
@@ -47,6 +49,11 @@ from frontend_api.settings import ApiSettings
 from frontend_api.triton_client import make_triton_client
 from preprocess.probabilities import softmax
 from taskspec import TaskSpec, get_task
+
+T = TypeVar("T")
+
+BATCHES_PER_WORKER = 2
+"""Batches a worker holds at once: the next one is tokenized while the last requests of the current one run."""
 
 RETRIED = (BackendOverloaded, BackendUnavailable, BackendTimeout)
 """Triton failures that pass: a full queue, a restart, a slow moment."""
@@ -95,14 +102,25 @@ def reason(exc: ApiError) -> str:
 
 
 class Classifier:
-    """Classifies batches of rows (a Ray Data callable class; one instance per worker)."""
+    """Classifies batches of rows (a Ray Data callable class; one instance per worker).
+
+    Its requests to Triton run on one event loop in a thread of its own, so that Ray Data can hand it the next
+    batch while the last requests of the current one are still at Triton (:data:`BATCHES_PER_WORKER` calls at
+    once): the worker's requests, whichever batch they come from, share one :class:`~batch.pacing.InFlightLimit`
+    that its :class:`~batch.pacing.Pacer` sets from Triton's statistics.
+    """
 
     def __init__(self, config: ClassifierConfig) -> None:
         self.config = config
         self.spec: TaskSpec = get_task(config.task)
-        self._lock = threading.Lock()  # one batch at a time on this worker's event loop
         self._loop = asyncio.new_event_loop()
-        self._loop.run_until_complete(self._open())
+        self._thread = threading.Thread(target=self._loop.run_forever, name="classifier-loop", daemon=True)
+        self._thread.start()
+        self._run(self._open())
+
+    def _run(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` on the worker's loop and wait for it (from any thread)."""
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result()
 
     async def _open(self) -> None:
         settings, pin = self.config.settings, self.config.model
@@ -119,7 +137,20 @@ class Classifier:
             )
         self.artifacts = await store.get(self.spec, pin.version, content)
         self.request_rows = min(settings.triton_request_rows, self.spec.batching.max_batch_size)
-        self.in_flight = asyncio.Semaphore(settings.triton_in_flight)
+        self.in_flight = InFlightLimit(settings.triton_in_flight)
+        self.finished = 0  # Triton requests of this worker that ended (answered or failed), for the pacer
+        self.pacer = Pacer(
+            self.in_flight,
+            busy=settings.triton_in_flight,
+            idle=max(settings.triton_in_flight, settings.triton_in_flight_idle),
+            interval_s=settings.pacing_interval_s,
+            window_s=settings.pacing_window_s,
+            triton_finished=self._triton_finished,
+            own_finished=lambda: self.finished,
+        )
+        self._pacing: asyncio.Task[None] | None = None
+        if self.pacer.idle > self.pacer.busy:
+            self._pacing = asyncio.create_task(self.pacer.run(), name="pacer")
         self.fetcher: ImageFetcher | None = None
         if self.spec.modality == "image":
             image_settings = self.config.image_settings or ApiSettings()
@@ -132,20 +163,29 @@ class Classifier:
                 ImageBudget(image_settings.image_bytes_in_flight),
             )
 
+    async def _triton_finished(self) -> int:
+        """Triton's count of this model's finished requests (every version, answered or failed)."""
+        name = self.config.model.name
+        return sum(s.success_count + s.failure_count for s in await self.triton.statistics() if s.name == name)
+
     def __call__(self, table: pa.Table) -> pa.Table:
-        with self._lock:
-            return self._loop.run_until_complete(self._classify(table))
+        return self._run(self._classify(table))
 
     def close(self) -> None:
         async def shut() -> None:
+            if self._pacing is not None:
+                self._pacing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._pacing
             await self.triton.close()
             if self.fetcher is not None:
                 await self.fetcher.client.aclose()
                 self.resolver.close()
 
-        with self._lock:
-            self._loop.run_until_complete(shut())
-            self._loop.close()
+        self._run(shut())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
 
     # --- one batch ---
 
@@ -166,13 +206,16 @@ class Classifier:
     async def _infer(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Probabilities of one Triton request, retried while Triton sheds or restarts."""
         pin, spec = self.config.model, self.spec
-        attempts = self.config.settings.triton_retries + 1
+        attempts, priority = self.config.settings.triton_retries + 1, self.config.settings.triton_priority
         for attempt in range(1, attempts + 1):
             try:
-                async with self.in_flight:
-                    output = await self.triton.infer(
-                        pin.name, pin.version, inputs, spec.output.name, priority=self.config.settings.triton_priority
-                    )
+                async with self.in_flight.slot():
+                    try:
+                        output = await self.triton.infer(
+                            pin.name, pin.version, inputs, spec.output.name, priority=priority
+                        )
+                    finally:
+                        self.finished += 1
                 break
             except RETRIED:
                 if attempt == attempts:

@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import ValidationError
 
-from batch.classify import Classifier, ClassifierConfig, make_s3_client
+from batch.classify import BATCHES_PER_WORKER, Classifier, ClassifierConfig, make_s3_client
 from batch.errors import InvalidJob, JobConflict
 from batch.formats import (
     FILE_COLUMN,
@@ -624,7 +624,11 @@ def run_job(
                 fn_constructor_kwargs={"config": config},
                 batch_size=settings.batch_rows,
                 batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(size=settings.concurrency),
+                compute=ray.data.ActorPoolStrategy(
+                    size=settings.concurrency,
+                    max_concurrent_calls_per_actor=BATCHES_PER_WORKER,
+                    enable_true_multi_threading=True,
+                ),
                 num_cpus=0.5,
             )
             try:

@@ -74,10 +74,11 @@ class BatchSettings(BaseSettings):
     )
     ray_object_store_mib: int = Field(512, ge=100, description="Object store of the local Ray, MiB")
     concurrency: int = Field(
-        2,
+        1,
         ge=1,
-        description="Classifier workers, each with one batch in flight to Triton at a time: what bounds the load "
-        "a job puts on Triton",
+        description="Classifier workers. One keeps a CPU Triton busy (each holds two batches and paces its requests, "
+        "batch.pacing); with more, each counts the others' requests as interactive traffic and keeps to "
+        "triton_in_flight",
     )
 
     triton_request_rows: int = Field(
@@ -90,9 +91,25 @@ class BatchSettings(BaseSettings):
     triton_in_flight: int = Field(
         1,
         ge=1,
-        description="Triton requests each worker keeps in flight. Keep concurrency x this at most the model's "
-        "instance count: a job request waiting in Triton's queue is batched together with the next interactive "
-        "request, which then waits for its compute",
+        description="Triton requests each worker keeps in flight while anyone else uses the model. Keep "
+        "concurrency x this at most the model's instance count: a job request waiting in Triton's queue is "
+        "batched together with the next interactive request, which then waits for its compute",
+    )
+    triton_in_flight_idle: int = Field(
+        8,
+        ge=1,
+        description="Triton requests each worker keeps in flight while nobody else uses the model (Triton's "
+        "statistics, read every pacing_interval_s). More than the instance count keeps a queue, so no instance "
+        "waits for a round trip; equal to triton_in_flight turns the pacing off",
+    )
+    pacing_interval_s: float = Field(
+        0.5, gt=0, le=60, description="How often a worker reads Triton's statistics to choose its in-flight bound"
+    )
+    pacing_window_s: float = Field(
+        2.0,
+        gt=0,
+        le=600,
+        description="Others' requests within this many seconds keep a worker at triton_in_flight",
     )
 
     # --- the job's shape ---

@@ -327,8 +327,9 @@ def test_the_command_line_refuses_a_bucket_that_is_not_allowed_and_a_missing_inp
 
 
 class RecordingTriton(ThreadingHTTPServer):
-    """Triton's HTTP infer endpoint, enough for the real client: answers zero logits and records each request's
-    ``parameters`` (where tritonclient puts ``priority`` and ``timeout``)."""
+    """Triton's HTTP infer and statistics endpoints, enough for the real client: answers zero logits and records
+    each request's ``parameters`` (where tritonclient puts ``priority`` and ``timeout``); its statistics count the
+    requests it answered plus ``others`` (someone else's requests, set by a test)."""
 
     def __init__(self, delay_s: float = 0.0) -> None:
         super().__init__(("127.0.0.1", 0), _RecordingHandler)
@@ -337,6 +338,8 @@ class RecordingTriton(ThreadingHTTPServer):
         self.delay_s = delay_s
         self.running = 0
         self.most_running = 0
+        self.answered = 0
+        self.others = 0
         self.lock = threading.Lock()
 
     @property
@@ -359,13 +362,26 @@ class _RecordingHandler(BaseHTTPRequestHandler):
         time.sleep(self.server.delay_s)
         with self.server.lock:
             self.server.running -= 1
-        answer = json.dumps(
+            self.server.answered += 1
+        self._answer(
             {
                 "model_name": "sentiment",
                 "model_version": "1",
                 "outputs": [{"name": "logits", "datatype": "FP32", "shape": [rows, 2], "data": [0.0] * (2 * rows)}],
             }
-        ).encode()
+        )
+
+    def do_GET(self) -> None:
+        if self.path != "/v2/models/stats":
+            self.send_error(404)
+            return
+        with self.server.lock:
+            finished = self.server.answered + self.server.others
+        stats = {"name": "sentiment", "version": "1", "inference_stats": {"success": {"count": finished}}}
+        self._answer({"model_stats": [stats]})
+
+    def _answer(self, document: dict[str, Any]) -> None:
+        answer = json.dumps(document).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(answer)))
@@ -435,6 +451,7 @@ def test_a_batch_goes_to_triton_in_requests_of_at_most_request_rows_with_at_most
             model_repository=str(repository),
             triton_request_rows=3,
             triton_in_flight=2,
+            triton_in_flight_idle=2,
         )
         config = ClassifierConfig(
             task="sentiment",
@@ -454,3 +471,53 @@ def test_a_batch_goes_to_triton_in_requests_of_at_most_request_rows_with_at_most
     assert result.column("label").to_pylist() == ["negative"] * 10
     assert sorted(triton.rows) == [1, 3, 3, 3]
     assert triton.most_running == 2
+
+
+@pytest.mark.parametrize(("others_per_s", "most"), [(0, 3), (50, 1)])
+def test_a_worker_keeps_more_requests_at_triton_only_while_nobody_else_uses_the_model(
+    tmp_path: Path, others_per_s: int, most: int
+) -> None:
+    """Pacing (batch.pacing): ``triton_in_flight_idle`` requests while Triton's statistics count only the worker's
+    own, ``triton_in_flight`` while someone else's requests keep arriving."""
+    repository = make_artifact_repository(tmp_path / "repo", tasks=["sentiment"], manifest=True)
+    content = asyncio.run(ArtifactStore(make_source(str(repository), None)).content(get_task("sentiment"), "1"))
+    triton = RecordingTriton(delay_s=0.1)
+    serving = threading.Thread(target=triton.serve_forever, daemon=True)
+    serving.start()
+    stop = threading.Event()
+
+    def someone_else() -> None:
+        while others_per_s and not stop.wait(1 / others_per_s):
+            with triton.lock:
+                triton.others += 1
+
+    interactive = threading.Thread(target=someone_else, daemon=True)
+    interactive.start()
+    try:
+        settings = BatchSettings(
+            triton_protocol="http",
+            triton_url=triton.url,
+            model_repository=str(repository),
+            triton_in_flight=1,
+            triton_in_flight_idle=3,
+            pacing_interval_s=0.05,
+            pacing_window_s=0.5,
+        )
+        config = ClassifierConfig(
+            task="sentiment",
+            model=ModelPin(name="sentiment", version="1", content=content.identity),
+            value_column=VALUE_COLUMN,
+            names=NAMES,
+            settings=settings,
+        )
+        classifier = Classifier(config)
+        try:
+            result = classifier(pa.table({VALUE_COLUMN: [f"review number {i}" for i in range(30)]}))
+        finally:
+            classifier.close()
+    finally:
+        stop.set()
+        triton.shutdown()
+        triton.server_close()
+    assert result.column("label").to_pylist() == ["negative"] * 30
+    assert triton.most_running == most

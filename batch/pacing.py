@@ -1,0 +1,138 @@
+"""How many requests a job's worker keeps at Triton: more while Triton serves nobody else, few as soon as it does.
+
+Throughput wants a queue at Triton: with no request waiting, each instance idles for a round trip between one
+job request and the next (measured here: one-row requests, one per instance at a time, left the two CPU instances
+busy 75-80% of the time). Interactive latency wants no queue: Triton never interrupts an execution, and its
+dynamic batcher fills a batch across priority levels, so a job request waiting in the queue runs inside the next
+interactive request's batch.
+
+So a worker keeps ``busy`` requests in flight (:attr:`BatchSettings.triton_in_flight`) while anyone else is using the
+model, and ``idle`` (:attr:`BatchSettings.triton_in_flight_idle`) while nobody is. "Anyone else" is read from
+Triton's own statistics, every ``interval_s``: the model's finished requests (all versions, success and failure)
+minus the ones this worker finished. A request of someone else's in the last ``window_s`` seconds, or statistics
+that cannot be read, mean ``busy``. It is a per-worker rule: with several workers on one model each sees the
+others' requests as someone else's and stays at ``busy`` (one worker, the default, is enough to keep a CPU
+Triton's queue full).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+
+class InFlightLimit:
+    """An asyncio semaphore whose limit can change while requests hold it."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"an in-flight limit must be at least 1, got {limit}")
+        self._limit = limit
+        self._held = 0
+        self._changed = asyncio.Condition()
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    async def set_limit(self, limit: int) -> None:
+        """Change the limit; a lower one lets the requests already in flight finish and admits none until below."""
+        if limit < 1:
+            raise ValueError(f"an in-flight limit must be at least 1, got {limit}")
+        async with self._changed:
+            self._limit = limit
+            self._changed.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the slots for the duration of the block (waiting first-come first-served for it)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._held < self._limit)
+            self._held += 1
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._held -= 1
+                self._changed.notify_all()
+
+
+class OthersWatch:
+    """Whether anyone but this worker finished at least ``min_requests`` requests of a model in the last
+    ``window_s`` seconds.
+
+    Fed with Triton's count of the model's finished requests and, read just after it, this worker's own count.
+    Their difference only grows by others' requests, except that a request of ours finishing between the two
+    reads makes one sample one too low: hence ``min_requests`` (2), so that this never reads as someone else.
+    """
+
+    def __init__(self, window_s: float, min_requests: int = 2) -> None:
+        self.window_s = window_s
+        self.min_requests = min_requests
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def observe(self, now: float, triton_finished: int, own_finished: int) -> bool:
+        """Record a sample; True when others' requests finished within the window (or it is the first sample)."""
+        others = triton_finished - own_finished
+        self._samples.append((now, others))
+        while len(self._samples) > 1 and self._samples[1][0] <= now - self.window_s:
+            self._samples.popleft()
+        if len(self._samples) == 1:
+            return True
+        return others - min(count for _, count in self._samples) >= self.min_requests
+
+    def forget(self) -> None:
+        """Drop the samples (statistics could not be read: the next sample starts a new window)."""
+        self._samples.clear()
+
+
+class Pacer:
+    """Sets an :class:`InFlightLimit` to ``idle`` or ``busy`` from :class:`OthersWatch` samples, every
+    ``interval_s``, until stopped. ``triton_finished`` reads Triton's count for the model (raising when it
+    cannot); ``own_finished`` is this worker's count."""
+
+    def __init__(
+        self,
+        limit: InFlightLimit,
+        *,
+        busy: int,
+        idle: int,
+        interval_s: float,
+        window_s: float,
+        triton_finished: Callable[[], Awaitable[int]],
+        own_finished: Callable[[], int],
+    ) -> None:
+        self.limit, self.busy, self.idle = limit, busy, idle
+        self.interval_s = interval_s
+        self.watch = OthersWatch(window_s)
+        self._triton_finished, self._own_finished = triton_finished, own_finished
+        self.busy_samples = 0
+        self.idle_samples = 0
+
+    async def step(self) -> None:
+        """One sample: read both counts, set the limit."""
+        loop = asyncio.get_running_loop()
+        try:
+            triton = await self._triton_finished()
+        except Exception:  # statistics not readable (HTTP error, permissions, a restart): assume company
+            self.watch.forget()
+            others = True
+        else:
+            # Ours read after Triton's: a request of ours Triton finished since can only make others look fewer.
+            others = self.watch.observe(loop.time(), triton, self._own_finished())
+        if others:
+            self.busy_samples += 1
+        else:
+            self.idle_samples += 1
+        await self.limit.set_limit(self.busy if others else self.idle)
+
+    async def run(self) -> None:
+        while True:
+            await self.step()
+            await asyncio.sleep(self.interval_s)
