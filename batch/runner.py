@@ -9,7 +9,8 @@
    skips every committed part.
 2. **Run** on Ray Data: one read task per input file (:class:`PartsDatasource`) streams the rows of the
    parts still to do, tagged with their file and row number; :class:`~batch.classify.Classifier` workers
-   (``concurrency`` of them: the bound on batches in flight to Triton) classify batches of ``batch_rows``.
+   (``concurrency`` of them, one by default, each holding two batches of ``batch_rows`` and pacing its Triton
+   requests: :mod:`batch.pacing`) classify them.
 3. **Commit** on the driver: rows are gathered per part; a complete part is sorted, written in the input's
    format, then committed by its record. The summary is written when every part is committed.
 

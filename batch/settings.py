@@ -13,9 +13,9 @@ import os
 from typing import Literal
 
 from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from frontend_api.settings import PROJECT_ROOT, TritonProtocol
+from frontend_api.settings import PROJECT_ROOT, TritonAddress
 from taskspec import BATCH_PRIORITY, INTERACTIVE_PRIORITY, PRIORITY_LEVELS
 
 TextPadding = Literal["buckets", "max_length"]
@@ -25,17 +25,13 @@ def _default_cpus() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
-class BatchSettings(BaseSettings):
+class BatchSettings(TritonAddress):
     """Every knob of the batch runner. Lists are given as JSON in the environment (``'["a", "b"]'``)."""
 
     model_config = SettingsConfigDict(env_prefix="MTC_BATCH_", env_file=".env", extra="ignore", populate_by_name=True)
 
-    # --- Triton and the model repository (the same ones the facade uses) ---
-    triton_protocol: TritonProtocol = Field(
-        "grpc", description="How workers call Triton: `grpc` at triton_grpc_url or `http` at triton_url (as the facade)"
-    )
-    triton_url: str = Field("127.0.0.1:8000", description="Triton HTTP endpoint as host:port (no scheme)")
-    triton_grpc_url: str = Field("127.0.0.1:8001", description="Triton gRPC endpoint as host:port (no scheme)")
+    # --- Triton (triton_protocol, triton_url, triton_grpc_url: TritonAddress, as the facade) and the model
+    # repository (the same ones the facade uses) ---
     triton_connections: int = Field(
         16, ge=1, description="Connection pool of each worker's HTTP Triton client (gRPC multiplexes one connection)"
     )

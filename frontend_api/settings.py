@@ -52,7 +52,20 @@ def describe_settings_error(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-class ApiSettings(BaseSettings):
+class TritonAddress(BaseSettings):
+    """Where Triton listens and how to call it: the fields the facade (``MTC_API_*``) and the batch runner
+    (``MTC_BATCH_*``) share, so both read the same names with the same defaults."""
+
+    triton_protocol: TritonProtocol = Field(
+        "grpc",
+        description="How to call Triton: `grpc` (tritonclient.grpc.aio at triton_grpc_url) or `http` "
+        "(tritonclient.http.aio at triton_url); same requests, same errors (docs/benchmarks.md: which is faster)",
+    )
+    triton_url: str = Field("127.0.0.1:8000", description="Triton HTTP endpoint as host:port (no scheme)")
+    triton_grpc_url: str = Field("127.0.0.1:8001", description="Triton gRPC endpoint as host:port (no scheme)")
+
+
+class ApiSettings(TritonAddress):
     """Every knob of the facade. Lists are given as JSON in the environment (``'["a", "b"]'``)."""
 
     model_config = SettingsConfigDict(env_prefix="MTC_API_", env_file=".env", extra="ignore", populate_by_name=True)
@@ -73,14 +86,7 @@ class ApiSettings(BaseSettings):
         "in-flight limit (max_in_flight), Triton client and caches; /metrics sums over all of them",
     )
 
-    # --- Triton ---
-    triton_protocol: TritonProtocol = Field(
-        "grpc",
-        description="How the facade calls Triton: `grpc` (tritonclient.grpc.aio at triton_grpc_url) or `http` "
-        "(tritonclient.http.aio at triton_url); same requests, same errors (docs/benchmarks.md: which is faster)",
-    )
-    triton_url: str = Field("127.0.0.1:8000", description="Triton HTTP endpoint as host:port (no scheme)")
-    triton_grpc_url: str = Field("127.0.0.1:8001", description="Triton gRPC endpoint as host:port (no scheme)")
+    # --- Triton (triton_protocol, triton_url, triton_grpc_url: TritonAddress) ---
     triton_timeout_s: float = Field(
         10.0, gt=0, description="Deadline of one Triton call (queue + compute); past it the facade answers 504"
     )
