@@ -112,8 +112,6 @@ class Pacer:
         self.interval_s = interval_s
         self.watch = OthersWatch(window_s)
         self._triton_finished, self._own_finished = triton_finished, own_finished
-        self.busy_samples = 0
-        self.idle_samples = 0
 
     async def step(self) -> None:
         """One sample: read both counts, set the limit."""
@@ -126,10 +124,6 @@ class Pacer:
         else:
             # Ours read after Triton's: a request of ours Triton finished since can only make others look fewer.
             others = self.watch.observe(loop.time(), triton, self._own_finished())
-        if others:
-            self.busy_samples += 1
-        else:
-            self.idle_samples += 1
         await self.limit.set_limit(self.busy if others else self.idle)
 
     async def run(self) -> None:

@@ -5,11 +5,13 @@ the model pin (a Triton call) is replaced by a fixed one where a plan needs it."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import re
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -392,6 +394,34 @@ class _RecordingHandler(BaseHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def classifier_at(tmp_path: Path, triton: RecordingTriton, **settings: Any) -> Iterator[Classifier]:
+    """A sentiment :class:`Classifier` whose Triton is ``triton`` (served while the block runs), with
+    ``settings`` on top of the environment's :class:`BatchSettings`."""
+    repository = make_artifact_repository(tmp_path / "repo", tasks=["sentiment"], manifest=True)
+    content = asyncio.run(ArtifactStore(make_source(str(repository), None)).content(get_task("sentiment"), "1"))
+    serving = threading.Thread(target=triton.serve_forever, daemon=True)
+    serving.start()
+    try:
+        config = ClassifierConfig(
+            task="sentiment",
+            model=ModelPin(name="sentiment", version="1", content=content.identity),
+            value_column=VALUE_COLUMN,
+            names=NAMES,
+            settings=BatchSettings(
+                triton_protocol="http", triton_url=triton.url, model_repository=str(repository), **settings
+            ),
+        )
+        classifier = Classifier(config)
+        try:
+            yield classifier
+        finally:
+            classifier.close()
+    finally:
+        triton.shutdown()
+        triton.server_close()
+
+
 @pytest.mark.parametrize(("environment", "sent"), [({}, 2), ({"MTC_BATCH_TRITON_PRIORITY": "0"}, None)])
 def test_every_triton_request_of_a_job_carries_the_batch_priority(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], sent: int | None
@@ -400,31 +430,10 @@ def test_every_triton_request_of_a_job_carries_the_batch_priority(
     opts out."""
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
-    repository = make_artifact_repository(tmp_path / "repo", tasks=["sentiment"], manifest=True)
-    content = asyncio.run(ArtifactStore(make_source(str(repository), None)).content(get_task("sentiment"), "1"))
     triton = RecordingTriton()
-    serving = threading.Thread(target=triton.serve_forever, daemon=True)
-    serving.start()
-    try:
-        settings = BatchSettings(triton_protocol="http", triton_url=triton.url, model_repository=str(repository))
-        classifier = Classifier(
-            ClassifierConfig(
-                task="sentiment",
-                model=ModelPin(name="sentiment", version="1", content=content.identity),
-                value_column=VALUE_COLUMN,
-                names=NAMES,
-                settings=settings,
-            )
-        )
-        try:
-            # two length buckets: two Triton requests
-            table = pa.table({VALUE_COLUMN: ["great", "a long and winding review " * 20, ""]})
-            result = classifier(table)
-        finally:
-            classifier.close()
-    finally:
-        triton.shutdown()
-        triton.server_close()
+    with classifier_at(tmp_path, triton) as classifier:
+        # two length buckets: two Triton requests
+        result = classifier(pa.table({VALUE_COLUMN: ["great", "a long and winding review " * 20, ""]}))
     assert result.column("label").to_pylist()[:2] == ["negative", "negative"]
     assert len(triton.parameters) == 2
     assert [p.get("priority") for p in triton.parameters] == [sent, sent]
@@ -439,35 +448,10 @@ def test_a_batch_goes_to_triton_in_requests_of_at_most_request_rows_with_at_most
     tmp_path: Path,
 ) -> None:
     """A running request cannot be interrupted by an interactive one: the job's requests stay small, and few."""
-    repository = make_artifact_repository(tmp_path / "repo", tasks=["sentiment"], manifest=True)
-    content = asyncio.run(ArtifactStore(make_source(str(repository), None)).content(get_task("sentiment"), "1"))
     triton = RecordingTriton(delay_s=0.2)
-    serving = threading.Thread(target=triton.serve_forever, daemon=True)
-    serving.start()
-    try:
-        settings = BatchSettings(
-            triton_protocol="http",
-            triton_url=triton.url,
-            model_repository=str(repository),
-            triton_request_rows=3,
-            triton_in_flight=2,
-            triton_in_flight_idle=2,
-        )
-        config = ClassifierConfig(
-            task="sentiment",
-            model=ModelPin(name="sentiment", version="1", content=content.identity),
-            value_column=VALUE_COLUMN,
-            names=NAMES,
-            settings=settings,
-        )
-        classifier = Classifier(config)
-        try:
-            result = classifier(pa.table({VALUE_COLUMN: [f"review number {i}" for i in range(10)]}))
-        finally:
-            classifier.close()
-    finally:
-        triton.shutdown()
-        triton.server_close()
+    settings = {"triton_request_rows": 3, "triton_in_flight": 2, "triton_in_flight_idle": 2}
+    with classifier_at(tmp_path, triton, **settings) as classifier:
+        result = classifier(pa.table({VALUE_COLUMN: [f"review number {i}" for i in range(10)]}))
     assert result.column("label").to_pylist() == ["negative"] * 10
     assert sorted(triton.rows) == [1, 3, 3, 3]
     assert triton.most_running == 2
@@ -479,11 +463,7 @@ def test_a_worker_keeps_more_requests_at_triton_only_while_nobody_else_uses_the_
 ) -> None:
     """Pacing (batch.pacing): ``triton_in_flight_idle`` requests while Triton's statistics count only the worker's
     own, ``triton_in_flight`` while someone else's requests keep arriving."""
-    repository = make_artifact_repository(tmp_path / "repo", tasks=["sentiment"], manifest=True)
-    content = asyncio.run(ArtifactStore(make_source(str(repository), None)).content(get_task("sentiment"), "1"))
     triton = RecordingTriton(delay_s=0.1)
-    serving = threading.Thread(target=triton.serve_forever, daemon=True)
-    serving.start()
     stop = threading.Event()
 
     def someone_else() -> None:
@@ -491,33 +471,12 @@ def test_a_worker_keeps_more_requests_at_triton_only_while_nobody_else_uses_the_
             with triton.lock:
                 triton.others += 1
 
-    interactive = threading.Thread(target=someone_else, daemon=True)
-    interactive.start()
+    threading.Thread(target=someone_else, daemon=True).start()
+    pacing = {"triton_in_flight": 1, "triton_in_flight_idle": 3, "pacing_interval_s": 0.05, "pacing_window_s": 0.5}
     try:
-        settings = BatchSettings(
-            triton_protocol="http",
-            triton_url=triton.url,
-            model_repository=str(repository),
-            triton_in_flight=1,
-            triton_in_flight_idle=3,
-            pacing_interval_s=0.05,
-            pacing_window_s=0.5,
-        )
-        config = ClassifierConfig(
-            task="sentiment",
-            model=ModelPin(name="sentiment", version="1", content=content.identity),
-            value_column=VALUE_COLUMN,
-            names=NAMES,
-            settings=settings,
-        )
-        classifier = Classifier(config)
-        try:
+        with classifier_at(tmp_path, triton, **pacing) as classifier:
             result = classifier(pa.table({VALUE_COLUMN: [f"review number {i}" for i in range(30)]}))
-        finally:
-            classifier.close()
     finally:
         stop.set()
-        triton.shutdown()
-        triton.server_close()
     assert result.column("label").to_pylist() == ["negative"] * 30
     assert triton.most_running == most
