@@ -1,10 +1,10 @@
 """The training recipes of the two profiles, per task (which task uses which: :mod:`export.registry`).
 
-``quick`` is what ``make run`` builds when the repository is empty: all three models within
-10 minutes on a 2-core CPU (a subset of IMDB at 128 tokens, one epoch of the tweets, a linear head
-on frozen EfficientNet-Lite0 features). ``full`` is the best recipe, meant for a GPU (every
-example, longer sequences, more epochs, end-to-end fine-tuning of the image backbone) and
-runnable, slowly, on a CPU.
+``quick`` is what ``make run`` builds when the repository is empty (a subset of IMDB at 128 tokens,
+one epoch of the tweets, a linear head on frozen EfficientNet-Lite0 features, the two students): issue
+13 bounds it at 10 minutes on an idle 2-core CPU; it measured 17 min 44 s there (docs/models.md).
+``full`` is the best recipe, meant for a GPU (every example, longer sequences, more epochs,
+end-to-end fine-tuning of the image backbone) and runnable, slowly, on a CPU.
 """
 
 from __future__ import annotations
