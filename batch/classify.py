@@ -165,8 +165,7 @@ class Classifier:
 
     async def _triton_finished(self) -> int:
         """Triton's count of this model's finished requests (every version, answered or failed)."""
-        name = self.config.model.name
-        return sum(s.success_count + s.failure_count for s in await self.triton.statistics() if s.name == name)
+        return sum(s.success_count + s.failure_count for s in await self.triton.statistics(self.config.model.name))
 
     def __call__(self, table: pa.Table) -> pa.Table:
         return self._run(self._classify(table))

@@ -140,8 +140,8 @@ class TritonBackend(Protocol):
         """Run one (batched) request; ``version`` may be "" for the server's choice."""
         ...
 
-    async def statistics(self) -> list[TritonModelStats]:
-        """Statistics of every loaded model version."""
+    async def statistics(self, model: str = "") -> list[TritonModelStats]:
+        """Statistics of every loaded version of ``model`` ("": of every loaded model)."""
         ...
 
     async def close(self) -> None:
@@ -274,9 +274,11 @@ class _TritonClient:
             logits=np.asarray(logits, dtype=np.float32), model_version=self._served_version(result, version)
         )
 
-    async def statistics(self) -> list[TritonModelStats]:
+    async def statistics(self, model: str = "") -> list[TritonModelStats]:
         document = await self._call(
-            "a statistics request", lambda _: self._client.get_inference_statistics(**self._as_json)
+            "a statistics request",
+            lambda _: self._client.get_inference_statistics(model_name=model, **self._as_json),
+            model=model,
         )
         return parse_statistics(document)
 

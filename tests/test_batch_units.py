@@ -374,7 +374,7 @@ class _RecordingHandler(BaseHTTPRequestHandler):
         )
 
     def do_GET(self) -> None:
-        if self.path != "/v2/models/stats":
+        if self.path != "/v2/models/sentiment/stats":  # the worker asks for its own model's statistics only
             self.send_error(404)
             return
         with self.server.lock:

@@ -14,7 +14,7 @@ import tritonclient.http as httpclient
 from export.models import TinyCNN, tiny_bert
 from export.pipeline import text_batch
 from export.triton_config import check_model_config
-from frontend_api.triton_client import TritonHttpClient
+from frontend_api.triton_client import TritonGrpcClient, TritonHttpClient
 from serving.triton import TritonServer
 from taskspec import BATCH_PRIORITY, DISASTER, POSE, SENTIMENT, get_task
 from tests.support.tiny_models import build_tiny_repository, default_tokenizer_dir
@@ -176,3 +176,29 @@ def test_models_have_two_priority_levels_and_answer_batch_and_interactive_reques
     tensor.set_data_from_numpy(raw)
     labels = [client.infer("sentiment_text", [tensor], priority=p).as_numpy("label") for p in (0, BATCH_PRIORITY)]
     assert labels[0] == labels[1] and labels[0].reshape(-1)[0].decode() in SENTIMENT.labels
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_statistics_of_one_model_or_of_all(server: TritonServer, protocol: str) -> None:
+    """``statistics(model)`` asks Triton for that model's rows only (what a batch worker's pacer reads twice a
+    second), ``statistics()`` for every loaded model; a request just answered is counted."""
+    batch = text_batch(default_tokenizer_dir(), ["a wonderful film"], 16)
+
+    async def read() -> tuple[int, list[str], list[str]]:
+        if protocol == "grpc":
+            triton: TritonGrpcClient | TritonHttpClient = TritonGrpcClient(f"{server.host}:{server.grpc_port}")
+        else:
+            triton = TritonHttpClient(f"{server.host}:{server.http_port}")
+        try:
+            before = sum(s.success_count for s in await triton.statistics("sentiment"))
+            await triton.infer("sentiment", "", batch, "logits")
+            one = await triton.statistics("sentiment")
+            every = await triton.statistics()
+        finally:
+            await triton.close()
+        return sum(s.success_count for s in one) - before, [s.name for s in one], [s.name for s in every]
+
+    answered, one, every = asyncio.run(read())
+    assert answered == 1
+    assert one and set(one) == {"sentiment"}
+    assert {"sentiment", "disaster", "pose"} <= set(every)

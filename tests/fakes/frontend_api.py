@@ -201,20 +201,22 @@ class FakeTriton:
         served = version or max(self.versions[model], key=int)
         return InferOutput(logits=np.asarray(self.logits(model, inputs), np.float32), model_version=served)
 
-    async def statistics(self) -> list[TritonModelStats]:
+    async def statistics(self, model: str = "") -> list[TritonModelStats]:
         await self._enter("statistics")
         self._check()
         rows = []
-        for model, versions in self.versions.items():
+        for name, versions in self.versions.items():
+            if model and name != model:
+                continue
             for version in versions:
-                calls = [c for c in self.calls if c.model == model and (c.version or versions[-1]) == version]
+                calls = [c for c in self.calls if c.model == name and (c.version or versions[-1]) == version]
                 sizes: dict[int, int] = {}
                 for call in calls:
                     batch = next(iter(call.shapes.values()))[0]
                     sizes[batch] = sizes.get(batch, 0) + 1
                 rows.append(
                     TritonModelStats(
-                        name=model,
+                        name=name,
                         version=version,
                         success_count=len(calls),
                         failure_count=0,
