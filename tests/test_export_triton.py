@@ -14,7 +14,8 @@ import tritonclient.http as httpclient
 from export.models import TinyCNN, tiny_bert
 from export.pipeline import text_batch
 from export.triton_config import check_model_config
-from frontend_api.triton_client import TritonGrpcClient, TritonHttpClient
+from frontend_api.settings import ApiSettings
+from frontend_api.triton_client import TritonHttpClient, make_triton_client
 from serving.triton import TritonServer
 from taskspec import BATCH_PRIORITY, DISASTER, POSE, SENTIMENT, get_task
 from tests.support.tiny_models import build_tiny_repository, default_tokenizer_dir
@@ -184,11 +185,14 @@ def test_statistics_of_one_model_or_of_all(server: TritonServer, protocol: str) 
     second), ``statistics()`` for every loaded model; a request just answered is counted."""
     batch = text_batch(default_tokenizer_dir(), ["a wonderful film"], 16)
 
+    settings = ApiSettings(
+        triton_protocol=protocol,
+        triton_url=f"{server.host}:{server.http_port}",
+        triton_grpc_url=f"{server.host}:{server.grpc_port}",
+    )
+
     async def read() -> tuple[int, list[str], list[str]]:
-        if protocol == "grpc":
-            triton: TritonGrpcClient | TritonHttpClient = TritonGrpcClient(f"{server.host}:{server.grpc_port}")
-        else:
-            triton = TritonHttpClient(f"{server.host}:{server.http_port}")
+        triton = make_triton_client(settings)
         try:
             before = sum(s.success_count for s in await triton.statistics("sentiment"))
             await triton.infer("sentiment", "", batch, "logits")
