@@ -5,11 +5,14 @@ a file derived later such as a TensorRT plan for its own config) runs on the sam
 made by :mod:`preprocess` exactly as the facade makes them (text padded to its length bucket). Per
 file this measures:
 
-- top-1 agreement with the reference and the largest |logit difference|, on a seeded stratified
-  sample of the held-out split (at most :data:`AGREEMENT_SAMPLE` rows; the reference sees the very
-  same rows of the very same batches). The reference is the trained PyTorch module; for a file
-  derived from a published version it is that version's ``model.onnx``, which was itself accepted
-  within ``export_atol`` of PyTorch;
+- top-1 agreement with a reference and the largest |logit difference|. The first file checked
+  (``model.onnx``) is compared with the trained PyTorch module on a seeded stratified sample of the
+  held-out split (at most :data:`AGREEMENT_SAMPLE` rows; PyTorch sees the very same rows of the very
+  same batches): it is the same function in another runtime, so its logits must stay within
+  ``export_atol``. Every other file (the int8 file, a TensorRT plan) is compared with that
+  ``model.onnx`` on *every* held-out row: what its users would see change. For a file derived from a
+  published version, the first file is that version's ``model.onnx`` (accepted within ``export_atol``
+  of PyTorch when it was published) and the reference runner is that same file;
 - accuracy and the other classification metrics on the whole held-out split, and the accuracy lost
   against the first file checked (``model.onnx``).
 
@@ -40,9 +43,11 @@ from export.train import stratified_sample
 from taskspec import TaskSpec
 from taskspec.manifest import file_entry
 
-AGREEMENT_SAMPLE = 1000
-"""Most held-out rows the reference runs on (seeded, stratified): enough that one flipped near-tie moves the
-agreement by 0.1 point, few enough that the PyTorch pass costs about a minute on a 2-core CPU."""
+AGREEMENT_SAMPLE = 200
+"""Most held-out rows PyTorch runs on to check ``model.onnx`` (seeded, stratified). An export fault moves every
+logit (a faithful export stays within 1e-5 of PyTorch: 2.6e-06 for the quick sentiment model), so 200 rows show
+one; the files whose labels may legitimately move (int8) are compared with ``model.onnx`` on every held-out row
+instead. PyTorch on 600 reviews of 256 tokens was 52 s of a 2-core CPU build (2026-12-01), on 200 about a third."""
 PYTORCH_REFERENCE = "pytorch"
 
 Runner = Callable[[Mapping[str, np.ndarray]], np.ndarray]
@@ -232,11 +237,18 @@ def check_files(
             expected[indices[picked]] = _shape_checked(reference_name, reference(sub), int(picked.sum()), spec)
     first = logits[0].argmax(axis=1)
     first_accuracy = float(np.mean(first == held_out.labels))
+    every_row = np.ones(rows, dtype=bool)
+    # A reference other than PyTorch is the first file itself (publish_derived: the source version's model.onnx).
+    first_name = files[0][0].name if reference_name == PYTORCH_REFERENCE else reference_name
     reports = []
-    for (served, path), out in zip(files, logits, strict=True):
+    for position, ((served, path), out) in enumerate(zip(files, logits, strict=True)):
+        # model.onnx against the reference on the sample; every other file against model.onnx on every row.
+        compared, against, against_name = (
+            (in_sample, expected, reference_name) if position == 0 else (every_row, logits[0], first_name)
+        )
         predicted = out.argmax(axis=1)
-        diff = float(np.max(np.abs(out[in_sample].astype(np.float64) - expected[in_sample].astype(np.float64))))
-        agreement = float(np.mean(predicted[in_sample] == expected[in_sample].argmax(axis=1)))
+        diff = float(np.max(np.abs(out[compared].astype(np.float64) - against[compared].astype(np.float64))))
+        agreement = float(np.mean(predicted[compared] == against[compared].argmax(axis=1)))
         test = classification_metrics(held_out.labels, predicted, spec.labels)
         drop = first_accuracy - float(np.mean(predicted == held_out.labels))
         entry = file_entry(path)
@@ -244,8 +256,8 @@ def check_files(
             served=served,
             sha256=entry.sha256,
             size=entry.size,
-            reference=reference_name,
-            sample_rows=int(in_sample.sum()),
+            reference=against_name,
+            sample_rows=int(compared.sum()),
             agreement=agreement,
             max_abs_diff=diff,
             test=test,
@@ -295,5 +307,6 @@ def validation_document(reports: Sequence[FileReport], *, sample_size: int, seed
     return {
         "held_out_rows": reports[0].test["n"] if reports else 0,
         "sample": {"max_rows": sample_size, "seed": seed, "stratified": True},
+        "compared": "model.onnx with the reference on the sample; every other file with model.onnx on every row",
         "files": {report.served.name: report.to_dict() for report in reports},
     }

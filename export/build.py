@@ -32,11 +32,12 @@ from export.hf_checkpoint import is_mean_pool_checkpoint, load_mean_pool_classif
 from export.models import EfficientNetFeatures, FlipAveraged, ImageClassifier, load_text_classifier, make_student
 from export.pipeline import export_validate_publish
 from export.publish import latest_version_dir, save_tokenizer
-from export.recipes import DistillRecipe, ImageRecipe, Profile, Recipe, TextRecipe
+from export.recipes import DistillRecipe, ImageRecipe, Precision, Profile, Recipe, TextRecipe
 from export.registry import entry_for, load_dataset, recipe_for
 from export.served import read_metrics
 from export.train import (
     finetune_image,
+    precision_name,
     predict_text_torch,
     resolve_device,
     seed_everything,
@@ -63,6 +64,8 @@ class BuildOptions:
     checkpoints: Mapping[str, str] = field(default_factory=dict)
     """task -> local folder / file or hub id; unset tasks use the offline defaults."""
     device: str = "auto"
+    precision: Precision = "auto"
+    """Training precision (:data:`export.train.Precision`); export and acceptance are float32 regardless."""
     seed: int = 0
     int8: bool = False
     progress: bool = True
@@ -260,7 +263,12 @@ def build_text_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bui
             module = make_student(teacher_module, recipe.layers)
             teacher_started = time.monotonic()
             teacher_logits = teacher_text_logits(
-                teacher_module.to(device), tokenizer_file, spec.text.truncated_at(recipe.max_length), train, device
+                teacher_module.to(device),
+                tokenizer_file,
+                spec.text.truncated_at(recipe.max_length),
+                train,
+                device,
+                precision=options.precision,
             )
             teacher_seconds = time.monotonic() - teacher_started
             del teacher_module
@@ -272,11 +280,16 @@ def build_text_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bui
     result = train_text(
         module, tokenizer_file, spec.text, train, val, spec.labels, recipe,
         device=device, seed=options.seed, progress=options.progress, max_steps=options.max_steps,
-        teacher_logits=teacher_logits,
+        teacher_logits=teacher_logits, precision=options.precision,
     )  # fmt: skip
 
     metrics = _common_metrics(spec, options, data, checkpoint, recipe)
-    metrics.update(device=str(device), train_seconds=round(result.seconds, 1), history=result.history)
+    metrics.update(
+        device=str(device),
+        precision=precision_name(options.precision, device),
+        train_seconds=round(result.seconds, 1),
+        history=result.history,
+    )
     if teacher is not None:
         metrics["teacher"] = teacher_summary(teacher, teacher_seconds)
     if result.history:
@@ -306,10 +319,13 @@ def teacher_text_logits(
     preprocessing: TextPreprocessing,
     texts: TextSplit,
     device: torch.device,
+    *,
+    precision: Precision = "auto",
 ) -> np.ndarray:
-    """The teacher's logits of ``texts`` (eval mode, no gradients), tokenized as the student trains on them."""
+    """The teacher's logits of ``texts`` (eval mode, no gradients, at the training ``precision``), tokenized as the
+    student trains on them."""
     encoder = TextEncoder.from_file(tokenizer_file, preprocessing)
-    return predict_text_torch(teacher, encoder, encoder.token_ids(texts.texts), device)
+    return predict_text_torch(teacher, encoder, encoder.token_ids(texts.texts), device, precision=precision)
 
 
 def teacher_summary(teacher: Teacher, seconds: float) -> dict[str, Any]:
@@ -377,6 +393,7 @@ def build_image_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bu
         history += finetune_image(
             model, train, val, spec.image, recipe,
             device=device, seed=options.seed, progress=options.progress, max_steps=options.max_steps,
+            precision=options.precision,
         )  # fmt: skip
 
     served: torch.nn.Module = FlipAveraged(model).eval() if recipe.tta_flip else model
@@ -385,6 +402,7 @@ def build_image_task(spec: TaskSpec, options: BuildOptions, workdir: Path) -> Bu
     best_val = max((h["val_accuracy"] for h in history), default=float("nan"))
     metrics.update(
         device=str(device) if recipe.finetune_epochs else "cpu (frozen-feature head)",
+        **({"precision": precision_name(options.precision, device)} if recipe.finetune_epochs else {}),
         train_seconds=round(time.monotonic() - train_started, 1),
         history=history,
         train={"accuracy": round(float(np.mean(train_pred == train.labels)), 4), "n": len(train)},

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from export.errors import ExportError
-from export.recipes import PROFILES
+from export.recipes import PRECISIONS, PROFILES
 from taskspec import TASKS, TaskModuleError, TaskRegistrationError, load_task_modules
 
 EXIT_USAGE = 2
@@ -82,6 +82,13 @@ def parser() -> argparse.ArgumentParser:
         help="pretrained model: a folder or hub id for text tasks, a .pth for pose; repeatable",
     )
     build.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    build.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="training precision: auto = bf16 autocast on a GPU or a CPU with native bf16 (AVX512-BF16/AMX), "
+        "else fp32; the exported model and its checks are float32 either way",
+    )
     build.add_argument("--seed", type=int, default=0)
     build.add_argument(
         "--int8",
@@ -127,6 +134,7 @@ def _build(args: argparse.Namespace) -> int:
         data_source=args.data_source,
         checkpoints=_checkpoints(args.checkpoint, args.tasks),
         device=args.device,
+        precision=args.precision,
         seed=args.seed,
         int8=args.int8,
         progress=not args.no_progress,

@@ -118,7 +118,9 @@ def model_card(title: str, names: Sequence[str], metrics: Mapping[str, Any]) -> 
             lines.append(f"- **{label}**: {metrics[key]}")
     if "device" in metrics:
         lines.append(
-            f"- **Device**: {metrics['device']}; training took {metrics['train_seconds']:.0f} s; seed {metrics['seed']}"
+            f"- **Device**: {metrics['device']}"
+            + (f" ({metrics['precision']})" if "precision" in metrics else "")
+            + f"; training took {metrics['train_seconds']:.0f} s; seed {metrics['seed']}"
         )
     if "derived_from_version" in metrics:
         lines.append(f"- **Derived from version** {metrics['derived_from_version']} (its files plus the new ones)")

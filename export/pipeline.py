@@ -8,8 +8,8 @@ Either way:
 1. the ONNX file is exported with the spec's tensor names and dynamic axes, and the files the
    version's configs serve are made from it (``model.int8.onnx`` for ``configs/cpu.pbtxt``);
 2. every one of them runs on the held-out data as served (:mod:`export.acceptance`): top-1 agreement
-   and largest logit difference against the PyTorch reference on a held-out sample, and accuracy
-   on the held-out split;
+   and largest logit difference (``model.onnx`` against PyTorch on a held-out sample, every other file
+   against ``model.onnx`` on every held-out row), and accuracy on the held-out split;
 3. a file below its floor (:class:`taskspec.QualityFloor`, declared in the task spec) raises
    :class:`export.errors.QualityFloorError` and nothing of the version is written;
 4. otherwise the figures go into ``metrics.json`` (``validation``) and the model card, and
@@ -150,8 +150,9 @@ def export_validate_publish(
     """Export ``module``, validate every file the new version serves on ``held_out``, publish it.
 
     ``module`` is called as ``module(**inputs) -> logits`` with the spec's tensor names. ``held_out``
-    is the held-out split (texts or image paths, and labels): the agreement with ``module`` is measured
-    on a seeded stratified sample of at most ``sample_size`` rows of it, the accuracy on all of it.
+    is the held-out split (texts or image paths, and labels): ``model.onnx``'s agreement with ``module``
+    is measured on a seeded stratified sample of at most ``sample_size`` rows of it, the other files'
+    agreement with ``model.onnx`` and every file's accuracy on all of it.
     Text tasks need ``tokenizer_dir`` (its ``tokenizer.json`` is what the version publishes and what
     the check tokenizes with). ``int8`` also ships a dynamic-int8 file for a task without a CPU
     variant. ``metrics`` (training figures) go into ``metrics.json`` with the validation figures.
@@ -220,8 +221,8 @@ def publish_derived(
     so a file derived from one is published as the next version, never added to it. ``source`` must
     match its manifest when it has one, and its own model files must carry passing validation records.
     The reference of a derived file is ``source``'s ``model.onnx`` (accepted within ``export_atol`` of
-    PyTorch when ``source`` was published); its accuracy is compared with that of ``model.onnx`` on the
-    same ``held_out`` split. Below its floor: :class:`export.errors.QualityFloorError`, nothing published.
+    PyTorch when ``source`` was published), on every row of ``held_out``, and so is its accuracy. Below its
+    floor: :class:`export.errors.QualityFloorError`, nothing published.
     """
     if (source / MANIFEST_FILE).is_file() and (problems := verify_version(source)):
         raise PublishError(f"{source} does not match its manifest: {'; '.join(problems)}")

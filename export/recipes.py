@@ -2,7 +2,8 @@
 
 ``quick`` is what ``make run`` builds when the repository is empty (a subset of IMDB at 128 tokens,
 one epoch of the tweets, a linear head on frozen EfficientNet-Lite0 features, the two students): issue
-13 bounds it at 10 minutes on an idle 2-core CPU; it measured 17 min 44 s there (docs/models.md).
+13 bounds it at 10 minutes on an idle 2-core CPU; it measured 14 min 9 s there with bf16 training
+(17 min 44 s in fp32; :data:`QUICK_BUILD_SECONDS`, docs/models.md).
 ``full`` is the best recipe, meant for a GPU (every example, longer sequences, more epochs,
 end-to-end fine-tuning of the image backbone) and runnable, slowly, on a CPU.
 """
@@ -14,6 +15,38 @@ from typing import Literal
 
 Profile = Literal["quick", "full"]
 PROFILES: tuple[Profile, ...] = ("quick", "full")
+
+QUICK_BUILD_SECONDS: dict[str, int] = {
+    "sentiment": 294,
+    "disaster": 102,
+    "pose": 179,
+    "sentiment_tiny": 198,
+    "disaster_tiny": 65,
+}
+"""Seconds each built-in task's quick build took on an idle 2-core CPU with AMX (bf16 training), cold feature
+cache: ``/usr/bin/time -v python -m export build --profile quick``, 2026-12-02 01:48-02:02 UTC, 14 min 9 s in all.
+What ``make run`` says before it builds the missing models."""
+
+
+def quick_build_estimate(tasks: list[str]) -> str:
+    """``about N minutes`` for building ``tasks`` with the quick profile, from :data:`QUICK_BUILD_SECONDS`."""
+    known = [QUICK_BUILD_SECONDS[task] for task in tasks if task in QUICK_BUILD_SECONDS]
+    unmeasured = [task for task in tasks if task not in QUICK_BUILD_SECONDS]
+    minutes = max(1, round(sum(known) / 60))
+    text = f"about {minutes} minute{'s' if minutes != 1 else ''} on an idle 2-core CPU" if known else ""
+    if unmeasured:
+        text += (" plus " if text else "") + f"{', '.join(unmeasured)} (not measured)"
+    return text
+
+
+Precision = Literal["auto", "fp32", "bf16"]
+"""How PyTorch computes while training (and its training-time predictions: validation, a teacher's logits).
+
+``bf16``: autocast to bfloat16 (weights, optimizer and loss stay float32; bf16 needs no loss scaling).
+``auto``: bf16 on a CUDA GPU and on a CPU that multiplies bf16 natively (AVX512-BF16 or AMX), else fp32
+(:func:`export.train.autocast_dtype`). The exported model and every acceptance check are float32 either way.
+"""
+PRECISIONS: tuple[Precision, ...] = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)

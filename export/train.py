@@ -23,7 +23,7 @@ from tqdm import tqdm
 from export.data import ImageSplit, TextSplit
 from export.metrics import classification_metrics
 from export.models import ImageClassifier
-from export.recipes import DistillRecipe, ImageRecipe, TextRecipe
+from export.recipes import DistillRecipe, ImageRecipe, Precision, TextRecipe
 from preprocess.image import normalize, read_image, read_resized, resize
 from preprocess.text import TextEncoder
 from taskspec import ImagePreprocessing, TextPreprocessing
@@ -57,11 +57,32 @@ def stratified_sample(labels: np.ndarray, size: int | None, seed: int) -> np.nda
     return rng.permutation(np.concatenate(picked))
 
 
-def _autocast(device: torch.device) -> Any:
-    # bf16 autocast on a GPU: about twice as fast, and bf16 needs no loss scaling.
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX tiles), rather than emulating them."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype ``precision`` means on ``device`` (None: plain float32).
+
+    bf16 autocast halves a training step on a GPU; on this project's 2-core build CPU (AMX) it measured
+    1.6-1.8x faster per MiniLM-L6 step (16 x 128 tokens: 1.98-2.26 s -> 1.23-1.28 s) and 2x per forward pass.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16" or device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+        return torch.bfloat16
+    return None
+
+
+def precision_name(precision: Precision, device: torch.device) -> str:
+    """What ``metrics.json`` and the model card say of the training precision."""
+    return "bf16 autocast" if autocast_dtype(precision, device) is not None else "fp32"
+
+
+def _autocast(device: torch.device, precision: Precision) -> Any:
+    dtype = autocast_dtype(precision, device)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 @dataclass
@@ -102,13 +123,15 @@ def predict_text_torch(
     encoded: Sequence[Sequence[int]],
     device: torch.device,
     batch_size: int = 64,
+    *,
+    precision: Precision = "auto",
 ) -> np.ndarray:
     """Logits of texts already encoded by ``encoder`` (sorted by length internally so padding stays small)."""
     module.eval()
     order = np.argsort([len(r) for r in encoded])
     logits = np.zeros((len(encoded), 0), dtype=np.float32)
     chunks: list[tuple[np.ndarray, np.ndarray]] = []
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad(), _autocast(device, precision):
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
             batch = encoder.pad([encoded[i] for i in index])
@@ -154,6 +177,7 @@ def train_text(
     progress: bool = True,
     max_steps: int | None = None,
     teacher_logits: np.ndarray | None = None,
+    precision: Precision = "auto",
 ) -> TrainResult:
     """Fine-tune ``module`` (``(input_ids, attention_mask) -> logits``) on ``train``; report ``val`` each epoch.
 
@@ -220,7 +244,7 @@ def train_text(
                 break
             batch = encoder.pad([encoded[i] for i in index])
             y = targets[index].to(device)
-            with _autocast(device):
+            with _autocast(device, precision):
                 logits = module(
                     torch.from_numpy(batch.input_ids).to(device), torch.from_numpy(batch.attention_mask).to(device)
                 )
@@ -240,7 +264,7 @@ def train_text(
             loss_sum += loss.item() * len(index)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        val_logits = predict_text_torch(module, encoder, val_encoded, device)
+        val_logits = predict_text_torch(module, encoder, val_encoded, device, precision=precision)
         val_metrics = classification_metrics(val.labels, val_logits.argmax(axis=1), labels) if len(val) else {}
         record = {
             "epoch": float(epoch + 1),
@@ -359,6 +383,7 @@ def finetune_image(
     seed: int,
     progress: bool = True,
     max_steps: int | None = None,
+    precision: Precision = "auto",
 ) -> list[dict[str, float]]:
     """End-to-end fine-tuning with augmentation; keeps the epoch with the best validation accuracy.
 
@@ -399,7 +424,7 @@ def finetune_image(
             if step >= total:
                 break
             pixels, labels = pixels.to(device), labels.to(device)
-            with _autocast(device):
+            with _autocast(device, precision):
                 logits = model(pixels)
             loss = nn.functional.cross_entropy(logits.float(), labels, label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
@@ -410,7 +435,7 @@ def finetune_image(
             seen += len(labels)
         model.eval()
         correct = 0
-        with torch.no_grad(), _autocast(device):
+        with torch.no_grad(), _autocast(device, precision):
             for pixels, labels in val_loader:
                 correct += int((model(pixels.to(device)).argmax(dim=1).cpu() == labels).sum())
         val_accuracy = correct / max(1, len(val))

@@ -132,9 +132,10 @@ def _has_checkpoint(repository: Path, task: str) -> bool:
 
 
 def build_models(repository: Path, tasks: list[str]) -> None:
+    from export.recipes import quick_build_estimate
+
     print(
-        f"==> No servable model for {', '.join(tasks)}: building the quick demo models "
-        "(about 18 minutes for all five on an idle 2-core CPU)"
+        f"==> No servable model for {', '.join(tasks)}: building the quick demo models ({quick_build_estimate(tasks)})"
     )
     command = python_module(
         "export", "build", "--profile", "quick", "--repository", str(repository), "--tasks", ",".join(tasks)

@@ -273,17 +273,18 @@ class QualityFloor:
     """The least one served file of a version must achieve before the version is published.
 
     Checked by the exporter's one publish path (:func:`export.pipeline.export_validate_publish`) on
-    the held-out data: top-1 agreement with the PyTorch reference on a held-out sample, the largest
-    logit difference on that sample, and the accuracy on the held-out split compared with that of
-    ``model.onnx``. A file below its floor is not published (nor is the rest of its version).
+    the held-out data: top-1 agreement with the file's reference and the largest logit difference
+    from it (``model.onnx``: PyTorch on a held-out sample; any other file: ``model.onnx`` on every
+    held-out row), and the accuracy on the held-out split compared with that of ``model.onnx``. A
+    file below its floor is not published (nor is the rest of its version).
     """
 
     min_agreement: float
-    """Least share of held-out sample rows whose top-1 label equals the PyTorch reference's."""
+    """Least share of the compared held-out rows whose top-1 label equals the reference's."""
     reason: str
     """Why this floor: shown with a refusal and in the model card."""
     max_abs_diff: float | None = None
-    """Largest |logit difference| from the PyTorch reference on the sample (None: measured, not gated)."""
+    """Largest |logit difference| from the reference on the compared rows (None: measured, not gated)."""
     max_accuracy_drop: float | None = None
     """Most held-out accuracy the file may lose against ``model.onnx`` (0.015: 1.5 points; None: not gated)."""
 

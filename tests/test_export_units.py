@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+import export.train
 from export.build import resolve_image_checkpoint, resolve_text_checkpoint
 from export.cli import _checkpoints
 from export.data import har_local, imdb_local, stratified_split
@@ -14,7 +16,7 @@ from export.errors import CheckpointError, DatasetError
 from export.metrics import classification_metrics, confidence_distribution, model_card
 from export.recipes import ImageRecipe, TextRecipe
 from export.registry import recipe_for
-from export.train import length_grouped_batches, stratified_sample
+from export.train import autocast_dtype, length_grouped_batches, precision_name, stratified_sample
 from taskspec import POSE, SENTIMENT, TOP_PROBABILITY_BUCKETS
 
 
@@ -166,3 +168,28 @@ def test_flip_averaged_export_gives_a_photo_and_its_mirror_image_the_same_logits
     assert not np.allclose(plain, flipped, atol=1e-3)  # the inner model alone tells them apart
     np.testing.assert_allclose(logits, (plain + flipped) / 2, atol=1e-5)
     np.testing.assert_allclose(mirrored, logits, atol=1e-5)
+
+
+def test_training_precision_auto_is_bf16_on_a_gpu_and_on_a_cpu_with_native_bf16_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype("fp32", cuda) is None and autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert autocast_dtype("auto", cuda) is torch.bfloat16
+    monkeypatch.setattr(export.train, "cpu_has_native_bf16", lambda: False)
+    assert autocast_dtype("auto", cpu) is None and precision_name("auto", cpu) == "fp32"
+    monkeypatch.setattr(export.train, "cpu_has_native_bf16", lambda: True)
+    assert autocast_dtype("auto", cpu) is torch.bfloat16 and precision_name("auto", cpu) == "bf16 autocast"
+    assert precision_name("fp32", cpu) == "fp32"
+
+
+def test_the_quick_build_estimate_sums_the_measured_tasks_and_names_the_others() -> None:
+    from export.recipes import QUICK_BUILD_SECONDS, quick_build_estimate
+
+    everything = quick_build_estimate(list(QUICK_BUILD_SECONDS))
+    assert everything == f"about {round(sum(QUICK_BUILD_SECONDS.values()) / 60)} minutes on an idle 2-core CPU"
+    assert quick_build_estimate(["disaster_tiny"]) == "about 1 minute on an idle 2-core CPU"
+    assert (
+        quick_build_estimate(["pose", "weather"]) == "about 3 minutes on an idle 2-core CPU plus weather (not measured)"
+    )
+    assert quick_build_estimate(["weather"]) == "weather (not measured)"

@@ -58,13 +58,14 @@ def test_the_int8_file_is_validated_and_its_figures_are_in_the_metrics_and_the_c
     manifest = read_manifest(version).files
     assert set(records) == {"model.onnx", "model.int8.onnx"}
     int8 = records["model.int8.onnx"]
-    assert int8["config"] == "configs/cpu.pbtxt" and int8["passed"] and int8["reference"] == "pytorch"
+    assert records["model.onnx"]["reference"] == "pytorch"  # model.onnx against PyTorch, the int8 file against it
+    assert int8["config"] == "configs/cpu.pbtxt" and int8["passed"] and int8["reference"] == "model.onnx"
     assert int8["sample_rows"] == int8["test"]["n"] == len(tiny_text_split(SENTIMENT).texts)
     assert int8["floor"]["min_agreement"] == INT8_FLOOR.min_agreement and int8["agreement"] >= 0.97
     for name, record in records.items():  # each record is bound to the very file published
         assert record["sha256"] == manifest[name].sha256
     card = (version / "model_card.md").read_text()
-    assert "| `model.int8.onnx` | `configs/cpu.pbtxt` | 100.00% vs pytorch (6) |" in card
+    assert "| `model.int8.onnx` | `configs/cpu.pbtxt` | 100.00% vs model.onnx (6) |" in card
     assert INT8_FLOOR.reason in card
     assert validate_task(tmp_path / "repo", SENTIMENT) == []
 
@@ -210,4 +211,6 @@ def test_held_out_sample_is_stratified_and_capped(tmp_path: Path) -> None:
         tokenizer_dir=default_tokenizer_dir(), sample_size=8,
     )  # fmt: skip
     assert published.validation.sample_rows == 8 and published.validation.test["n"] == 40
+    int8 = published.report("model.int8.onnx")  # compared with model.onnx on every row, not on PyTorch's sample
+    assert int8.reference == "model.onnx" and int8.sample_rows == 40
     assert published.metrics["validation"]["sample"] == {"max_rows": 8, "seed": 0, "stratified": True}
