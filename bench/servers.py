@@ -39,6 +39,39 @@ def facade_env(triton: TritonServer, repository: Path, allowed_http_hosts: Seque
     }
 
 
+def facade_process(
+    triton: TritonServer,
+    repository: Path,
+    log_dir: Path,
+    *,
+    allowed_http_hosts: Sequence[str] = (),
+    extra_env: Mapping[str, str] | None = None,
+    name: str = "facade",
+    ready_path: str = "/readyz",
+) -> tuple[ManagedProcess, str]:
+    """The facade in front of ``triton`` through its checked launcher (``python -m frontend_api``, as ``make run``
+    starts it; one uvicorn worker, no access log) on a free loopback port, not started yet: (process, base URL).
+
+    ``extra_env`` adds or overrides ``MTC_API_*`` settings. Ready when ``ready_path`` answers 200: ``/readyz``
+    (Triton and every registered task's model ready) or, for a repository of only some tasks, ``/healthz``.
+    The benchmarks and the integration tests that need the real launcher start it here.
+    """
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    listen = {"MTC_API_HOST": "127.0.0.1", "MTC_API_PORT": str(port), "MTC_API_ACCESS_LOG": "false"}
+    env = {**facade_env(triton, repository, allowed_http_hosts), **listen, **(extra_env or {})}
+    process = ManagedProcess(
+        name=name,
+        command=python_module("frontend_api"),
+        ready_url=f"{url}{ready_path}",
+        log_file=log_dir / f"{name}.log",
+        env=env,
+        cwd=PROJECT_ROOT,
+        startup_timeout=120,
+    )
+    return process, url
+
+
 @contextmanager
 def facade_server(
     triton: TritonServer,
@@ -49,20 +82,9 @@ def facade_server(
     extra_env: Mapping[str, str] | None = None,
     name: str = "facade",
 ) -> Iterator[str]:
-    """The facade in front of ``triton`` through its checked launcher (``python -m frontend_api``, as ``make run``
-    starts it; one uvicorn worker, no access log) on a free loopback port; yields its base URL."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    listen = {"MTC_API_HOST": "127.0.0.1", "MTC_API_PORT": str(port), "MTC_API_ACCESS_LOG": "false"}
-    env = {**facade_env(triton, repository, allowed_http_hosts), **listen, **(extra_env or {})}
-    process = ManagedProcess(
-        name=name,
-        command=python_module("frontend_api"),
-        ready_url=f"{url}/readyz",
-        log_file=log_dir / f"{name}.log",
-        env=env,
-        cwd=PROJECT_ROOT,
-        startup_timeout=120,
+    """:func:`facade_process`, started; yields its base URL and stops it on exit."""
+    process, url = facade_process(
+        triton, repository, log_dir, allowed_http_hosts=allowed_http_hosts, extra_env=extra_env, name=name
     )
     with process:
         yield url

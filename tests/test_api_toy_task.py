@@ -15,11 +15,11 @@ import onnxruntime as ort
 import pytest
 
 import taskspec
+from bench.servers import facade_process
 from export.registry import register_entry, unregister_entry
 from preprocess.probabilities import softmax
 from preprocess.text import TextEncoder
-from serving.processes import ManagedProcess, python_module
-from serving.triton import PROJECT_ROOT, TritonServer, free_port
+from serving.triton import TritonServer
 from taskspec import MODEL_FILE, TASK_MODULES_ENV
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -44,25 +44,13 @@ def served(toy: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """The published toy repository behind a real Triton and the real facade; yields (facade URL, repository)."""
     root = tmp_path_factory.mktemp("toy-facade")
     repository: Path = toy.publish_toy_repository(root)
-    port = free_port()
     with TritonServer.on_free_ports(repository, log_file=root / "triton.log", startup_timeout=180) as triton:
-        facade = ManagedProcess(
-            name="facade",
-            command=python_module("frontend_api"),
-            ready_url=f"http://127.0.0.1:{port}/healthz",
-            log_file=root / "facade.log",
-            env={
-                TASK_MODULES_ENV: TOY_MODULE,  # the only thing that tells the facade about the task
-                "MTC_API_PORT": str(port),
-                "MTC_API_TRITON_URL": f"{triton.host}:{triton.http_port}",
-                "MTC_API_TRITON_GRPC_URL": triton.grpc_url,
-                "MTC_API_MODEL_REPOSITORY": str(repository),
-            },
-            cwd=PROJECT_ROOT,
-            startup_timeout=120,
+        # The task module is the only thing that tells the facade about the task.
+        facade, url = facade_process(
+            triton, repository, root, extra_env={TASK_MODULES_ENV: TOY_MODULE}, ready_path="/healthz"
         )
         with facade:
-            yield f"http://127.0.0.1:{port}", repository
+            yield url, repository
 
 
 def test_the_toy_task_is_listed_classified_and_documented_by_the_facade(

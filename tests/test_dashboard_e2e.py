@@ -25,6 +25,7 @@ from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from skimage import data as skimage_data
 
+from bench.servers import facade_process
 from export.s3sync import S3Settings, ensure_bucket, make_client
 from serving.processes import ManagedProcess, python_module
 from serving.triton import PROJECT_ROOT, TritonServer, free_port
@@ -61,26 +62,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterato
     s3_host = s3_endpoint.removeprefix("http://")
 
     with TritonServer.on_free_ports(repository, log_file=logs / "triton.log") as triton:
-        api_port, dashboard_port = free_port(), free_port()
-        api_url = f"http://127.0.0.1:{api_port}"
-        facade = ManagedProcess(
-            name="facade",
-            command=python_module("frontend_api"),
-            ready_url=f"{api_url}/healthz",
-            log_file=logs / "api.log",
-            env={
-                "MTC_API_HOST": "127.0.0.1",
-                "MTC_API_PORT": str(api_port),
-                "MTC_API_TRITON_URL": f"127.0.0.1:{triton.http_port}",
-                "MTC_API_TRITON_GRPC_URL": f"127.0.0.1:{triton.grpc_port}",
+        dashboard_port = free_port()
+        facade, api_url = facade_process(
+            triton, repository, logs, allowed_http_hosts=[s3_host],
+            extra_env={
                 "MTC_API_TRITON_METRICS_URL": triton.metrics_url,
-                "MTC_API_MODEL_REPOSITORY": str(repository),
                 "MTC_API_S3_ENDPOINT_URL": s3_endpoint,
                 "MTC_API_UPLOAD_BUCKET": UPLOAD_BUCKET,
-                "MTC_API_ALLOWED_HTTP_HOSTS": f'["{s3_host}"]',
             },
-            cwd=PROJECT_ROOT,
-        )
+        )  # fmt: skip
         dashboard_origin = f"127.0.0.1:{dashboard_port}"
         # Served by the launcher, with its login on (it is required beyond loopback; here it is asked for).
         dashboard = ManagedProcess(

@@ -19,7 +19,6 @@ import csv
 import io
 import json
 import os
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,9 +29,9 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.servers import facade_process
 from export.s3sync import S3Settings, ensure_bucket, make_client
-from serving.processes import ManagedProcess
-from serving.triton import PROJECT_ROOT, TritonServer, free_port
+from serving.triton import TritonServer, free_port
 from taskspec import SENTIMENT
 from tests.support.tiny_models import TINY_TEXTS
 
@@ -70,16 +69,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterato
     ).start()
     environment = dict(os.environ)  # ray.init sets variables that are not for the tests after these
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 << 20, log_to_driver=False)
-    api_port = free_port()
     env = {
-        "MTC_API_HOST": "127.0.0.1",
-        "MTC_API_PORT": str(api_port),
-        "MTC_API_TRITON_URL": f"127.0.0.1:{triton.http_port}",
-        "MTC_API_TRITON_GRPC_URL": f"127.0.0.1:{triton.grpc_port}",
-        "MTC_API_MODEL_REPOSITORY": str(repository),
         "MTC_API_S3_ENDPOINT_URL": s3_endpoint,
         "MTC_API_UPLOAD_BUCKET": upload_bucket,
-        "MTC_API_ALLOWED_HTTP_HOSTS": json.dumps([s3_endpoint.removeprefix("http://")]),
         "MTC_API_JOBS_INPUT_BUCKETS": json.dumps([data_bucket]),
         "MTC_API_JOBS_RAY_ADDRESS": ray.get_runtime_context().gcs_address,
         # the runners inherit these: small parts and batches, so a job reports (and can be cancelled) early
@@ -87,17 +79,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterato
         "MTC_BATCH_BATCH_ROWS": "8",
         "MTC_BATCH_CONCURRENCY": "1",
     }
-    api = ManagedProcess(
-        name="facade",
-        command=[sys.executable, "-m", "frontend_api"],
-        ready_url=f"http://127.0.0.1:{api_port}/healthz",
-        log_file=root / "api.log",
-        env=env,
-        cwd=PROJECT_ROOT,
-    )
+    s3_host = s3_endpoint.removeprefix("http://")
+    api, api_url = facade_process(
+        triton, repository, root, allowed_http_hosts=[s3_host], extra_env=env, ready_path="/healthz"
+    )  # a repository of sentiment only: /readyz waits for every task
     try:
         with api:
-            yield Stack(f"http://127.0.0.1:{api_port}", s3, data_bucket, upload_bucket)
+            yield Stack(api_url, s3, data_bucket, upload_bucket)
     finally:
         ray.shutdown()
         os.environ.clear()
