@@ -210,12 +210,15 @@ def check_files(
     *,
     tokenizer_file: Path | None,
     reference_name: str = PYTORCH_REFERENCE,
+    first_name: str | None = None,
     sample_size: int = AGREEMENT_SAMPLE,
     seed: int = 0,
     progress: bool = False,
 ) -> list[FileReport]:
     """Measure every file of ``files`` (``model.onnx`` first) on ``held_out``; one report per file.
 
+    The first file is compared with ``reference`` (named ``reference_name``) on the sample, every other file with
+    the first on every row; ``first_name`` is what their reports call it (default: its file name).
     Does not raise on a floor (see :func:`raise_below_floor`); raises :class:`ExportValidationError`
     on a file that cannot run (wrong names, opset, output shape) or an empty held-out split.
     """
@@ -238,8 +241,7 @@ def check_files(
     first = logits[0].argmax(axis=1)
     first_accuracy = float(np.mean(first == held_out.labels))
     every_row = np.ones(rows, dtype=bool)
-    # A reference other than PyTorch is the first file itself (publish_derived: the source version's model.onnx).
-    first_name = files[0][0].name if reference_name == PYTORCH_REFERENCE else reference_name
+    first_name = first_name or files[0][0].name
     reports = []
     for position, ((served, path), out) in enumerate(zip(files, logits, strict=True)):
         # model.onnx against the reference on the sample; every other file against model.onnx on every row.

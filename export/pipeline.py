@@ -238,9 +238,10 @@ def publish_derived(
         raise PublishError(f"{source} already holds {', '.join(sorted(clashes))}: derived files must be new")
     model = served_files(spec)[0]
     tokenizer_file = source / TOKENIZER_FILE if spec.modality == "text" else None
+    source_model = f"{MODEL_FILE} of version {source.name}"
     reports = check_files(
         spec, [(model, source / MODEL_FILE), *derived.items()], onnx_runner(source / MODEL_FILE, spec), held_out,
-        tokenizer_file=tokenizer_file, reference_name=f"{MODEL_FILE} of version {source.name}",
+        tokenizer_file=tokenizer_file, reference_name=source_model, first_name=source_model,
         sample_size=sample_size, seed=seed, progress=progress,
     )  # fmt: skip
     raise_below_floor(spec, reports[1:])

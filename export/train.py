@@ -7,6 +7,7 @@ trained module with its training/validation metrics. Export, evaluation and publ
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -57,6 +58,7 @@ def stratified_sample(labels: np.ndarray, size: int | None, seed: int) -> np.nda
     return rng.permutation(np.concatenate(picked))
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX tiles), rather than emulating them."""
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
@@ -80,8 +82,8 @@ def precision_name(precision: Precision, device: torch.device) -> str:
     return "bf16 autocast" if autocast_dtype(precision, device) is not None else "fp32"
 
 
-def _autocast(device: torch.device, precision: Precision) -> Any:
-    dtype = autocast_dtype(precision, device)
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """Autocast to ``dtype`` (:func:`autocast_dtype`, resolved once per loop) or, for None, plain float32."""
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
@@ -131,7 +133,7 @@ def predict_text_torch(
     order = np.argsort([len(r) for r in encoded])
     logits = np.zeros((len(encoded), 0), dtype=np.float32)
     chunks: list[tuple[np.ndarray, np.ndarray]] = []
-    with torch.no_grad(), _autocast(device, precision):
+    with torch.no_grad(), _autocast(device, autocast_dtype(precision, device)):
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
             batch = encoder.pad([encoded[i] for i in index])
@@ -190,6 +192,7 @@ def train_text(
         raise ValueError("teacher_logits need a DistillRecipe and one row per training text")
     seed_everything(seed)
     started = time.monotonic()
+    dtype = autocast_dtype(precision, device)
     encoder = TextEncoder.from_file(tokenizer_file, preprocessing.truncated_at(recipe.max_length))
     encoded = encoder.token_ids(train.texts)
     val_encoded = encoder.token_ids(val.texts)
@@ -244,7 +247,7 @@ def train_text(
                 break
             batch = encoder.pad([encoded[i] for i in index])
             y = targets[index].to(device)
-            with _autocast(device, precision):
+            with _autocast(device, dtype):
                 logits = module(
                     torch.from_numpy(batch.input_ids).to(device), torch.from_numpy(batch.attention_mask).to(device)
                 )
@@ -390,6 +393,7 @@ def finetune_image(
     ``max_steps`` (smoke runs) stops after that many batches, in one epoch.
     """
     seed_everything(seed)
+    dtype = autocast_dtype(precision, device)
     workers = 8 if device.type == "cuda" else 2
     dataset = _AugmentedImages(train, image, seed, train=True)
     loader = torch.utils.data.DataLoader(
@@ -424,7 +428,7 @@ def finetune_image(
             if step >= total:
                 break
             pixels, labels = pixels.to(device), labels.to(device)
-            with _autocast(device, precision):
+            with _autocast(device, dtype):
                 logits = model(pixels)
             loss = nn.functional.cross_entropy(logits.float(), labels, label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
@@ -435,7 +439,7 @@ def finetune_image(
             seen += len(labels)
         model.eval()
         correct = 0
-        with torch.no_grad(), _autocast(device, precision):
+        with torch.no_grad(), _autocast(device, dtype):
             for pixels, labels in val_loader:
                 correct += int((model(pixels.to(device)).argmax(dim=1).cpu() == labels).sum())
         val_accuracy = correct / max(1, len(val))
