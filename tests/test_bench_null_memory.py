@@ -7,13 +7,14 @@ and a value ONNX Runtime would choke on later fails the load with a message nami
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from export.triton_config import ARENA_SHRINKAGE, build_model_config, render_model_config
+from export.triton_config import ARENA_SHRINKAGE, MALLOC_TRIM_INTERVAL, build_model_config, render_model_config
 from serving.triton import TritonServer, TritonStartError
 from taskspec import SENTIMENT
 from tests.conftest import TINY, make_tiny_repository, tiny_weights
@@ -28,8 +29,10 @@ def with_parameters(repository: Path, parameters: dict[str, str]) -> Path:
     return repository
 
 
-def test_a_model_with_arena_shrinkage_answers_like_one_without(tmp_path: Path) -> None:
-    repository = with_parameters(make_tiny_repository(tmp_path / "repo"), {ARENA_SHRINKAGE: "cpu:0"})
+def test_a_model_with_arena_shrinkage_and_heap_trimming_answers_like_one_without(tmp_path: Path) -> None:
+    repository = with_parameters(
+        make_tiny_repository(tmp_path / "repo"), {ARENA_SHRINKAGE: "cpu:0", MALLOC_TRIM_INTERVAL: "0.05"}
+    )
     weight, bias = tiny_weights()
     rows = np.random.default_rng(2).normal(size=(8, 4)).astype(np.float32)
     with TritonServer.on_free_ports(repository) as server:
@@ -37,10 +40,14 @@ def test_a_model_with_arena_shrinkage_answers_like_one_without(tmp_path: Path) -
         tensor = httpclient.InferInput("features", [8, 4], "FP32")
         tensor.set_data_from_numpy(rows)
         logits = client.infer("tiny", [tensor]).as_numpy("logits")
+        time.sleep(0.2)  # the stub trims its heap meanwhile; the next answer is the same
+        again = client.infer("tiny", [tensor]).as_numpy("logits")
         parameters = client.get_model_config("tiny")["parameters"]
         client.close()
     np.testing.assert_allclose(logits, rows @ weight + bias, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(again, logits)
     assert parameters[ARENA_SHRINKAGE]["string_value"] == "cpu:0"
+    assert parameters[MALLOC_TRIM_INTERVAL]["string_value"] == "0.05"
 
 
 @pytest.mark.parametrize(
@@ -48,8 +55,10 @@ def test_a_model_with_arena_shrinkage_answers_like_one_without(tmp_path: Path) -
     [
         ({"enable_mem_arena": "maybe"}, "enable_mem_arena: expected 0, 1, false or true"),
         ({"enable_mem_arena": "0", ARENA_SHRINKAGE: "cpu:0"}, "needs enable_mem_arena"),
+        ({MALLOC_TRIM_INTERVAL: "often"}, "malloc_trim_interval_s: expected seconds"),
+        ({MALLOC_TRIM_INTERVAL: "0"}, "malloc_trim_interval_s: expected seconds"),
     ],
-    ids=["not-a-flag", "shrink-without-arena"],
+    ids=["not-a-flag", "shrink-without-arena", "trim-not-a-number", "trim-zero"],
 )
 def test_a_memory_parameter_onnx_runtime_cannot_honour_fails_the_load(
     tmp_path: Path, parameters: dict[str, str], message: str
@@ -59,11 +68,13 @@ def test_a_memory_parameter_onnx_runtime_cannot_honour_fails_the_load(
         pass
 
 
-def test_the_cpu_variant_shrinks_the_arena_and_config_pbtxt_keeps_it() -> None:
+def test_the_cpu_variant_shrinks_the_arena_and_trims_the_heap_and_config_pbtxt_does_neither() -> None:
     cpu = build_model_config(SENTIMENT, cpu=True)
     assert cpu.parameters[ARENA_SHRINKAGE].string_value == "cpu:0"
+    assert cpu.parameters[MALLOC_TRIM_INTERVAL].string_value == "1"
     assert ARENA_SHRINKAGE in render_model_config(cpu)
     assert ARENA_SHRINKAGE not in build_model_config(SENTIMENT).parameters
+    assert MALLOC_TRIM_INTERVAL not in build_model_config(SENTIMENT).parameters
 
 
 def test_bench_arena_variants_differ_only_in_the_shrinkage_parameter(tmp_path: Path) -> None:

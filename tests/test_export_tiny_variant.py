@@ -23,6 +23,7 @@ from export.triton_config import check_model_config, cpu_config_path
 from export.validate import validate_repository
 from taskspec import (
     DISASTER,
+    DISASTER_TINY,
     SENTIMENT,
     SENTIMENT_TINY,
     TASKS,
@@ -49,6 +50,10 @@ def test_a_tiny_variant_is_its_parent_under_its_own_model_name() -> None:
         assert not isinstance(recipe_for(profile, "sentiment"), DistillRecipe)
     with pytest.raises(ValueError, match="only a text task"):
         tiny_variant(SENTIMENT_TINY)
+    # The tweets' student serves from one CPU instance; everything else about its CPU serving is its parent's.
+    assert DISASTER_TINY.cpu is not None and DISASTER.cpu is not None
+    assert DISASTER_TINY.cpu.instance_count == 1 and DISASTER.cpu.instance_count == 2
+    assert replace(DISASTER_TINY.cpu, instance_count=2) == DISASTER.cpu
 
 
 def test_a_variant_must_match_a_known_parent() -> None:
