@@ -61,8 +61,8 @@ MALLOC_TRIM_INTERVAL = "memory.malloc_trim_interval_s"
 glibc ``malloc_trim(0)`` calls in a stub, made only between executions."""
 CPU_MALLOC_TRIM_INTERVAL_S = "1"
 """What CPU variants use. What a shrinking arena frees stays in the C heap otherwise: trimming at most once a
-second gave back 166 MiB of sentiment's, disaster's and pose's stubs with no measurable throughput cost (after
-every execution it cost sentiment 0.91x). docs/benchmarks.md, "Memory"."""
+second gave back 324 MiB of the six stubs of sentiment, disaster and sentiment_tiny after a load, with no measurable
+throughput cost (after every execution it cost sentiment 0.91x). docs/benchmarks.md, "Heap trimming in the stubs"."""
 
 
 def _tensor_dtype(name: str) -> int:

@@ -546,9 +546,9 @@ def tiny_variant(parent: TaskSpec, *, cpu_instances: int | None = None) -> TaskS
 
 
 SENTIMENT_TINY = tiny_variant(SENTIMENT)
-# One CPU instance: 48-token tweets batch well in one 3-layer instance (1.14x the requests/s of two through the
-# facade at 32 clients, three alternating pairs), and each instance is a stub process of ~125 MiB; the reviews'
-# student keeps two (one measured 0.61x). docs/benchmarks.md, "One CPU instance per student".
+# One CPU instance: 48-token tweets batch well in one 3-layer instance (1.14x and 1.34x the requests/s of two
+# through the facade at 32 clients, two runs of three alternating pairs), and each instance is a stub process of
+# ~125 MiB; the reviews' student keeps two (one measured 0.61x). docs/benchmarks.md, "One CPU instance per student".
 DISASTER_TINY = tiny_variant(DISASTER, cpu_instances=1)
 
 BUILTIN_TASKS: tuple[TaskSpec, ...] = (SENTIMENT, DISASTER, POSE, SENTIMENT_TINY, DISASTER_TINY)
