@@ -532,9 +532,13 @@ def tiny_variant(parent: TaskSpec, *, cpu_instances: int | None = None) -> TaskS
     6-layer encoder (recipe: ``export.recipes.DistillRecipe``), served as its own Triton model with the parent's
     tensors, labels, preprocessing, batching and CPU (int8) serving (``cpu_instances``: another instance count
     there), and chosen per request."""
-    if parent.modality != "text" or parent.variant_of is not None or parent.cpu is None:
+    if parent.modality != "text" or parent.variant_of is not None:
         raise ValueError(f"{parent.name}: only a text task (not a variant) has a tiny variant")
-    cpu = parent.cpu if cpu_instances is None else replace(parent.cpu, instance_count=cpu_instances)
+    cpu = parent.cpu
+    if cpu_instances is not None:
+        if cpu is None:
+            raise ValueError(f"{parent.name} has no CPU serving variant to give {cpu_instances} instance(s)")
+        cpu = replace(cpu, instance_count=cpu_instances)
     return replace(
         parent,
         name=f"{parent.name}_tiny",

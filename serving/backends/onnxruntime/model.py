@@ -108,14 +108,15 @@ def _trimmer(config: dict[str, Any]) -> HeapTrimmer | None:
     value = _param(config, MALLOC_TRIM_INTERVAL)
     if value is None:
         return None
+    problem = pb_utils.TritonModelException(
+        f"parameter {MALLOC_TRIM_INTERVAL}: expected seconds in (0, 3600], got {value!r}"
+    )
     try:
         interval_s = float(value)
     except ValueError:
-        interval_s = -1.0
+        raise problem from None
     if not 0 < interval_s <= 3600:
-        raise pb_utils.TritonModelException(
-            f"parameter {MALLOC_TRIM_INTERVAL}: expected seconds in (0, 3600], got {value!r}"
-        )
+        raise problem
     return HeapTrimmer(interval_s)
 
 
@@ -157,7 +158,6 @@ class TritonPythonModel:
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(args.get("model_instance_device_id", 0))}))
         self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
 
-        self.trimmer = _trimmer(self.config)
         self.batching = int(self.config.get("max_batch_size", 0)) > 0
         self.input_names = [i["name"] for i in self.config.get("input", [])]
         self.outputs = [
@@ -171,6 +171,7 @@ class TritonPythonModel:
         missing = [n for n in self.input_names if n not in onnx_inputs]
         if missing:
             raise pb_utils.TritonModelException(f"inputs {missing} are not in {path} (it has {sorted(onnx_inputs)})")
+        self.trimmer = _trimmer(self.config)  # last: a load that fails above starts no thread
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         names = [name for name, _ in self.outputs]
