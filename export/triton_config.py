@@ -65,6 +65,11 @@ second gave back 324 MiB of the six stubs of sentiment, disaster and sentiment_t
 throughput cost (after every execution it cost sentiment 0.91x). docs/benchmarks.md, "Heap trimming in the stubs"."""
 
 
+MAX_ROWS_PER_CPU_RUN = "memory.max_rows_per_cpu_run"
+"""The local onnxruntime backend's own parameter (GPU instances and the native backend ignore it): most rows per
+ONNX Runtime call on a CPU instance (``TaskSpec.max_rows_per_cpu_run``)."""
+
+
 def _tensor_dtype(name: str) -> int:
     return int(mc.DataType.Value(name))
 
@@ -109,6 +114,8 @@ def build_model_config(spec: TaskSpec, *, tensorrt_fp16: bool = False, cpu: bool
     if variant:
         config.parameters[ARENA_SHRINKAGE].string_value = CPU_ARENA_SHRINKAGE
         config.parameters[MALLOC_TRIM_INTERVAL].string_value = CPU_MALLOC_TRIM_INTERVAL_S
+    if spec.max_rows_per_cpu_run is not None:
+        config.parameters[MAX_ROWS_PER_CPU_RUN].string_value = str(spec.max_rows_per_cpu_run)
     if tensorrt_fp16:
         # Used by the NGC container's native backend on a GPU; the local CPU backend ignores it.
         accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")

@@ -376,6 +376,11 @@ class TaskSpec:
     instance_count: int = 1
     intra_op_threads: int = 0
     """ONNX Runtime intra-op threads per instance (0 lets ONNX Runtime pick)."""
+    max_rows_per_cpu_run: int | None = None
+    """On a CPU instance of the local onnxruntime backend, a batch runs as ONNX Runtime calls of at most this many
+    rows (``memory.max_rows_per_cpu_run`` in every config of the task; GPU instances and the native backend ignore
+    it). For a model whose cost per row does not fall with the batch on a CPU, it bounds the arena's peak at no
+    cost; None: one call per batch."""
     cpu: CpuServing | None = None
     """The CPU-host serving variant (``configs/cpu.pbtxt``); None: CPU hosts use ``config.pbtxt`` too."""
     examples: tuple[str, ...] = field(default=())
@@ -524,6 +529,10 @@ POSE = TaskSpec(
     ),
     image=ImagePreprocessing(size=224, mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0)),
     export_atol=1e-3,
+    # On a 2-core CPU EfficientNet-Lite0 costs 2.9-3.5 ms per photo in runs of 1 to 16, but ONNX Runtime's arena keeps
+    # the largest run's activations: the stub held 332 MiB after runs of 16, 154 MiB after runs of 4; served, the
+    # same images/s (docs/benchmarks.md, "Pose in runs of at most four photos").
+    max_rows_per_cpu_run=4,
 )
 
 

@@ -14,9 +14,15 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from export.triton_config import ARENA_SHRINKAGE, MALLOC_TRIM_INTERVAL, build_model_config, render_model_config
+from export.triton_config import (
+    ARENA_SHRINKAGE,
+    MALLOC_TRIM_INTERVAL,
+    MAX_ROWS_PER_CPU_RUN,
+    build_model_config,
+    render_model_config,
+)
 from serving.triton import TritonServer, TritonStartError
-from taskspec import SENTIMENT
+from taskspec import BUILTIN_TASKS, POSE, SENTIMENT
 from tests.conftest import TINY, make_tiny_repository, tiny_weights
 
 pytestmark = pytest.mark.integration
@@ -29,9 +35,10 @@ def with_parameters(repository: Path, parameters: dict[str, str]) -> Path:
     return repository
 
 
-def test_a_model_with_arena_shrinkage_and_heap_trimming_answers_like_one_without(tmp_path: Path) -> None:
+def test_a_model_with_arena_shrinkage_heap_trimming_and_short_runs_answers_like_one_without(tmp_path: Path) -> None:
     repository = with_parameters(
-        make_tiny_repository(tmp_path / "repo"), {ARENA_SHRINKAGE: "cpu:0", MALLOC_TRIM_INTERVAL: "0.05"}
+        make_tiny_repository(tmp_path / "repo"),
+        {ARENA_SHRINKAGE: "cpu:0", MALLOC_TRIM_INTERVAL: "0.05", MAX_ROWS_PER_CPU_RUN: "3"},
     )
     weight, bias = tiny_weights()
     rows = np.random.default_rng(2).normal(size=(8, 4)).astype(np.float32)
@@ -48,6 +55,7 @@ def test_a_model_with_arena_shrinkage_and_heap_trimming_answers_like_one_without
     np.testing.assert_array_equal(again, logits)
     assert parameters[ARENA_SHRINKAGE]["string_value"] == "cpu:0"
     assert parameters[MALLOC_TRIM_INTERVAL]["string_value"] == "0.05"
+    assert parameters[MAX_ROWS_PER_CPU_RUN]["string_value"] == "3"  # 8 rows: runs of 3, 3 and 2, answered as one
 
 
 @pytest.mark.parametrize(
@@ -57,8 +65,9 @@ def test_a_model_with_arena_shrinkage_and_heap_trimming_answers_like_one_without
         ({"enable_mem_arena": "0", ARENA_SHRINKAGE: "cpu:0"}, "needs enable_mem_arena"),
         ({MALLOC_TRIM_INTERVAL: "often"}, "malloc_trim_interval_s: expected seconds"),
         ({MALLOC_TRIM_INTERVAL: "0"}, "malloc_trim_interval_s: expected seconds"),
+        ({MAX_ROWS_PER_CPU_RUN: "0"}, "max_rows_per_cpu_run: expected a positive integer"),
     ],
-    ids=["not-a-flag", "shrink-without-arena", "trim-not-a-number", "trim-zero"],
+    ids=["not-a-flag", "shrink-without-arena", "trim-not-a-number", "trim-zero", "rows-zero"],
 )
 def test_a_memory_parameter_onnx_runtime_cannot_honour_fails_the_load(
     tmp_path: Path, parameters: dict[str, str], message: str
@@ -75,6 +84,15 @@ def test_the_cpu_variant_shrinks_the_arena_and_trims_the_heap_and_config_pbtxt_d
     assert ARENA_SHRINKAGE in render_model_config(cpu)
     assert ARENA_SHRINKAGE not in build_model_config(SENTIMENT).parameters
     assert MALLOC_TRIM_INTERVAL not in build_model_config(SENTIMENT).parameters
+
+
+def test_pose_runs_at_most_four_photos_per_cpu_call_in_every_config_and_no_text_task_splits() -> None:
+    assert build_model_config(POSE).parameters[MAX_ROWS_PER_CPU_RUN].string_value == "4"
+    for spec in BUILTIN_TASKS:
+        configs = [build_model_config(spec)] + ([build_model_config(spec, cpu=True)] if spec.cpu else [])
+        for config in configs:
+            assert (MAX_ROWS_PER_CPU_RUN in config.parameters) == (spec.max_rows_per_cpu_run is not None)
+    assert SENTIMENT.max_rows_per_cpu_run is None
 
 
 def test_bench_arena_variants_differ_only_in_the_shrinkage_parameter(tmp_path: Path) -> None:

@@ -19,7 +19,18 @@ import pytest
 
 from bench.soak.findings import MAX_RSS_GROWTH, judge, phase_counts, summarise
 from bench.soak.report import write
-from bench.soak.rss import ALL_SERVICES, Growth, RssSample, StackProcesses, growth, label_of, read_process, service_of
+from bench.soak.rss import (
+    ALL_SERVICES,
+    Growth,
+    RssSample,
+    StackProcesses,
+    growth,
+    label_of,
+    pss_bytes,
+    read_process,
+    rss_bytes,
+    service_of,
+)
 from bench.soak.run import Recorder
 from bench.soak.timeline import Phase, Schedule, Timeline
 from bench.soak.traffic import CONNECTION_ERROR, LOST, Outcome, TrafficSettings, pause_after, send
@@ -236,6 +247,35 @@ def test_growth_compares_medians_of_the_baseline_and_end_windows_per_service() -
     assert set(rows) == {"facade", "Triton", ALL_SERVICES}
 
 
+def test_growth_carries_the_pss_medians_and_none_where_a_sample_has_no_pss() -> None:
+    samples = []
+    for t, facade_pss in ((10, 60), (12, 64), (14, 60), (70, 70), (72, 71), (74, 72)):
+        samples += [
+            RssSample(t, "facade", 1, "python -m frontend_api", 100 * MIB, facade_pss * MIB),
+            RssSample(t, "Triton", 2, "tritonserver", 500 * MIB, 300 * MIB if t < 70 else None),
+        ]
+    rows = {row.service: row for row in growth(samples, (10, 14), (70, 74))}
+    assert rows["facade"].baseline_pss_bytes == 60 * MIB and rows["facade"].end_pss_bytes == 71 * MIB
+    assert rows["Triton"].baseline_pss_bytes == 300 * MIB and rows["Triton"].end_pss_bytes is None
+    assert rows[ALL_SERVICES].baseline_pss_bytes == 360 * MIB and rows[ALL_SERVICES].end_pss_bytes is None
+    assert rows[ALL_SERVICES].baseline_bytes == 600 * MIB  # RSS, unchanged by PSS
+
+
+def test_pss_of_a_real_process_divides_the_pages_it_shares() -> None:
+    """A second Python maps the same interpreter and libc as this one: RSS counts those pages in full in each,
+    PSS divides them between the two."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.5)
+        rss, pss = rss_bytes(child.pid), pss_bytes(child.pid)
+        assert rss is not None and pss is not None
+        assert 0 < pss < rss
+    finally:
+        child.kill()
+        child.wait()
+    assert pss_bytes(child.pid) is None  # gone: no reading, no error
+
+
 # --- report ---------------------------------------------------------------------------------------------------
 
 
@@ -258,6 +298,11 @@ def test_the_report_shows_phases_latency_memory_and_the_verdict(tmp_path: Path) 
         recovery_s=17.5,
     )
     assert not report.passed
+    report.idle_after_s = 5
+    report.idle_memory = [
+        RssSample(85, "facade", 7, "python -m frontend_api", 120 * MIB, 80 * MIB),
+        RssSample(85, "Triton", 8, "tritonserver", 500 * MIB, 300 * MIB),
+    ]
     path = write(report, tmp_path)
     text = path.read_text()
     assert "**FAILED**" in text and "- 1 errors outside the fault windows (after thaw: 1 x 500)" in text
@@ -267,9 +312,12 @@ def test_the_report_shows_phases_latency_memory_and_the_verdict(tmp_path: Path) 
     assert "| facade | 100 | 110 | 110 | +10.0% **(>= limit)** |" in text
     assert "| facade | python -m frontend_api | 7 | 12-75 | 100 | 110 | 110 |" in text
     assert "Triton served again 17.5 s after the kill." in text and "20.0 s: Triton frozen" in text
+    assert "After the traffic, 5 s without requests" in text
+    assert "| Triton | 500 | 300 |\n| facade | 120 | 80 |\n| whole stack | 620 | 380 |" in text
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["passed"] is False and data["lost"] == 0
     assert data["errors_outside_faults"] == {"after thaw": {"500": 1}}
+    assert data["idle_memory"]["pss_bytes"] == {"Triton": 300 * MIB, "facade": 80 * MIB, ALL_SERVICES: 380 * MIB}
     assert [p["phase"] for p in data["phases"]] == [str(p) for p in Phase]
     assert (tmp_path / "soak.png").read_bytes()[:4] == b"\x89PNG"
     rows = (tmp_path / "requests.csv").read_text().splitlines()

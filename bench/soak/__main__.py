@@ -50,6 +50,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[SoakConfig, argparse.Namespa
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report folder (default bench/results/soak)")
     parser.add_argument("--sample-every", type=float, default=2.0, help="seconds between memory samples")
+    parser.add_argument(
+        "--idle-after",
+        type=float,
+        default=5.0,
+        help="seconds without requests after the traffic before the last memory sample (the stack idle)",
+    )
     args = parser.parse_args(argv)
     if args.stack_pid is not None and args.url is None:
         parser.error("--stack-pid goes with --url")
@@ -80,6 +86,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[SoakConfig, argparse.Namespa
         out=args.out,
         s3_data_dir=args.s3_data,
         sample_every_s=args.sample_every,
+        idle_after_s=args.idle_after,
         max_rss_growth=MAX_RSS_GROWTH,
     )
     return config, args

@@ -94,6 +94,9 @@ class SoakReport:
     """Every request, for ``requests.csv`` and the plot."""
     samples: list[RssSample] = field(default_factory=list, repr=False)
     """Every memory sample, for ``rss.csv`` and the plot."""
+    idle_memory: list[RssSample] = field(default_factory=list, repr=False)
+    """Every process once, ``idle_after_s`` after the traffic ended (empty: not sampled)."""
+    idle_after_s: float = 0.0
 
     @property
     def passed(self) -> bool:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from bench.soak.findings import MAX_RSS_GROWTH, SoakReport
-from bench.soak.rss import ALL_SERVICES, totals
+from bench.soak.rss import ALL_SERVICES, RssSample, pss_totals, totals
 from bench.soak.traffic import TrafficSettings
 
 POLITE = TrafficSettings(url="")
@@ -22,8 +23,22 @@ def _ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
 
 
-def _mib(value: float) -> str:
-    return f"{value / 2**20:,.0f}"
+def idle_totals(samples: Sequence[RssSample]) -> tuple[dict[str, int], dict[str, int | None]]:
+    """RSS and PSS per service, the whole stack last, from one sample of every process (one sample time)."""
+
+    def stack_last(service: str) -> tuple[bool, str]:
+        return service == ALL_SERVICES, service
+
+    rss_table, pss_table = totals(samples), pss_totals(samples)
+    services = sorted(rss_table, key=stack_last)
+    return (
+        {service: next(iter(rss_table[service].values())) for service in services},
+        {service: next(iter(pss_table[service].values())) for service in services},
+    )
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value / 2**20:,.0f}"
 
 
 def _statuses(counts: dict[str, int]) -> str:
@@ -108,38 +123,53 @@ def markdown(report: SoakReport) -> str:
     baseline, end = report.rss_windows["baseline"], report.rss_windows["end"]
     md += [
         "",
-        "## Memory (RSS from /proc, every process of the stack)",
+        "## Memory (RSS and PSS from /proc, every process of the stack)",
         "",
         f"Per service, the sum over its processes (Triton with its Python-backend stubs); median over the baseline "
         f"window ({baseline[0]:.0f}-{baseline[1]:.0f} s, start of the steady phase) and the end window "
-        f"({end[0]:.0f}-{end[1]:.0f} s). Triton's end figure is its restarted instance.",
+        f"({end[0]:.0f}-{end[1]:.0f} s). Triton's end figure is its restarted instance. RSS counts a page shared "
+        "by several processes (shared libraries, files every stub maps) once per process; PSS divides it among "
+        "them, so the sum of PSS is what the stack occupies. Growth is judged on RSS.",
         "",
-        "| service | baseline MiB | end MiB | peak MiB (after warm-up) | growth |",
-        "|---|---:|---:|---:|---:|",
+        "| service | baseline MiB (RSS) | end MiB (RSS) | peak MiB (RSS, after warm-up) | growth | baseline MiB (PSS) "
+        "| end MiB (PSS) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for grown in report.rss_growth:
         flag = " **(>= limit)**" if grown.growth >= MAX_RSS_GROWTH else ""
         md.append(
             f"| {grown.service} | {_mib(grown.baseline_bytes)} | {_mib(grown.end_bytes)} | {_mib(grown.peak_bytes)} | "
-            f"{grown.growth:+.1%}{flag} |"
+            f"{grown.growth:+.1%}{flag} | {_mib(grown.baseline_pss_bytes)} | {_mib(grown.end_pss_bytes)} |"
         )
+    if report.idle_memory:
+        rss, pss = idle_totals(report.idle_memory)
+        md += [
+            "",
+            f"After the traffic, {report.idle_after_s:g} s without requests (one sample of every process):",
+            "",
+            "| service | MiB (RSS) | MiB (PSS) |",
+            "|---|---:|---:|",
+        ]
+        md += [f"| {service} | {_mib(rss[service])} | {_mib(pss[service])} |" for service in rss]
     md += [
         "",
         "Every process seen after the warm-up:",
         "",
-        "| service | process | pid | seen s | first MiB | last MiB | peak MiB |",
-        "|---|---|---:|---|---:|---:|---:|",
+        "| service | process | pid | seen s | first MiB | last MiB | peak MiB | last MiB (PSS) |",
+        "|---|---|---:|---|---:|---:|---:|---:|",
     ]
     for life in report.processes:
         md.append(
             f"| {life.service} | {life.label} | {life.pid} | {life.first_s:.0f}-{life.last_s:.0f} | "
-            f"{_mib(life.first_bytes)} | {_mib(life.last_bytes)} | {_mib(life.peak_bytes)} |"
+            f"{_mib(life.first_bytes)} | {_mib(life.last_bytes)} | {_mib(life.peak_bytes)} | "
+            f"{_mib(life.last_pss_bytes)} |"
         )
     md += ["", "![requests and memory over time](soak.png)", ""]
     return "\n".join(md)
 
 
 def to_json(report: SoakReport) -> dict[str, Any]:
+    idle = idle_totals(report.idle_memory) if report.idle_memory else None
     return {
         "passed": report.passed,
         "failures": report.failures,
@@ -176,6 +206,8 @@ def to_json(report: SoakReport) -> dict[str, Any]:
         "rss_windows_s": report.rss_windows,
         "rss_growth": [{**asdict(row), "growth": round(row.growth, 4)} for row in report.rss_growth],
         "processes": [asdict(life) for life in report.processes],
+        "idle_after_s": report.idle_after_s,
+        "idle_memory": {"rss_bytes": idle[0], "pss_bytes": idle[1]} if idle else None,
         "machine": asdict(report.machine) if report.machine else None,
         "inputs": report.inputs,
         "uploads": report.uploads,
@@ -241,9 +273,11 @@ def write(report: SoakReport, out: Path) -> Path:
             )
     with open(out / "rss.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["t_s", "service", "pid", "process", "rss_bytes"])
+        writer.writerow(["t_s", "service", "pid", "process", "rss_bytes", "pss_bytes"])
         for s in report.samples:
-            writer.writerow([f"{s.t_s:.1f}", s.service, s.pid, s.label, s.rss_bytes])
+            writer.writerow(
+                [f"{s.t_s:.1f}", s.service, s.pid, s.label, s.rss_bytes, "" if s.pss_bytes is None else s.pss_bytes]
+            )
     plot(report, out / "soak.png")
     path = out / "report.md"
     path.write_text(markdown(report))

@@ -9,6 +9,11 @@ a restarted Triton is the same service with new processes.
 Growth is measured per service on its total resident memory (RSS): the median over a window at the
 start of the steady phase against the median over a window at the end of the run. Medians, because a
 Python process's RSS wobbles by a few MB from one sample to the next.
+
+RSS counts a page shared by several processes (a shared library's code, a file mapped by every Python-backend
+stub) once in each of them, so the sum of RSS over a stack of a dozen processes overstates what the stack holds.
+Each sample also carries the process's PSS (proportional set size, ``/proc/<pid>/smaps_rollup``: its private pages
+plus its share of each shared page), whose sum over the stack is the memory the stack occupies.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ class RssSample:
     pid: int
     label: str
     rss_bytes: int
+    pss_bytes: int | None = None
+    """None where ``smaps_rollup`` cannot be read (a kernel without it, another user's process)."""
 
 
 def read_process(pid: int, proc: Path = PROC) -> ProcessInfo | None:
@@ -78,6 +85,19 @@ def rss_bytes(pid: int, proc: Path = PROC) -> int | None:
         return int((proc / str(pid) / "statm").read_text().split()[1]) * PAGE_BYTES
     except (OSError, IndexError, ValueError):
         return None
+
+
+def pss_bytes(pid: int, proc: Path = PROC) -> int | None:
+    """Proportional set size of ``pid`` (the ``Pss:`` line of ``/proc/<pid>/smaps_rollup``, in kB)."""
+    try:
+        text = (proc / str(pid) / "smaps_rollup").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            fields = line.split()
+            return int(fields[1]) * 1024 if len(fields) >= 2 and fields[1].isdigit() else None
+    return None
 
 
 def service_of(info: ProcessInfo) -> str | None:
@@ -152,7 +172,7 @@ class StackProcesses:
         for pid, service in sorted(self.services().items()):
             info, rss = read_process(pid, self.proc), rss_bytes(pid, self.proc)
             if info is not None and rss is not None:
-                out.append(RssSample(t_s, service, pid, label_of(info), rss))
+                out.append(RssSample(t_s, service, pid, label_of(info), rss, pss_bytes(pid, self.proc)))
         return out
 
 
@@ -164,6 +184,9 @@ class Growth:
     baseline_bytes: float
     end_bytes: float
     peak_bytes: int
+    baseline_pss_bytes: float | None = None
+    end_pss_bytes: float | None = None
+    """PSS medians over the same windows; None where a sample of the window has no PSS."""
 
     @property
     def growth(self) -> float:
@@ -180,6 +203,23 @@ def totals(samples: Sequence[RssSample]) -> dict[str, dict[float, int]]:
     return out
 
 
+def pss_totals(samples: Sequence[RssSample]) -> dict[str, dict[float, int | None]]:
+    """As :func:`totals`, of PSS: None at a time where a process of the service had no PSS reading."""
+    out: dict[str, dict[float, int | None]] = defaultdict(lambda: defaultdict(int))
+    for s in samples:
+        for service in (s.service, ALL_SERVICES):
+            total = out[service][s.t_s]
+            out[service][s.t_s] = None if total is None or s.pss_bytes is None else total + s.pss_bytes
+    return out
+
+
+def _window_median(series: dict[float, int | None], window: tuple[float, float]) -> float | None:
+    values = [v for t, v in series.items() if window[0] <= t <= window[1]]
+    if not values or any(v is None for v in values):
+        return None
+    return statistics.median(v for v in values if v is not None)
+
+
 def growth(
     samples: Sequence[RssSample], baseline: tuple[float, float], end: tuple[float, float], *, after: float = 0.0
 ) -> list[Growth]:
@@ -187,13 +227,23 @@ def growth(
     bounds, seconds); the peak counts samples from ``after`` on. Services missing from either window
     are left out."""
     rows = []
+    pss = pss_totals(samples)
     for service, series in sorted(totals(samples).items(), key=lambda item: (item[0] == ALL_SERVICES, item[0])):
         first = [v for t, v in series.items() if baseline[0] <= t <= baseline[1]]
         last = [v for t, v in series.items() if end[0] <= t <= end[1]]
         if not first or not last:
             continue
         peak = max((v for t, v in series.items() if t >= after), default=0)
-        rows.append(Growth(service, statistics.median(first), statistics.median(last), peak))
+        rows.append(
+            Growth(
+                service,
+                statistics.median(first),
+                statistics.median(last),
+                peak,
+                _window_median(pss[service], baseline),
+                _window_median(pss[service], end),
+            )
+        )
     return rows
 
 
@@ -209,6 +259,7 @@ class ProcessLife:
     first_bytes: int
     last_bytes: int
     peak_bytes: int
+    last_pss_bytes: int | None = None
 
 
 def lives(samples: Sequence[RssSample], *, after: float = 0.0) -> list[ProcessLife]:
@@ -229,6 +280,7 @@ def lives(samples: Sequence[RssSample], *, after: float = 0.0) -> list[ProcessLi
                 first_bytes=seen[0].rss_bytes,
                 last_bytes=seen[-1].rss_bytes,
                 peak_bytes=max(s.rss_bytes for s in seen),
+                last_pss_bytes=seen[-1].pss_bytes,
             )
         )
     return sorted(out, key=lambda life: (life.service, life.first_s, life.pid))

@@ -48,6 +48,8 @@ class SoakConfig:
     out: Path = DEFAULT_OUT
     s3_data_dir: Path = DEFAULT_S3_DATA
     sample_every_s: float = 2.0
+    idle_after_s: float = 5.0
+    """Seconds without requests after the traffic before the last memory sample (what the stack holds idle)."""
     max_rss_growth: float = MAX_RSS_GROWTH
 
 
@@ -84,6 +86,8 @@ class Recorder:
     upload_failures: list[str] = field(default_factory=list)
     unplanned_deaths: int = 0
     """Tritons that died on their own outside the fault windows (each fails the run)."""
+    idle: list[RssSample] = field(default_factory=list)
+    """Every process once, ``SoakConfig.idle_after_s`` after the traffic ended."""
 
 
 async def sleep_until(clock: Callable[[], float], at_s: float) -> None:
@@ -245,6 +249,8 @@ async def soak(
             recorder.timeline.note(recorder.timeline.end_s, "traffic stopped; waiting for the requests in flight")
             await clients  # every request in flight ends: answered, failed, or lost at its deadline
             await asyncio.gather(*helpers)
+        await asyncio.sleep(config.idle_after_s)
+        recorder.idle = await asyncio.to_thread(processes.sample, clock())
         if images is not None:
             recorder.uploads, recorder.upload_failures = images.uploads, images.failures
         return started
@@ -354,4 +360,5 @@ def run(config: SoakConfig) -> SoakReport:
     report.wall_s = time.monotonic() - wall
     report.uploads = recorder.uploads
     report.upload_failures = recorder.upload_failures
+    report.idle_memory, report.idle_after_s = recorder.idle, config.idle_after_s
     return report

@@ -1,8 +1,10 @@
-"""The local onnxruntime backend's heap trimmer (``memory.malloc_trim_interval_s``), without Triton.
+"""The local onnxruntime backend's own memory parameters, without Triton: the heap trimmer
+(``memory.malloc_trim_interval_s``) and runs of at most N rows on a CPU instance (``memory.max_rows_per_cpu_run``).
 
 ``serving/backends/onnxruntime/model.py`` runs inside Triton's Python stub; here it is imported with a stand-in for
-the stub's ``triton_python_backend_utils``, and the trimmer's glibc call is replaced by a recorder. That a real
-Triton loads a model with the parameter and answers the same is in ``tests/test_bench_null_memory.py``.
+the stub's ``triton_python_backend_utils``, the trimmer's glibc call is replaced by a recorder and ONNX Runtime's
+session by one that records the rows of each call. That a real Triton loads a model with the parameters and answers
+the same is in ``tests/test_bench_null_memory.py``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 from serving.triton import PROJECT_ROOT
@@ -121,3 +124,51 @@ def test_the_parameter_must_be_seconds(backend: types.ModuleType, value: str) ->
 
 def test_no_parameter_no_trimmer(backend: types.ModuleType) -> None:
     assert backend._trimmer({}) is None
+
+
+# --- runs of at most N rows on a CPU instance ---
+
+
+class RecordingSession:
+    """Stands in for an ONNX Runtime session of ``logits = 2 * x``; records the rows of every call."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+
+    def run(self, names: list[str], feeds: dict[str, Any], options: Any) -> list[Any]:
+        self.rows.append(len(feeds["x"]))
+        return [feeds["x"] * 2.0]
+
+
+def model_with_rows_per_run(backend: types.ModuleType, max_rows: int | None) -> tuple[Any, RecordingSession]:
+    model = backend.TritonPythonModel()
+    session = RecordingSession()
+    model.session, model.run_options, model.max_rows_per_run = session, None, max_rows
+    model.input_names, model.outputs = ["x"], [("logits", np.float32)]
+    return model, session
+
+
+@pytest.mark.parametrize(("max_rows", "calls"), [(3, [3, 3, 2]), (4, [4, 4]), (8, [8]), (16, [8]), (None, [8])])
+def test_a_batch_runs_in_calls_of_at_most_the_rows_given_and_answers_the_same(
+    backend: types.ModuleType, max_rows: int | None, calls: list[int]
+) -> None:
+    model, session = model_with_rows_per_run(backend, max_rows)
+    x = np.arange(8 * 5, dtype=np.float32).reshape(8, 5)
+    [logits] = model._run({"x": x})
+    assert session.rows == calls
+    np.testing.assert_array_equal(logits, x * 2.0)
+    assert logits.dtype == np.float32 and logits.flags.c_contiguous
+
+
+def test_rows_per_run_applies_to_cpu_instances_and_rejects_what_is_not_a_positive_count(
+    backend: types.ModuleType,
+) -> None:
+    def config(value: str) -> dict[str, Any]:
+        return {"parameters": {backend.MAX_ROWS_PER_CPU_RUN: {"string_value": value}}}
+
+    assert backend._max_rows_per_run(config("4"), "CPU") == 4
+    assert backend._max_rows_per_run(config("4"), "GPU") is None  # a GPU batches; its memory is not the arena's
+    assert backend._max_rows_per_run({"parameters": {}}, "CPU") is None
+    for bad in ("0", "-1", "four", "2.5"):
+        with pytest.raises(StubError, match="max_rows_per_cpu_run: expected a positive integer"):
+            backend._max_rows_per_run(config(bad), "CPU")
