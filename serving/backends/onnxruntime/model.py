@@ -174,9 +174,8 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
 
         self.batching = int(self.config.get("max_batch_size", 0)) > 0
-        self.max_rows_per_run = (
-            _max_rows_per_run(self.config, args.get("model_instance_kind")) if self.batching else None
-        )
+        max_rows = _max_rows_per_run(self.config, args.get("model_instance_kind"))  # a bad value fails any load
+        self.max_rows_per_run = max_rows if self.batching else None
         self.input_names = [i["name"] for i in self.config.get("input", [])]
         self.outputs = [
             (o["name"], pb_utils.triton_string_to_numpy(o["data_type"])) for o in self.config.get("output", [])
