@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aiohttpclient
 
-from serving.triton import SHM_DIR, TritonServer, TritonStartError
+from serving.triton import MALLOC_ARENA_MAX, SHM_DIR, TritonInstall, TritonServer, TritonStartError
 from tests.conftest import TINY, tiny_weights, write_tiny_onnx
 
 pytestmark = pytest.mark.integration
@@ -162,3 +163,27 @@ def test_stop_leaves_no_process_or_shared_memory(tiny_repository: Path) -> None:
     infer(f"{server.host}:{server.http_port}", np.zeros((1, 4), np.float32))
     server.stop()
     assert_cleaned_up(server, pid)
+
+
+def _environ(pid: int) -> dict[str, str]:
+    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(e.decode(errors="replace").split("=", 1) for e in entries if b"=" in e)
+
+
+def test_the_server_and_its_stubs_run_with_few_malloc_arenas_unless_the_caller_says(tiny_repository: Path) -> None:
+    install = TritonInstall.discover()
+    assert install.environment({}, cpu_only=True)["MALLOC_ARENA_MAX"] == MALLOC_ARENA_MAX == "2"
+    assert install.environment({"MALLOC_ARENA_MAX": "8"}, cpu_only=True)["MALLOC_ARENA_MAX"] == "8"
+    with TritonServer.on_free_ports(tiny_repository) as server:
+        infer(f"{server.host}:{server.http_port}", np.zeros((1, 4), np.float32))
+        assert server.pid is not None
+        stubs = [
+            int(line.split()[0])
+            for line in subprocess.run(
+                ["ps", "-o", "pid=,args=", "--ppid", str(server.pid)], capture_output=True, text=True, check=True
+            ).stdout.splitlines()
+            if "triton_python_backend_stub" in line
+        ]
+        assert stubs, "expected a Python-backend stub below the server"
+        for pid in [server.pid, *stubs]:
+            assert _environ(pid).get("MALLOC_ARENA_MAX") == "2"
