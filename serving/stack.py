@@ -15,9 +15,10 @@ the model build, signal handling and messages.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -361,7 +362,23 @@ class LocalStack:
         self.stop()
 
 
-def main() -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line takes no options (settings come from ``MTC_*`` variables); ``--help`` lists them."""
+    settings = "\n".join(
+        f"  MTC_{name.upper():<28} {field.description or ''}" for name, field in StackSettings.model_fields.items()
+    )
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.stack",
+        description="Start S3 (SeaweedFS), Triton, the facade, the dashboard and Prometheus (what `make run` does); "
+        "build the quick models first where the repository has none. Ctrl-C stops everything.",
+        epilog=f"settings (environment variables or .env):\n{settings}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parse_args(argv)  # --help prints the settings instead of starting (and building) anything
     stop_on_signals()  # SIGTERM / SIGHUP stop every child like Ctrl-C, from the first line on
     settings = StackSettings()
     repository = settings.model_repository.resolve()

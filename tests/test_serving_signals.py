@@ -159,3 +159,19 @@ def test_stack_sigterm_while_triton_starts_stops_what_already_runs(tmp_path: Pat
         launcher.wait_for("==> Triton on", timeout=120)
         assert wait_until(lambda: any("tritonserver" in c for _, c in launcher.children()), timeout=60)
         assert_sigterm_stops_everything(launcher, ["weed mini", "tritonserver"])
+
+
+def test_stack_help_lists_the_settings_and_starts_nothing(tmp_path: Path) -> None:
+    """``--help`` used to start the stack (and build the quick models into the repository); it now only prints."""
+    env = {**os.environ, "MTC_MODEL_REPOSITORY": str(tmp_path / "empty-repository")}
+    shown = subprocess.run(
+        [sys.executable, "-m", "serving.stack", "--help"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "usage: python -m serving.stack" in shown.stdout and "MTC_API_PORT" in shown.stdout
+    assert not (tmp_path / "empty-repository").exists()
+    wrong = subprocess.run(
+        [sys.executable, "-m", "serving.stack", "--port", "1"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert wrong.returncode == 2 and "unrecognized arguments: --port 1" in wrong.stderr
+    assert not (tmp_path / "empty-repository").exists()
