@@ -364,8 +364,9 @@ class LocalStack:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line takes no options (settings come from ``MTC_*`` variables); ``--help`` lists them."""
+    prefix = StackSettings.model_config.get("env_prefix", "")
     settings = "\n".join(
-        f"  MTC_{name.upper():<28} {field.description or ''}" for name, field in StackSettings.model_fields.items()
+        f"  {prefix}{name.upper():<28} {field.description or ''}" for name, field in StackSettings.model_fields.items()
     )
     parser = argparse.ArgumentParser(
         prog="python -m serving.stack",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,7 +213,8 @@ def pss_totals(samples: Sequence[RssSample]) -> dict[str, dict[float, int | None
     return out
 
 
-def _window_median(series: dict[float, int | None], window: tuple[float, float]) -> float | None:
+def _window_median(series: Mapping[float, int | None], window: tuple[float, float]) -> float | None:
+    """The median of ``series`` over ``window`` (inclusive bounds); None if the window is empty or has a gap."""
     values = [v for t, v in series.items() if window[0] <= t <= window[1]]
     if not values or any(v is None for v in values):
         return None
@@ -229,19 +230,13 @@ def growth(
     rows = []
     pss = pss_totals(samples)
     for service, series in sorted(totals(samples).items(), key=lambda item: (item[0] == ALL_SERVICES, item[0])):
-        first = [v for t, v in series.items() if baseline[0] <= t <= baseline[1]]
-        last = [v for t, v in series.items() if end[0] <= t <= end[1]]
-        if not first or not last:
+        first, last = _window_median(series, baseline), _window_median(series, end)
+        if first is None or last is None:
             continue
         peak = max((v for t, v in series.items() if t >= after), default=0)
         rows.append(
             Growth(
-                service,
-                statistics.median(first),
-                statistics.median(last),
-                peak,
-                _window_median(pss[service], baseline),
-                _window_median(pss[service], end),
+                service, first, last, peak, _window_median(pss[service], baseline), _window_median(pss[service], end)
             )
         )
     return rows
