@@ -478,7 +478,10 @@ def test_a_short_soak_with_tiny_models_sees_every_phase_and_loses_nothing(tmp_pa
     assert {("Triton", "tritonserver"), ("Triton", "stub"), ("S3 server (SeaweedFS)", "weed")} <= labels
     assert ("facade", "python") in labels
     triton_pids = {p["pid"] for p in report["processes"] if p["label"] == "tritonserver"}
-    assert len(triton_pids) == 2, "the killed Triton and the one the supervisor started"
+    # The killed Triton and the one the supervisor started, plus one per Triton that died of the freeze (Triton
+    # 2.51's known crash after SIGCONT, which the run records and judges as part of the freeze's window).
+    died_of_freeze = sum(e["what"].startswith("Triton died after the thaw") for e in report["events"])
+    assert len(triton_pids) == 2 + died_of_freeze, report["events"]
     assert {row["service"] for row in report["rss_growth"]} >= {"Triton", "facade", "S3 server (SeaweedFS)"}
     text = (out / "report.md").read_text()
     assert "## Status per phase" in text and "Triton killed: SIGKILL" in text
