@@ -11,27 +11,38 @@ from batch.pacing import InFlightLimit, OthersWatch, Pacer
 
 def test_nobody_else_reads_as_idle_after_the_first_sample() -> None:
     watch = OthersWatch(window_s=2.0)
-    assert watch.observe(0.0, triton_finished=100, own_finished=0)  # no history yet: assume company
-    assert not watch.observe(0.5, triton_finished=110, own_finished=10)
-    assert not watch.observe(1.0, triton_finished=130, own_finished=30)
+    assert watch.observe(0.0, triton_finished=100, own_before=0, own_after=0)  # no history yet: assume company
+    assert not watch.observe(0.5, triton_finished=110, own_before=10, own_after=10)
+    assert not watch.observe(1.0, triton_finished=130, own_before=30, own_after=30)
 
 
 def test_others_requests_within_the_window_read_as_company_until_they_age_out() -> None:
     watch = OthersWatch(window_s=2.0)
-    watch.observe(0.0, 0, 0)
-    assert not watch.observe(0.5, 10, 10)
-    assert watch.observe(1.0, 25, 20)  # 5 requests of someone else's
-    assert watch.observe(2.5, 35, 30)  # still within 2 s of the lower count
-    assert not watch.observe(3.5, 45, 40)  # 2 s later nobody else came
+    watch.observe(0.0, 0, 0, 0)
+    assert not watch.observe(0.5, 10, 10, 10)
+    assert watch.observe(1.0, 25, 20, 20)  # 5 requests of someone else's
+    assert watch.observe(2.5, 35, 30, 30)  # still within 2 s of the lower count
+    assert not watch.observe(3.5, 45, 40, 40)  # 2 s later nobody else came
 
 
-def test_one_request_of_ours_counted_by_triton_before_us_never_reads_as_someone_else() -> None:
-    """Triton counts a request before our response arrives: a sample can be one low, then back."""
+def test_ours_finishing_while_the_statistics_travel_never_read_as_someone_else() -> None:
+    """Triton counts a request when it finishes it, the worker when the answer arrives. The case measured with
+    eight requests in flight: four of ours finished after Triton's count and were counted by the worker before
+    the statistics arrived (a dip of four), the next sample back in step. A single own count read after Triton's
+    saw the dip and then a rise of four: someone else, for 2 s."""
     watch = OthersWatch(window_s=2.0)
-    watch.observe(0.0, 0, 0)
-    assert not watch.observe(0.5, 10, 11)  # ours read after Triton's: one of ours finished in between
-    assert not watch.observe(1.0, 21, 21)
-    assert watch.observe(1.5, 33, 31)  # two of someone else's
+    watch.observe(0.0, 100, 100, 100)
+    assert not watch.observe(0.5, 200, 197, 204)  # three answered but not yet counted before the question
+    assert not watch.observe(1.0, 300, 300, 300)
+    assert not watch.observe(1.5, 400, 396, 400)
+    assert watch.observe(2.0, 503, 500, 500)  # then three of someone else's
+
+
+def test_one_request_of_someone_else_is_not_enough() -> None:
+    watch = OthersWatch(window_s=2.0)
+    watch.observe(0.0, 0, 0, 0)
+    assert not watch.observe(0.5, 11, 10, 10)
+    assert watch.observe(1.0, 22, 20, 20)
 
 
 def test_a_lower_limit_admits_nobody_until_the_requests_in_flight_are_below_it() -> None:
