@@ -1,18 +1,19 @@
 """Run one job the REST API created: ``python -m batch run-job s3://<jobs bucket>/<prefix><id>``.
 
-The facade writes the job's ``job.json`` (:mod:`batch.jobstate`) and starts this command in a process of its
-own (a new session: it outlives a facade restart). The command runs :func:`batch.runner.run_job` into the
-job's ``output/`` and, beside it, keeps ``status.json`` current: a heartbeat thread rewrites it every
-``heartbeat_s`` with the progress and polls for the ``cancel`` marker. On cancel the next progress report
-stops the job (and, should none come, e.g. while Ray starts, the main thread is interrupted like Ctrl-C);
-Ray is shut down either way and the committed parts stay. When every part is committed the parts are
-streamed into one ``result.<ext>`` file, and the final status (succeeded, failed with the error in the
+The facade writes the job's ``job.json`` (:mod:`batch.jobstate`) and starts this command in a process of its own (a
+new session: it outlives a facade restart). The command runs :func:`batch.runner.run_job` into the job's ``output/``
+and, beside it, keeps ``status.json`` current: a heartbeat thread rewrites it every ``heartbeat_s`` with the
+progress and polls for the ``cancel`` marker. On cancel the next progress report stops the job (and, should none
+come, e.g. while Ray starts, the main thread is interrupted like Ctrl-C); Ray is shut down either way (after the
+final status when the job succeeded, before it otherwise) and the committed parts stay. When every part is committed
+the parts are streamed into one ``result.<ext>`` file, and the final status (succeeded, failed with the error in the
 facade's taxonomy, or cancelled) is written last.
 """
 
 from __future__ import annotations
 
 import _thread
+import contextlib
 import logging
 import threading
 import time
@@ -159,39 +160,44 @@ def run_api_job(job_uri: str, settings: BatchSettings, *, heartbeat_s: float = 1
         return final
     summary: JobSummary | None = None
     error: ApiError | None = None
-    try:
-        with run:
-            try:
-                summary = run_job(request, settings, progress=run.progress)
-                run.update(
-                    state="succeeded",
-                    rows_total=summary.rows_total,
-                    rows_done=summary.rows_total,
-                    rows_failed=summary.rows_failed,
-                    parts_total=summary.parts,
-                    parts_done=summary.parts,
-                    model_version=summary.model_version,
-                    labels=summary.labels,
-                    failure_reasons=summary.failure_reasons,
-                    format=summary.format,
-                    result=write_result(output, folder, summary),
-                )
-            except ApiError as exc:
-                error = exc
-            except Exception as exc:  # a bug of ours: still a final status, never a job stuck in "running"
-                logger.exception("job %s stopped", record.id)
-                error = InternalError(f"the job stopped: {type(exc).__name__}: {str(exc)[:500]}")
-    except KeyboardInterrupt:
-        if not run.cancel.is_set():
-            raise
-        error = JobCancelled("the job was cancelled")
-    if run.cancel.is_set() and (summary is None or isinstance(error, JobCancelled)):
-        final = run.update(state="cancelled", finished_at=now_iso(), error=None)
-    elif error is not None:
-        final = run.update(state="failed", finished_at=now_iso(), error=_error(error))
-    else:
-        final = run.update(finished_at=now_iso())
-    run.write(final)
+    # A succeeded job's Ray stops after its status says so; a failed or cancelled job's before (its workers
+    # may still have requests at Triton).
+    with contextlib.ExitStack() as ray_scope:
+        try:
+            with run:
+                try:
+                    summary = run_job(request, settings, progress=run.progress, ray_scope=ray_scope)
+                    run.update(
+                        state="succeeded",
+                        rows_total=summary.rows_total,
+                        rows_done=summary.rows_total,
+                        rows_failed=summary.rows_failed,
+                        parts_total=summary.parts,
+                        parts_done=summary.parts,
+                        model_version=summary.model_version,
+                        labels=summary.labels,
+                        failure_reasons=summary.failure_reasons,
+                        format=summary.format,
+                        result=write_result(output, folder, summary),
+                    )
+                except ApiError as exc:
+                    error = exc
+                except Exception as exc:  # a bug of ours: still a final status, never a job stuck in "running"
+                    logger.exception("job %s stopped", record.id)
+                    error = InternalError(f"the job stopped: {type(exc).__name__}: {str(exc)[:500]}")
+        except KeyboardInterrupt:
+            if not run.cancel.is_set():
+                raise
+            error = JobCancelled("the job was cancelled")
+        if run.cancel.is_set() and (summary is None or isinstance(error, JobCancelled)):
+            ray_scope.close()
+            final = run.update(state="cancelled", finished_at=now_iso(), error=None)
+        elif error is not None:
+            ray_scope.close()
+            final = run.update(state="failed", finished_at=now_iso(), error=_error(error))
+        else:
+            final = run.update(finished_at=now_iso())
+        run.write(final)
     return final
 
 

@@ -570,12 +570,17 @@ def run_job(
     *,
     image_settings: ApiSettings | None = None,
     progress: ProgressCallback | None = None,
+    ray_scope: contextlib.ExitStack | None = None,
 ) -> JobSummary:
     """Run (or resume) a job to its end; returns its summary (also written to ``OUT/_summary.json``).
 
     Raises :class:`InvalidJob` / :class:`JobConflict` before any work when the job cannot run, and the
     error that stopped it otherwise (Triton unreachable past the retries, storage failing...): the parts
     committed until then stay, and the same call resumes after them.
+
+    Ray (:func:`ray_session`) stops before this returns, unless ``ray_scope`` is given: then it stops when the
+    caller closes that stack, so a caller can report the job's end first (the local Ray takes 1.4-1.6 s to
+    stop on a 2-core machine).
     """
     settings = settings or BatchSettings()
     start = time.perf_counter()
@@ -615,7 +620,8 @@ def run_job(
             image_settings=(image_settings or ApiSettings()) if spec.modality == "image" else None,
         )
         writer = PartWriter(manifest, output, names)
-        with ray_session(settings):
+        with contextlib.ExitStack() as own_scope:
+            (own_scope if ray_scope is None else ray_scope).enter_context(ray_session(settings))
             import ray.data
 
             dataset = ray.data.read_datasource(

@@ -15,7 +15,6 @@ module takes about a minute on an idle 2-core machine.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -49,6 +48,7 @@ from preprocess.probabilities import softmax
 from preprocess.text import TextEncoder
 from serving.triton import PROJECT_ROOT, TritonServer, free_port
 from taskspec import MODEL_FILE, POSE, SENTIMENT
+from tests.support.local_ray import MARKER_ENV, local_ray, stop_leftover_agents
 from tests.support.tiny_models import TINY_TEXTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -78,8 +78,6 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterator[Env]:
-    import ray
-
     from tests.support.tiny_models import build_tiny_repository
 
     root = tmp_path_factory.mktemp("batch")
@@ -99,15 +97,10 @@ def env(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterator[
         model_config_name="",
         startup_timeout=180,
     ).start()
-    # This process's Ray: run_job uses a Ray that is already up (and leaves it running)
-    environment = dict(os.environ)  # ray.init sets RAY_AUTH_MODE, PYTHONBREAKPOINT...: not for the tests after these
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 << 20, log_to_driver=False)
     try:
-        yield Env(repository, triton, s3_endpoint, bucket, s3, ray.get_runtime_context().gcs_address)
+        with local_ray() as ray_address:  # this process's Ray: run_job uses a Ray that is already up (and leaves it)
+            yield Env(repository, triton, s3_endpoint, bucket, s3, ray_address)
     finally:
-        ray.shutdown()
-        os.environ.clear()
-        os.environ.update(environment)
         triton.stop()
 
 
@@ -287,22 +280,6 @@ def test_a_parquet_file_of_image_urls_is_classified_and_bad_urls_are_reported(en
     assert summary.failure_reasons == {"empty URL": 1, "url-not-allowed": 1, "image-host-error": 2, "bad-image": 1}
 
 
-RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
-
-
-def processes_with(marker: str) -> dict[int, str]:
-    """pid -> command line of the processes whose environment holds ``MTC_BATCH_TEST_MARKER=marker``."""
-    needle = f"MTC_BATCH_TEST_MARKER={marker}".encode()
-    found = {}
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and needle in (entry / "environ").read_bytes().split(b"\0"):
-                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except OSError:
-            continue
-    return found
-
-
 def test_a_killed_job_resumes_after_its_committed_parts_without_losing_or_repeating_rows(
     env: Env, tmp_path: Path
 ) -> None:
@@ -315,7 +292,7 @@ def test_a_killed_job_resumes_after_its_committed_parts_without_losing_or_repeat
     marker = uuid.uuid4().hex
     environment = {
         **os.environ,
-        "MTC_BATCH_TEST_MARKER": marker,
+        MARKER_ENV: marker,
         "MTC_BATCH_TRITON_GRPC_URL": f"127.0.0.1:{env.triton.grpc_port}",
         "MTC_BATCH_MODEL_REPOSITORY": str(env.repository),
     }
@@ -341,13 +318,7 @@ def test_a_killed_job_resumes_after_its_committed_parts_without_losing_or_repeat
     # The killed driver takes its local Ray with it: raylet, GCS and workers at once. Its two agents first report the
     # raylet's death to the dead GCS, which Ray 2.60 waits up to 60 s for (a fixed timeout in publish_error_to_driver):
     # not worth a minute here, so they are stopped once they are all that is left.
-    gone_by = time.monotonic() + 30
-    while any(not command.startswith(RAY_AGENTS) for command in processes_with(marker).values()):
-        assert time.monotonic() < gone_by, f"the killed job's Ray is still running: {processes_with(marker)}"
-        time.sleep(0.5)
-    for pid in processes_with(marker):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    stop_leftover_agents(marker)
 
     # the second run joins an existing Ray (this process's) instead of starting one
     again = subprocess.run(

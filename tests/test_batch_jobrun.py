@@ -5,17 +5,21 @@ cancel that arrives before the job starts. The whole path (facade, Ray, Triton, 
 from __future__ import annotations
 
 import typing
+from contextlib import ExitStack
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
+import batch.jobrun
 from batch.formats import FORMATS
 from batch.jobrun import run_api_job, write_result
 from batch.jobstate import CANCEL_MARKER, JOB_RECORD, STATUS_RECORD, JobFormat, JobRecord, JobStatus, now_iso
-from batch.runner import JobSummary, innermost
+from batch.runner import JobRequest, JobSummary, innermost
 from batch.settings import BatchSettings
 from batch.storage import parse_location
+from frontend_api.errors import InternalError
 
 
 def summary(fmt: str, parts: list[str]) -> JobSummary:
@@ -108,3 +112,40 @@ def test_the_innermost_cause_is_what_a_stopped_job_reports() -> None:
         wrapped = Wrapper(middle)
     found = innermost(wrapped)
     assert isinstance(found, TimeoutError) and str(found) == "Triton did not answer"
+
+
+def _job_folder(tmp_path: Path, job_id: str) -> Path:
+    folder = tmp_path / "jobs" / job_id
+    folder.mkdir(parents=True)
+    record = JobRecord(id=job_id, task="sentiment", column="text", input=str(tmp_path / "in.csv"), created_at=now_iso())
+    (folder / JOB_RECORD).write_text(record.model_dump_json())
+    return folder
+
+
+def test_a_succeeded_job_says_so_before_its_ray_stops_and_a_failed_one_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray's local shutdown takes 1.4-1.6 s here: a finished job reports its end first. A failed job's workers may
+    still have requests at Triton, so its Ray stops before its status says it ended."""
+    seen_when_ray_stopped: list[str] = []
+
+    def run_job(request: JobRequest, settings: BatchSettings, *, progress: object, ray_scope: ExitStack) -> JobSummary:
+        status = Path(request.output).parent / STATUS_RECORD
+        ray_scope.callback(
+            lambda: seen_when_ray_stopped.append(JobStatus.model_validate_json(status.read_text()).state)
+        )
+        if request.input.endswith("bad.csv"):
+            raise InternalError("Triton went away")
+        Path(request.output).mkdir(parents=True)
+        (Path(request.output) / "part-00000-000000.csv").write_text('"text","label"\n"a","x"\n')
+        return summary("csv", ["part-00000-000000.csv"])
+
+    monkeypatch.setattr(batch.jobrun, "run_job", run_job)
+    good = _job_folder(tmp_path, "0123456789ab0123456789ad")
+    assert run_api_job(str(good), BatchSettings()).state == "succeeded"
+    bad = _job_folder(tmp_path, "0123456789ab0123456789ae")
+    record = JobRecord.model_validate_json((bad / JOB_RECORD).read_text())
+    (bad / JOB_RECORD).write_text(record.model_copy(update={"input": str(tmp_path / "bad.csv")}).model_dump_json())
+    assert run_api_job(str(bad), BatchSettings()).state == "failed"
+
+    assert seen_when_ray_stopped == ["succeeded", "running"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from bench.servers import facade_process
 from export.s3sync import S3Settings, ensure_bucket, make_client
 from serving.triton import TritonServer, free_port
 from taskspec import SENTIMENT
+from tests.support.local_ray import local_ray
 from tests.support.tiny_models import TINY_TEXTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -48,8 +48,6 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterator[Stack]:
-    import ray
-
     from tests.support.tiny_models import build_tiny_repository
 
     root = tmp_path_factory.mktemp("jobs")
@@ -67,29 +65,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterato
         load_models=["sentiment"],
         startup_timeout=180,
     ).start()
-    environment = dict(os.environ)  # ray.init sets variables that are not for the tests after these
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 << 20, log_to_driver=False)
-    env = {
-        "MTC_API_S3_ENDPOINT_URL": s3_endpoint,
-        "MTC_API_UPLOAD_BUCKET": upload_bucket,
-        "MTC_API_JOBS_INPUT_BUCKETS": json.dumps([data_bucket]),
-        "MTC_API_JOBS_RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-        # the runners inherit these: small parts and batches, so a job reports (and can be cancelled) early
-        "MTC_BATCH_ROWS_PER_PART": "50",
-        "MTC_BATCH_BATCH_ROWS": "8",
-        "MTC_BATCH_CONCURRENCY": "1",
-    }
-    s3_host = s3_endpoint.removeprefix("http://")
-    api, api_url = facade_process(
-        triton, repository, root, allowed_http_hosts=[s3_host], extra_env=env, ready_path="/healthz"
-    )  # a repository of sentiment only: /readyz waits for every task
     try:
-        with api:
-            yield Stack(api_url, s3, data_bucket, upload_bucket)
+        with local_ray() as ray_address:
+            env = {
+                "MTC_API_S3_ENDPOINT_URL": s3_endpoint,
+                "MTC_API_UPLOAD_BUCKET": upload_bucket,
+                "MTC_API_JOBS_INPUT_BUCKETS": json.dumps([data_bucket]),
+                "MTC_API_JOBS_RAY_ADDRESS": ray_address,
+                # the runners inherit these: small parts and batches, so a job reports (and can be cancelled) early
+                "MTC_BATCH_ROWS_PER_PART": "50",
+                "MTC_BATCH_BATCH_ROWS": "8",
+                "MTC_BATCH_CONCURRENCY": "1",
+            }
+            s3_host = s3_endpoint.removeprefix("http://")
+            api, api_url = facade_process(
+                triton, repository, root, allowed_http_hosts=[s3_host], extra_env=env, ready_path="/healthz"
+            )  # a repository of sentiment only: /readyz waits for every task
+            with api:
+                yield Stack(api_url, s3, data_bucket, upload_bucket)
     finally:
-        ray.shutdown()
-        os.environ.clear()
-        os.environ.update(environment)
         triton.stop()
 
 
@@ -116,6 +110,14 @@ def runner_pids(job_id: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def wait_until_exited(job_id: str, timeout: float = 30) -> None:
+    """The job's runner exits soon after its final status (a succeeded job's Ray stops after the status says so)."""
+    gone_by = time.monotonic() + timeout
+    while runner_pids(job_id):
+        assert time.monotonic() < gone_by, f"the runner of job {job_id} is still running {timeout} s after its end"
+        time.sleep(0.2)
 
 
 def test_an_uploaded_csv_is_classified_by_a_job_and_its_result_downloaded(stack: Stack) -> None:
@@ -163,6 +165,7 @@ def test_an_uploaded_csv_is_classified_by_a_job_and_its_result_downloaded(stack:
         assert rows[i]["label"] == prediction["label"] and rows[i]["error"] == ""
         for label in SENTIMENT.labels:  # the int8 file on CPU: batch-dependent in the 4th decimal
             assert abs(float(rows[i][f"p_{label}"]) - prediction["probabilities"][label]) < 1e-3
+    wait_until_exited(job_id)
 
 
 def test_delete_cancels_a_running_job(stack: Stack) -> None:
@@ -188,9 +191,6 @@ def test_delete_cancels_a_running_job(stack: Stack) -> None:
     cancelled = wait_for(stack, job_id, {"cancelled", "succeeded", "failed"}, timeout=60)
     assert cancelled["state"] == "cancelled", cancelled
     assert 0 < cancelled["rows_done"] < 20_000 and cancelled["result_url"] is None
-    gone_by = time.monotonic() + 30
-    while runner_pids(job_id):
-        assert time.monotonic() < gone_by, "the cancelled job's runner is still running"
-        time.sleep(0.2)
+    wait_until_exited(job_id)
     assert httpx.get(f"{stack.api_url}/v1/jobs/{job_id}/result", timeout=10).status_code == 404
     assert httpx.delete(f"{stack.api_url}/v1/jobs/{job_id}", timeout=10).status_code == 409
