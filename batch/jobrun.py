@@ -4,10 +4,10 @@ The facade writes the job's ``job.json`` (:mod:`batch.jobstate`) and starts this
 new session: it outlives a facade restart). The command runs :func:`batch.runner.run_job` into the job's ``output/``
 and, beside it, keeps ``status.json`` current: a heartbeat thread rewrites it every ``heartbeat_s`` with the
 progress and polls for the ``cancel`` marker. On cancel the next progress report stops the job (and, should none
-come, e.g. while Ray starts, the main thread is interrupted like Ctrl-C); Ray is shut down either way (after the
-final status when the job succeeded, before it otherwise) and the committed parts stay. When every part is committed
-the parts are streamed into one ``result.<ext>`` file, and the final status (succeeded, failed with the error in the
-facade's taxonomy, or cancelled) is written last.
+come, e.g. while Ray starts, the main thread is interrupted like Ctrl-C), and the committed parts stay. When every
+part is committed the parts are streamed into one ``result.<ext>`` file. The final status (succeeded, failed with
+the error in the facade's taxonomy, or cancelled) is the last thing written; Ray is shut down after it, whatever the
+end.
 """
 
 from __future__ import annotations
@@ -160,8 +160,10 @@ def run_api_job(job_uri: str, settings: BatchSettings, *, heartbeat_s: float = 1
         return final
     summary: JobSummary | None = None
     error: ApiError | None = None
-    # A succeeded job's Ray stops after its status says so; a failed or cancelled job's before (its workers
-    # may still have requests at Triton).
+    # Ray stops after the final status is written, whatever the end. Stopping it can take the process with it:
+    # Ray 2.60 sometimes aborts when a job is cancelled mid-run ("The core worker has already been shutdown ...
+    # The process will exit", from one of Ray Data's threads), which left jobs in "cancelling" for good when the
+    # status came after. Nothing is written after the status: requests of ours still at Triton are lost work.
     with contextlib.ExitStack() as ray_scope:
         try:
             with run:
@@ -190,10 +192,8 @@ def run_api_job(job_uri: str, settings: BatchSettings, *, heartbeat_s: float = 1
                 raise
             error = JobCancelled("the job was cancelled")
         if run.cancel.is_set() and (summary is None or isinstance(error, JobCancelled)):
-            ray_scope.close()
             final = run.update(state="cancelled", finished_at=now_iso(), error=None)
         elif error is not None:
-            ray_scope.close()
             final = run.update(state="failed", finished_at=now_iso(), error=_error(error))
         else:
             final = run.update(finished_at=now_iso())

@@ -578,9 +578,9 @@ def run_job(
     error that stopped it otherwise (Triton unreachable past the retries, storage failing...): the parts
     committed until then stay, and the same call resumes after them.
 
-    Ray (:func:`ray_session`) stops before this returns, unless ``ray_scope`` is given: then it stops when the
-    caller closes that stack, so a caller can report the job's end first (the local Ray takes 1.4-1.6 s to
-    stop on a 2-core machine).
+    Ray (:func:`ray_session`) stops before this returns or raises, unless ``ray_scope`` is given: then it stops
+    when the caller closes that stack, so that the caller can record the job's end first (the local Ray takes
+    1.4-1.6 s to stop on a 2-core machine, and can take the process with it: see :mod:`batch.jobrun`).
     """
     settings = settings or BatchSettings()
     start = time.perf_counter()
@@ -620,8 +620,8 @@ def run_job(
             image_settings=(image_settings or ApiSettings()) if spec.modality == "image" else None,
         )
         writer = PartWriter(manifest, output, names)
-        with contextlib.ExitStack() as own_scope:
-            (own_scope if ray_scope is None else ray_scope).enter_context(ray_session(settings))
+        with contextlib.ExitStack() as session:
+            (session if ray_scope is None else ray_scope).enter_context(ray_session(settings))
             import ray.data
 
             dataset = ray.data.read_datasource(

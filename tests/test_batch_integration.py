@@ -48,7 +48,7 @@ from preprocess.probabilities import softmax
 from preprocess.text import TextEncoder
 from serving.triton import PROJECT_ROOT, TritonServer, free_port
 from taskspec import MODEL_FILE, POSE, SENTIMENT
-from tests.support.local_ray import MARKER_ENV, local_ray, stop_leftover_agents
+from tests.support.local_ray import MARKER_ENV, local_ray, session_of, stop_leftover_agents
 from tests.support.tiny_models import TINY_TEXTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -311,6 +311,7 @@ def test_a_killed_job_resumes_after_its_committed_parts_without_losing_or_repeat
             break
         time.sleep(0.05)
     assert runner.poll() is None, f"the job ended before it could be killed: {runner.communicate()[1].decode()[-2000:]}"
+    session = session_of(marker)  # the runner's own local Ray
     runner.send_signal(signal.SIGKILL)
     runner.communicate()
     before = len(list(committed.glob("*.json")))
@@ -318,7 +319,7 @@ def test_a_killed_job_resumes_after_its_committed_parts_without_losing_or_repeat
     # The killed driver takes its local Ray with it: raylet, GCS and workers at once. Its two agents first report the
     # raylet's death to the dead GCS, which Ray 2.60 waits up to 60 s for (a fixed timeout in publish_error_to_driver):
     # not worth a minute here, so they are stopped once they are all that is left.
-    stop_leftover_agents(marker)
+    stop_leftover_agents(session)
 
     # the second run joins an existing Ray (this process's) instead of starting one
     again = subprocess.run(

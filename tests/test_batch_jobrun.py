@@ -122,11 +122,9 @@ def _job_folder(tmp_path: Path, job_id: str) -> Path:
     return folder
 
 
-def test_a_succeeded_job_says_so_before_its_ray_stops_and_a_failed_one_after(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Ray's local shutdown takes 1.4-1.6 s here: a finished job reports its end first. A failed job's workers may
-    still have requests at Triton, so its Ray stops before its status says it ended."""
+def test_a_job_records_its_end_before_its_ray_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's local shutdown takes 1.4-1.6 s here, and Ray 2.60 sometimes aborts the process while stopping after a
+    cancel: the final status is written first, whatever the end."""
     seen_when_ray_stopped: list[str] = []
 
     def run_job(request: JobRequest, settings: BatchSettings, *, progress: object, ray_scope: ExitStack) -> JobSummary:
@@ -148,4 +146,4 @@ def test_a_succeeded_job_says_so_before_its_ray_stops_and_a_failed_one_after(
     (bad / JOB_RECORD).write_text(record.model_copy(update={"input": str(tmp_path / "bad.csv")}).model_dump_json())
     assert run_api_job(str(bad), BatchSettings()).state == "failed"
 
-    assert seen_when_ray_stopped == ["succeeded", "running"]
+    assert seen_when_ray_stopped == ["succeeded", "failed"]
