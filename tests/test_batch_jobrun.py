@@ -65,13 +65,19 @@ def test_parquet_parts_become_one_parquet_result(tmp_path: Path) -> None:
     assert table.column("id").to_pylist() == [1, 2, 3] and table.column("label").to_pylist() == ["x", None, "y"]
 
 
-def test_a_job_cancelled_before_its_runner_starts_ends_cancelled_without_running(tmp_path: Path) -> None:
-    folder = tmp_path / "jobs" / "0123456789ab0123456789ab"
+def job_folder(tmp_path: Path, job_id: str, input_name: str = "in.csv") -> Path:
+    """A job's folder as the facade leaves it for the runner: its ``job.json`` (sentiment, column ``text``)."""
+    folder = tmp_path / "jobs" / job_id
     folder.mkdir(parents=True)
     record = JobRecord(
-        id=folder.name, task="sentiment", column="text", input=str(tmp_path / "in.csv"), created_at=now_iso()
+        id=job_id, task="sentiment", column="text", input=str(tmp_path / input_name), created_at=now_iso()
     )
     (folder / JOB_RECORD).write_text(record.model_dump_json())
+    return folder
+
+
+def test_a_job_cancelled_before_its_runner_starts_ends_cancelled_without_running(tmp_path: Path) -> None:
+    folder = job_folder(tmp_path, "0123456789ab0123456789ab")
     (folder / CANCEL_MARKER).write_text("{}")
 
     status = run_api_job(str(folder), BatchSettings(triton_url="127.0.0.1:9"))  # nothing listens: never asked
@@ -82,13 +88,8 @@ def test_a_job_cancelled_before_its_runner_starts_ends_cancelled_without_running
 
 
 def test_a_job_that_cannot_run_ends_failed_with_the_reason(tmp_path: Path) -> None:
-    folder = tmp_path / "jobs" / "0123456789ab0123456789ac"
-    folder.mkdir(parents=True)
+    folder = job_folder(tmp_path, "0123456789ab0123456789ac")
     (tmp_path / "in.csv").write_text("review\ngood\n")
-    record = JobRecord(
-        id=folder.name, task="sentiment", column="text", input=str(tmp_path / "in.csv"), created_at=now_iso()
-    )
-    (folder / JOB_RECORD).write_text(record.model_dump_json())
 
     status = run_api_job(str(folder), BatchSettings(triton_url="127.0.0.1:9"), heartbeat_s=0.05)
 
@@ -114,14 +115,6 @@ def test_the_innermost_cause_is_what_a_stopped_job_reports() -> None:
     assert isinstance(found, TimeoutError) and str(found) == "Triton did not answer"
 
 
-def _job_folder(tmp_path: Path, job_id: str) -> Path:
-    folder = tmp_path / "jobs" / job_id
-    folder.mkdir(parents=True)
-    record = JobRecord(id=job_id, task="sentiment", column="text", input=str(tmp_path / "in.csv"), created_at=now_iso())
-    (folder / JOB_RECORD).write_text(record.model_dump_json())
-    return folder
-
-
 def test_a_job_records_its_end_before_its_ray_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ray's local shutdown takes 1.4-1.6 s here, and Ray 2.60 sometimes aborts the process while stopping after a
     cancel: the final status is written first, whatever the end."""
@@ -139,11 +132,9 @@ def test_a_job_records_its_end_before_its_ray_stops(tmp_path: Path, monkeypatch:
         return summary("csv", ["part-00000-000000.csv"])
 
     monkeypatch.setattr(batch.jobrun, "run_job", run_job)
-    good = _job_folder(tmp_path, "0123456789ab0123456789ad")
+    good = job_folder(tmp_path, "0123456789ab0123456789ad")
     assert run_api_job(str(good), BatchSettings()).state == "succeeded"
-    bad = _job_folder(tmp_path, "0123456789ab0123456789ae")
-    record = JobRecord.model_validate_json((bad / JOB_RECORD).read_text())
-    (bad / JOB_RECORD).write_text(record.model_copy(update={"input": str(tmp_path / "bad.csv")}).model_dump_json())
+    bad = job_folder(tmp_path, "0123456789ab0123456789ae", input_name="bad.csv")
     assert run_api_job(str(bad), BatchSettings()).state == "failed"
 
     assert seen_when_ray_stopped == ["succeeded", "failed"]

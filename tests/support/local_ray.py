@@ -86,6 +86,7 @@ def local_ray() -> Iterator[str]:
     marker = uuid.uuid4().hex
     os.environ[MARKER_ENV] = marker
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 << 20, log_to_driver=False)
+    session: str | None = None
     try:
         session = session_of(marker)
         yield str(ray.get_runtime_context().gcs_address)
@@ -93,4 +94,5 @@ def local_ray() -> Iterator[str]:
         ray.shutdown()
         os.environ.clear()
         os.environ.update(environment)
-        stop_leftover_agents(session)
+        if session is not None:  # None: session_of failed, and its error is the one to see
+            stop_leftover_agents(session)
