@@ -7,7 +7,8 @@ progress and polls for the ``cancel`` marker. On cancel the next progress report
 come, e.g. while Ray starts, the main thread is interrupted like Ctrl-C), and the committed parts stay. When every
 part is committed the parts are streamed into one ``result.<ext>`` file. The final status (succeeded, failed with
 the error in the facade's taxonomy, or cancelled) is the last thing written; Ray is shut down after it, whatever the
-end.
+end. A resumed job (``POST /v1/jobs/{id}/resume``) is this command again: :func:`~batch.runner.run_job` skips the
+parts committed in the output, and the status starts from the last run's figures.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from batch.jobstate import (
     JOB_RECORD,
     MAX_RECORD_BYTES,
     OUTPUT_DIR,
+    PROGRESS_FIELDS,
     STATUS_RECORD,
     JobError,
     JobRecord,
@@ -80,14 +82,26 @@ def write_result(output: Location, folder: Location, summary: JobSummary) -> str
     return name
 
 
+def previous_status(folder: Location) -> JobStatus | None:
+    """The job's ``status.json`` before this run: the facade's ``queued`` (a resume keeps the last run's figures)."""
+    data = read_bytes(folder.child(STATUS_RECORD))
+    if data is None or len(data) > MAX_RECORD_BYTES:
+        return None
+    try:
+        return JobStatus.model_validate_json(data)
+    except ValueError:
+        return None
+
+
 class JobRun:
     """The state shared by the job's main thread (progress reports) and its heartbeat thread."""
 
-    def __init__(self, folder: Location, heartbeat_s: float) -> None:
+    def __init__(self, folder: Location, heartbeat_s: float, previous: JobStatus | None = None) -> None:
         self.folder = folder
         self.heartbeat_s = heartbeat_s
         self.lock = threading.Lock()
-        self.status = JobStatus(state="running", started_at=now_iso(), updated_at=now_iso())
+        kept = previous.model_dump(include=PROGRESS_FIELDS) if previous is not None else {}  # a resumed job's
+        self.status = JobStatus(state="running", started_at=now_iso(), updated_at=now_iso(), **kept)
         self.cancel = threading.Event()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._beat, name="mtc-job-heartbeat", daemon=True)
@@ -153,7 +167,7 @@ def run_api_job(job_uri: str, settings: BatchSettings, *, heartbeat_s: float = 1
     request = JobRequest(
         input=record.input, output=output.uri, task=record.task, column=record.column, format=record.format
     )
-    run = JobRun(folder, heartbeat_s)
+    run = JobRun(folder, heartbeat_s, previous_status(folder))
     if run.cancel_requested():
         final = run.update(state="cancelled", finished_at=now_iso())
         run.write(final)

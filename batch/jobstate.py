@@ -8,7 +8,7 @@ process's memory::
                                                        the error that stopped it (rewritten by the runner
                                                        every heartbeat, and once more when it ends)
                                          cancel        present: cancel the job (written by DELETE; the
-                                                       runner polls for it)
+                                                       runner polls for it; removed by a resume)
                                          output/       the runner's output location (batch.manifest:
                                                        _job.json, part-*, _committed/, _summary.json)
                                          result.<ext>  every part in one file, written when the job succeeded
@@ -43,6 +43,9 @@ RESULT_MEDIA_TYPES: dict[str, str] = {
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+PROGRESS_FIELDS: set[str] = {"rows_total", "rows_done", "rows_failed", "parts_total", "parts_done", "model_version"}
+"""What a resumed job's status keeps from its last run until the new runner reports (it counts committed parts
+again, so the figures do not drop to zero meanwhile)."""
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 

@@ -22,6 +22,7 @@ from frontend_api.jobs import (
     JobCreate,
     JobFinished,
     JobList,
+    JobNotResumable,
     JobService,
     JobsUnavailable,
     JobUploadRequest,
@@ -44,7 +45,7 @@ JobsDep = Annotated[JobService, Depends(get_jobs)]
 
 def jobs_router(settings: ApiSettings) -> APIRouter:
     """``POST /v1/jobs/uploads``, ``POST /v1/jobs``, ``GET /v1/jobs``, ``GET|DELETE /v1/jobs/{id}``,
-    ``GET /v1/jobs/{id}/result``."""
+    ``POST /v1/jobs/{id}/resume``, ``GET /v1/jobs/{id}/result``."""
     router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=auth_dependencies(settings))
 
     @router.post(
@@ -111,6 +112,26 @@ def jobs_router(settings: ApiSettings) -> APIRouter:
     )
     async def cancel_job(job_id: str, jobs: JobsDep) -> JobView:
         return await jobs.cancel(job_id)
+
+    @router.post(
+        "/{job_id}/resume",
+        status_code=202,
+        response_model=JobView,
+        summary="Resume a failed or cancelled job: a new runner skips the parts already committed in its output",
+        description=(
+            "Answers 202 with the job (state `queued`, its figures so far) and its URL in `Location`. The new runner "
+            "classifies the rest of the input with the model version the job started with; a job whose input "
+            "changed since is refused by the runner (the job fails again and says why)."
+        ),
+        operation_id="resume_job",
+        responses=problem_responses(
+            *AUTH_ERRORS, NotFound, JobNotResumable, TooManyJobs, StorageUnavailable, JobsUnavailable, InternalError
+        ),
+    )
+    async def resume_job(job_id: str, jobs: JobsDep, response: Response) -> JobView:
+        view = await jobs.resume(job_id)
+        response.headers["Location"] = view.url
+        return view
 
     @router.get(
         "/{job_id}/result",

@@ -1,10 +1,12 @@
-"""Batch jobs through the REST API (``/v1/jobs``): create, read, list, cancel; the runner runs out of process.
+"""Batch jobs through the REST API (``/v1/jobs``): create, read, list, cancel, resume; the runner runs out of
+process.
 
 A job is a folder in S3 (:mod:`batch.jobstate`): the facade writes ``job.json`` and starts
 ``python -m batch run-job s3://<bucket>/<prefix><id>`` in a session of its own (it outlives a facade
 restart, and joins the Ray cluster of ``jobs_ray_address`` when one is set); the runner keeps
-``status.json`` current; ``DELETE`` writes the ``cancel`` marker the runner polls for. Every replica of
-the facade answers from those objects alone: nothing about a job lives only in one process's memory.
+``status.json`` current; ``DELETE`` writes the ``cancel`` marker the runner polls for; ``POST .../resume``
+starts a new runner for a failed or cancelled job, which skips the parts committed in its output. Every replica
+of the facade answers from those objects alone: nothing about a job lives only in one process's memory.
 
 Client input is hostile: the input is an ``s3://`` URI inside ``jobs_input_buckets`` (or an upload of
 ``POST /v1/jobs/uploads`` in ``upload_bucket``), never a local path or another URL; ids are checked against
@@ -38,6 +40,7 @@ from batch.jobstate import (
     JOB_RECORD,
     MAX_RECORD_BYTES,
     OUTPUT_DIR,
+    PROGRESS_FIELDS,
     RESULT_MEDIA_TYPES,
     STATUS_RECORD,
     JobError,
@@ -82,13 +85,20 @@ class JobFinished(ApiError):
     slug, status, title = "job-finished", 409, "Job already finished"
 
 
+class JobNotResumable(ApiError):
+    """The job has a runner (queued, running, cancelling) or nothing left to do (succeeded)."""
+
+    slug, status, title = "job-not-resumable", 409, "Job cannot be resumed"
+
+
 class JobsUnavailable(ApiError):
     """The facade cannot run jobs here (no ``batch`` extra: Ray and pyarrow are missing)."""
 
     slug, status, title = "jobs-unavailable", 503, "Batch jobs unavailable"
 
 
-JOB_ERROR_KINDS: tuple[type[ApiError], ...] = (TooManyJobs, JobFinished, JobsUnavailable)
+JOB_ERROR_KINDS: tuple[type[ApiError], ...] = (TooManyJobs, JobFinished, JobNotResumable, JobsUnavailable)
+RESUMABLE_STATES = ("failed", "cancelled")
 
 
 # --- request and response bodies ---
@@ -284,6 +294,12 @@ class JobService:
         except (BotoCoreError, ClientError) as exc:
             raise StorageUnavailable(f"cannot write the job store: {exc}") from exc
 
+    def _delete(self, key: str) -> None:
+        try:
+            self.s3.delete_object(Bucket=self.bucket, Key=key)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"cannot write the job store: {exc}") from exc
+
     def _exists(self, key: str) -> bool:
         return self._get(key) is not None
 
@@ -321,7 +337,8 @@ class JobService:
 
     # -- reading a job --
 
-    def _load(self, job_id: str) -> JobView:
+    def _records(self, job_id: str) -> tuple[JobRecord, JobStatus | None]:
+        """The job's ``job.json`` and its ``status.json`` (None before the runner's first report)."""
         if not is_job_id(job_id):
             raise NotFound("no such job")
         data = self._get(self._key(job_id, JOB_RECORD))
@@ -338,9 +355,17 @@ class JobService:
                 status = JobStatus.model_validate_json(status_data)
             except ValidationError:
                 status = None
-        final = status is not None and status.state in FINAL_STATES
-        cancel = False if final else self._exists(self._key(job_id, CANCEL_MARKER))
-        return self._view(record, status, cancel)
+        return record, status
+
+    def _load(self, job_id: str) -> JobView:
+        record, status = self._records(job_id)
+        return self._view(record, status, self._cancel_asked(job_id, status))
+
+    def _cancel_asked(self, job_id: str, status: JobStatus | None) -> bool:
+        """Whether ``DELETE`` asked an unfinished job to stop (its ``cancel`` marker)."""
+        if status is not None and status.state in FINAL_STATES:
+            return False
+        return self._exists(self._key(job_id, CANCEL_MARKER))
 
     def _view(self, record: JobRecord, status: JobStatus | None, cancel: bool) -> JobView:
         now = dt.datetime.now(dt.UTC)
@@ -354,7 +379,8 @@ class JobService:
                 type=InternalError.type_uri(),
                 title="Job runner lost",
                 detail=f"the job's runner stopped reporting at {last.isoformat(timespec='seconds')} (killed, or its "
-                "machine stopped): its committed parts are kept in the output; start a new job to classify the input",
+                f"machine stopped): its committed parts are kept in the output; POST /v1/jobs/{record.id}/resume "
+                "continues it",
             )
         elif cancel and state in ("queued", "running"):
             state = "cancelling"
@@ -472,14 +498,7 @@ class JobService:
         if not await asyncio.to_thread(self._input_exists, bucket, key):
             raise InvalidRequest(f"nothing found at {body.input}")
         async with self.create_lock:  # one replica never starts two jobs past the limit at once
-            running = await asyncio.to_thread(self._active)
-            limit = self.settings.jobs_max_running
-            if running >= limit:
-                raise TooManyJobs(
-                    f"{running} job(s) are queued or running; at most {limit} at once (MTC_API_JOBS_MAX_RUNNING): "
-                    "wait for one to end, or cancel one",
-                    headers={"Retry-After": "30"},
-                )
+            await self._check_capacity()
             job_id = new_job_id()
             record = JobRecord(
                 id=job_id,
@@ -491,22 +510,36 @@ class JobService:
                 created_at=now_iso(),
             )
             await asyncio.to_thread(self._put, self._key(job_id, JOB_RECORD), record.model_dump_json(indent=1).encode())
-            try:
-                await self.launcher.start(job_id, self.folder_uri(job_id), self.runner_environment())
-            except Exception as exc:
-                failed = JobStatus(
-                    state="failed",
-                    updated_at=now_iso(),
-                    finished_at=now_iso(),
-                    error=JobError(
-                        type=JobsUnavailable.type_uri(), title=JobsUnavailable.title, detail=f"not started: {exc}"
-                    ),
-                )
-                await asyncio.to_thread(self._put, self._key(job_id, STATUS_RECORD), failed.model_dump_json().encode())
-                if isinstance(exc, ApiError):
-                    raise
-                raise JobsUnavailable(f"the job's runner could not be started: {exc}") from exc
+            await self._launch(job_id)
         return self._view(record, None, False)
+
+    async def _check_capacity(self) -> None:
+        running = await asyncio.to_thread(self._active)
+        limit = self.settings.jobs_max_running
+        if running >= limit:
+            raise TooManyJobs(
+                f"{running} job(s) are queued or running; at most {limit} at once (MTC_API_JOBS_MAX_RUNNING): "
+                "wait for one to end, or cancel one",
+                headers={"Retry-After": "30"},
+            )
+
+    async def _launch(self, job_id: str) -> None:
+        """Start the job's runner; when it cannot start, the job is failed with the reason (and this raises)."""
+        try:
+            await self.launcher.start(job_id, self.folder_uri(job_id), self.runner_environment())
+        except Exception as exc:
+            failed = JobStatus(
+                state="failed",
+                updated_at=now_iso(),
+                finished_at=now_iso(),
+                error=JobError(
+                    type=JobsUnavailable.type_uri(), title=JobsUnavailable.title, detail=f"not started: {exc}"
+                ),
+            )
+            await asyncio.to_thread(self._put, self._key(job_id, STATUS_RECORD), failed.model_dump_json().encode())
+            if isinstance(exc, ApiError):
+                raise
+            raise JobsUnavailable(f"the job's runner could not be started: {exc}") from exc
 
     async def cancel(self, job_id: str) -> JobView:
         view = await self.get(job_id)
@@ -514,6 +547,28 @@ class JobService:
             raise JobFinished(f"job {job_id} already ended ({view.state})")
         await asyncio.to_thread(self._put, self._key(job_id, CANCEL_MARKER), b"{}")
         return await self.get(job_id)
+
+    async def resume(self, job_id: str) -> JobView:
+        """Start a new runner for a failed or cancelled job (a lost runner included): the same request into the same
+        output, so it skips the parts committed there and classifies the rest with the version the job pinned.
+
+        Under the same lock as :meth:`create` and within ``jobs_max_running``. Two replicas resuming one job at the
+        same moment would start two runners; both write the same parts under the same names (docs/batch.md)."""
+        async with self.create_lock:
+            record, status = await asyncio.to_thread(self._records, job_id)
+            view = self._view(record, status, await asyncio.to_thread(self._cancel_asked, job_id, status))
+            if view.state not in RESUMABLE_STATES:
+                raise JobNotResumable(
+                    f"job {job_id} is {view.state}: only a failed or cancelled job can be resumed"
+                    + (" (it has a runner)" if view.state not in FINAL_STATES else " (it is complete)")
+                )
+            await self._check_capacity()
+            await asyncio.to_thread(self._delete, self._key(job_id, CANCEL_MARKER))
+            kept = status.model_dump(include=PROGRESS_FIELDS) if status is not None else {}
+            queued = JobStatus(state="queued", updated_at=now_iso(), **kept)  # the runner's progress, until it reports
+            await asyncio.to_thread(self._put, self._key(job_id, STATUS_RECORD), queued.model_dump_json().encode())
+            await self._launch(job_id)
+        return self._view(record, queued, cancel=False)
 
     async def result_url(self, job_id: str) -> str:
         view = await self.get(job_id)

@@ -251,6 +251,88 @@ def test_delete_asks_the_runner_to_stop_and_a_finished_job_cannot_be_cancelled(r
     assert missing.status_code == 404
 
 
+def test_a_cancelled_job_resumes_with_a_new_runner_and_its_figures_so_far(repo: Path, s3: Any) -> None:
+    launcher = FakeLauncher()
+    with build(repo, s3, launcher) as client:
+        job_id = start(client)["id"]
+        write_status(s3, job_id, state="running", rows_total=10, rows_done=4, parts_total=5, parts_done=2)
+        client.delete(f"/v1/jobs/{job_id}")
+        write_status(s3, job_id, state="cancelled", rows_total=10, rows_done=6, parts_total=5, parts_done=3,
+                     finished_at=now_iso())  # fmt: skip
+        response = client.post(f"/v1/jobs/{job_id}/resume")
+        seen = client.get(f"/v1/jobs/{job_id}").json()
+    assert response.status_code == 202, response.text
+    view = response.json()
+    assert response.headers["location"] == view["url"] == f"/v1/jobs/{job_id}"
+    assert view["state"] == seen["state"] == "queued"
+    assert (seen["rows_total"], seen["rows_done"], seen["finished_at"], seen["error"]) == (10, 6, None, None)
+    status = JobStatus.model_validate_json(
+        s3.get_object(Bucket=UPLOADS, Key=f"jobs/{job_id}/{STATUS_RECORD}")["Body"].read()
+    )
+    assert (status.state, status.parts_done, status.parts_total) == ("queued", 3, 5)
+    with pytest.raises(s3.exceptions.NoSuchKey):  # else the new runner would stop at once
+        s3.get_object(Bucket=UPLOADS, Key=f"jobs/{job_id}/cancel")
+    assert [(started, uri) for started, uri, _ in launcher.started] == [(job_id, f"s3://{UPLOADS}/jobs/{job_id}")] * 2
+
+
+def test_a_job_whose_runner_was_lost_or_failed_resumes(repo: Path, s3: Any) -> None:
+    launcher = FakeLauncher()
+    with build(repo, s3, launcher, jobs_stale_s=60) as client:
+        lost, failed = start(client)["id"], start(client)["id"]
+        long_ago = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=61)).isoformat()
+        write_status(s3, lost, state="running", rows_total=10, rows_done=4, updated_at=long_ago)
+        error = {"type": "/problems/backend-unavailable", "title": "Backend unavailable", "detail": "Triton is down"}
+        write_status(s3, failed, state="failed", rows_total=10, rows_done=2, error=error, finished_at=now_iso())
+        assert "POST /v1/jobs/" in client.get(f"/v1/jobs/{lost}").json()["error"]["detail"]
+        resumed = [client.post(f"/v1/jobs/{job_id}/resume") for job_id in (lost, failed)]
+    assert [r.status_code for r in resumed] == [202, 202]
+    assert [r.json()["state"] for r in resumed] == ["queued", "queued"]
+    assert [r.json()["rows_done"] for r in resumed] == [4, 2]
+    assert [job_id for job_id, _, _ in launcher.started] == [lost, failed, lost, failed]
+
+
+def test_only_a_failed_or_cancelled_job_resumes_and_a_resume_counts_against_the_limit(repo: Path, s3: Any) -> None:
+    launcher = FakeLauncher()
+    with build(repo, s3, launcher, jobs_max_running=1) as client:
+        done = start(client)["id"]
+        write_status(s3, done, state="succeeded", rows_total=1, rows_done=1, finished_at=now_iso())
+        running = start(client)["id"]
+        write_status(s3, running, state="running", rows_total=10, rows_done=4)
+        refused_running = client.post(f"/v1/jobs/{running}/resume")
+        client.delete(f"/v1/jobs/{running}")
+        refused_cancelling = client.post(f"/v1/jobs/{running}/resume")
+        refused_done = client.post(f"/v1/jobs/{done}/resume")
+        write_status(s3, running, state="cancelled", rows_total=10, rows_done=4, finished_at=now_iso())
+        other = start(client)["id"]  # the one slot is taken again
+        refused_full = client.post(f"/v1/jobs/{running}/resume")
+        missing = client.post("/v1/jobs/0123456789ab0123456789ab/resume")
+        hostile = client.post("/v1/jobs/..%2F..%2Fsecret/resume")
+    for response, state in (
+        (refused_running, "running"),
+        (refused_cancelling, "cancelling"),
+        (refused_done, "succeeded"),
+    ):
+        assert response.status_code == 409 and response.headers["content-type"] == PROBLEM
+        assert response.json()["type"] == "/problems/job-not-resumable" and f"is {state}" in response.json()["detail"]
+    assert refused_full.status_code == 429 and refused_full.json()["type"] == "/problems/too-many-jobs"
+    assert missing.status_code == 404 and hostile.status_code == 404
+    assert [job_id for job_id, _, _ in launcher.started] == [done, running, other]
+    marker = s3.get_object(Bucket=UPLOADS, Key=f"jobs/{running}/cancel")  # a refused resume changes nothing
+    assert marker
+
+
+def test_a_resume_whose_runner_cannot_start_is_503_and_the_job_shows_why(repo: Path, s3: Any) -> None:
+    launcher = FakeLauncher()
+    with build(repo, s3, launcher) as client:
+        job_id = start(client)["id"]
+        write_status(s3, job_id, state="cancelled", rows_total=10, rows_done=4, finished_at=now_iso())
+        launcher.fail = OSError("no such file: python")
+        response = client.post(f"/v1/jobs/{job_id}/resume")
+        job = client.get(f"/v1/jobs/{job_id}").json()
+    assert response.status_code == 503 and response.json()["type"] == "/problems/jobs-unavailable"
+    assert job["state"] == "failed" and "no such file: python" in job["error"]["detail"]
+
+
 def test_a_runner_that_cannot_start_is_503_and_the_job_shows_why(repo: Path, s3: Any) -> None:
     launcher = FakeLauncher()
     launcher.fail = OSError("no such file: python")

@@ -138,3 +138,28 @@ def test_a_job_records_its_end_before_its_ray_stops(tmp_path: Path, monkeypatch:
     assert run_api_job(str(bad), BatchSettings()).state == "failed"
 
     assert seen_when_ray_stopped == ["succeeded", "failed"]
+
+
+def test_a_resumed_job_reports_its_last_figures_until_its_runner_counts_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``POST /v1/jobs/{id}/resume`` leaves a ``queued`` status with the last run's figures: the new runner's first
+    status keeps them (not zeros while Ray starts), with a new start time, no error and no end."""
+    folder = job_folder(tmp_path, "0123456789ab0123456789af")
+    queued = JobStatus(state="queued", rows_total=10, rows_done=4, rows_failed=1, parts_total=5, parts_done=2,
+                       model_version="3", updated_at=now_iso())  # fmt: skip
+    (folder / STATUS_RECORD).write_text(queued.model_dump_json())
+    first_written: list[JobStatus] = []
+
+    def run_job(request: JobRequest, settings: BatchSettings, *, progress: object, ray_scope: ExitStack) -> JobSummary:
+        first_written.append(JobStatus.model_validate_json((folder / STATUS_RECORD).read_text()))
+        raise InternalError("Triton went away")
+
+    monkeypatch.setattr(batch.jobrun, "run_job", run_job)
+    final = run_api_job(str(folder), BatchSettings())
+
+    [first] = first_written
+    assert first.state == "running" and first.started_at is not None and first.finished_at is None
+    kept = ("rows_total", "rows_done", "rows_failed", "parts_total", "parts_done", "model_version")
+    assert [getattr(first, name) for name in kept] == [10, 4, 1, 5, 2, "3"]
+    assert final.state == "failed" and final.rows_done == 4

@@ -6,7 +6,8 @@ serving the tiny random-weight models, the local S3 server (SeaweedFS) and a rea
   order, with the labels and probabilities ``POST /v1/sentiment`` gives the same texts, and the empty text as a
   failed row;
 - ``DELETE /v1/jobs/{id}`` on a running job: the runner stops (its process ends), the job says ``cancelled``
-  with part of its rows done, and there is no result.
+  with part of its rows done, and there is no result; ``POST /v1/jobs/{id}/resume`` then starts a runner that
+  skips the committed parts and finishes the job: every row once, in order.
 
 The facade starts each job's runner (``python -m batch run-job``) as it does in production; the runners join
 this module's Ray (``MTC_API_JOBS_RAY_ADDRESS``: the cluster path) instead of starting one each, which keeps the
@@ -181,7 +182,7 @@ def test_delete_cancels_a_running_job(stack: Stack) -> None:
     assert created.status_code == 202, created.text
     job_id = created.json()["id"]
     deadline = time.monotonic() + 120
-    while (view := httpx.get(f"{stack.api_url}/v1/jobs/{job_id}", timeout=10).json())["rows_done"] == 0:
+    while (view := httpx.get(f"{stack.api_url}/v1/jobs/{job_id}", timeout=10).json())["rows_done"] < 200:
         assert view["state"] in ("queued", "running") and time.monotonic() < deadline, view
         time.sleep(0.3)
     assert runner_pids(job_id), "the job's runner is not running"
@@ -194,3 +195,22 @@ def test_delete_cancels_a_running_job(stack: Stack) -> None:
     wait_until_exited(job_id)
     assert httpx.get(f"{stack.api_url}/v1/jobs/{job_id}/result", timeout=10).status_code == 404
     assert httpx.delete(f"{stack.api_url}/v1/jobs/{job_id}", timeout=10).status_code == 409
+
+    # resumed: a new runner skips the parts the first one committed, and the result holds every row once
+    resumed = httpx.post(f"{stack.api_url}/v1/jobs/{job_id}/resume", timeout=30)
+    assert resumed.status_code == 202, resumed.text
+    assert resumed.json()["state"] == "queued" and resumed.json()["rows_done"] == cancelled["rows_done"]
+    done = wait_for(stack, job_id, {"succeeded", "failed", "cancelled"}, timeout=300)
+    assert done["state"] == "succeeded", done
+    assert (done["rows_total"], done["rows_done"], done["rows_failed"]) == (20_000, 20_000, 0)
+    summary = json.loads(
+        stack.s3.get_object(Bucket=stack.upload_bucket, Key=f"jobs/{job_id}/output/_summary.json")["Body"].read()
+    )
+    assert summary["parts_resumed"] > 0, summary  # the first run's committed parts, not classified again
+    assert summary["rows_this_run"] == 20_000 - 50 * summary["parts_resumed"]  # MTC_BATCH_ROWS_PER_PART=50
+    redirect = httpx.get(f"{stack.api_url}{done['result_url']}", timeout=10)
+    result = httpx.get(redirect.headers["location"], timeout=60)
+    rows = list(csv.DictReader(io.StringIO(result.text)))
+    assert [row["text"] for row in rows] == [f"{TINY_TEXTS[i % len(TINY_TEXTS)]} #{i}" for i in range(20_000)]
+    assert all(row["label"] in SENTIMENT.labels and row["error"] == "" for row in rows)
+    wait_until_exited(job_id)
