@@ -25,6 +25,7 @@ JOB_MEDIA_TYPES = {
     ".parquet": "application/vnd.apache.parquet",
 }
 ACTIVE_STATES = ("queued", "running", "cancelling")
+RESUMABLE_STATES = ("failed", "cancelled")
 JOBS_SHOWN = 10
 LINK_REUSE_S = 120.0
 """A download link is asked again after this long (the facade signs it for MTC_API_UPLOAD_EXPIRES_S, 300 s)."""
@@ -126,6 +127,15 @@ class BatchState(RequestState):
         job = await self._call(lambda: self.client.cancel_job(job_id))
         if job is not None:
             self.jobs = [job if j.id == job_id else j for j in self.jobs]
+
+    async def resume(self, job_id: str) -> None:
+        """Resume a failed or cancelled job: the facade starts a runner that skips its committed parts."""
+        job = await self._call(lambda: self.client.resume_job(job_id))
+        if job is not None:
+            self.jobs = [job if j.id == job_id else j for j in self.jobs]
+
+    def resumable_jobs(self) -> list[JobInfo]:
+        return [job for job in self.jobs if job.state in RESUMABLE_STATES]
 
     def active_jobs(self) -> list[JobInfo]:
         return [job for job in self.jobs if job.state in ("queued", "running")]

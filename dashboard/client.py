@@ -249,6 +249,8 @@ class FacadeAPI(Protocol):
 
     async def cancel_job(self, job_id: str) -> JobInfo: ...
 
+    async def resume_job(self, job_id: str) -> JobInfo: ...
+
     async def job_result_url(self, job_id: str) -> str: ...
 
     async def aclose(self) -> None: ...
@@ -426,6 +428,10 @@ class FacadeClient:
     async def cancel_job(self, job_id: str) -> JobInfo:
         """``DELETE /v1/jobs/{id}``."""
         return self._parse(JobInfo, await self._request("DELETE", f"/v1/jobs/{quote(job_id, safe='')}"))
+
+    async def resume_job(self, job_id: str) -> JobInfo:
+        """``POST /v1/jobs/{id}/resume``: a failed or cancelled job, queued again (202)."""
+        return self._parse(JobInfo, await self._request("POST", f"/v1/jobs/{quote(job_id, safe='')}/resume"))
 
     async def job_result_url(self, job_id: str) -> str:
         """The presigned download URL ``GET /v1/jobs/{id}/result`` redirects to (the page links to it)."""

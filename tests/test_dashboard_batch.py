@@ -9,7 +9,7 @@ import pytest
 
 from dashboard.app import DashboardPage, build_page
 from dashboard.batch import LINK_REUSE_S, SOURCE_S3
-from dashboard.client import JobFailure, JobInfo
+from dashboard.client import ApiError, JobFailure, JobInfo
 from dashboard.settings import DashboardSettings
 from dashboard.views.batch import jobs_table_html
 from tests.fakes.dashboard import FakeFacade
@@ -87,6 +87,33 @@ async def test_progress_is_shown_live_and_a_running_job_can_be_cancelled() -> No
     fake.advance(job.id, state="cancelled")
     await page.refresh()
     assert job_states(page) == ["cancelled"] and not page.batch_view.cancel_row.visible
+
+
+async def test_a_cancelled_or_failed_job_can_be_resumed_and_a_refusal_is_said() -> None:
+    fake = FakeFacade()
+    page = await ready_page(fake)
+    view = page.batch_view
+    cancelled = await fake.start_job("s3://d/a.csv", "sentiment", "text")
+    failed = await fake.start_job("s3://d/b.csv", "disaster", "text")
+    running = await fake.start_job("s3://d/c.csv", "sentiment", "text")
+    fake.advance(cancelled.id, state="cancelled", rows_total=2000, rows_done=500)
+    fake.advance(failed.id, state="failed", error=JobFailure(title="Job runner lost", detail="stopped reporting"))
+    fake.advance(running.id, state="running")
+    await page.refresh()
+    assert view.resume_row.visible and view.cancel_row.visible
+    assert set(view.resume_select.options.values()) == {cancelled.id, failed.id}
+    assert list(view.cancel_select.options.values()) == [running.id]
+
+    view.resume_select.value = cancelled.id
+    await view._on_resume(None)
+    assert ("resume_job", cancelled.id) in fake.calls and page.batch_state.error == ""
+    assert list(view.resume_select.options.values()) == [failed.id]
+    assert set(view.cancel_select.options.values()) == {running.id, cancelled.id}  # queued again: cancellable
+
+    fake.fail_with = ApiError("Job cannot be resumed: job is running")
+    view.resume_select.value = failed.id
+    await view._on_resume(None)
+    assert "cannot be resumed" in page.batch_state.error
 
 
 async def test_a_finished_job_has_a_download_link_asked_again_before_it_expires() -> None:

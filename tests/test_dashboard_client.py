@@ -364,3 +364,16 @@ async def test_the_api_key_goes_to_the_facade_but_not_to_storage() -> None:
 
     assert seen[0].headers["authorization"] == "Bearer s3cret"
     assert "authorization" not in seen[1].headers
+
+
+async def test_resume_posts_to_the_jobs_resume_route_and_parses_the_queued_job() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, json={"id": "0123456789ab0123456789ab", "state": "queued", "task": "sentiment"})
+
+    job = await client_for(handler).resume_job("0123456789ab0123456789ab")
+
+    assert [(r.method, str(r.url)) for r in seen] == [("POST", f"{API}/v1/jobs/0123456789ab0123456789ab/resume")]
+    assert (job.id, job.state) == ("0123456789ab0123456789ab", "queued")

@@ -1,5 +1,6 @@
 """The Batch tab: start a job (a file to upload or an S3 URI, a task, a column), the job list with live progress,
-a Cancel button for a running job, and a download link for each finished one.
+a Cancel button for a running job, a Resume button for a failed or cancelled one, and a download link for each
+finished one.
 
 :func:`jobs_table_html` is a pure function (jobs in, HTML out) so tests read what a user sees; every value
 from the facade is HTML-escaped, and a link is only ever an ``http(s)`` URL.
@@ -120,6 +121,12 @@ class BatchView:
         self.cancel_button = pn.widgets.Button(label="Cancel job", color="warning", css_classes=["mtc-batch-cancel"])
         self.cancel_button.on_click(self._on_cancel)
         self.cancel_row = pn.Row(self.cancel_select, self.cancel_button, visible=False, align="end")
+        self.resume_select = pn.widgets.Select(
+            label="Failed or cancelled job", options=[], width=260, css_classes=["mtc-batch-resume-pick"]
+        )
+        self.resume_button = pn.widgets.Button(label="Resume job", color="primary", css_classes=["mtc-batch-resume"])
+        self.resume_button.on_click(self._on_resume)
+        self.resume_row = pn.Row(self.resume_select, self.resume_button, visible=False, align="end")
         state.param.watch(self._on_jobs, "jobs")
         self.table = pn.pane.HTML(
             pn.bind(jobs_table_html, state.param.jobs, state.param.links),
@@ -148,6 +155,7 @@ class BatchView:
             pn.pane.Markdown(f"### Jobs (refreshed every {refresh_s:g} s)"),
             self.list_error,
             self.cancel_row,
+            self.resume_row,
             self.table,
             name="Batch",
             sizing_mode="stretch_width",
@@ -164,9 +172,16 @@ class BatchView:
         if self.cancel_select.value:
             await self.state.cancel(str(self.cancel_select.value))
 
+    async def _on_resume(self, event: object) -> None:
+        if self.resume_select.value:
+            await self.state.resume(str(self.resume_select.value))
+
     def _on_jobs(self, event: param.parameterized.Event) -> None:
-        active = self.state.active_jobs()
-        options = {f"{job.id[-8:]} · {job.task} · {job.state}": job.id for job in active}
-        if options != self.cancel_select.options:
-            self.cancel_select.options = options
-        self.cancel_row.visible = bool(active)
+        for jobs, select, row in (
+            (self.state.active_jobs(), self.cancel_select, self.cancel_row),
+            (self.state.resumable_jobs(), self.resume_select, self.resume_row),
+        ):
+            options = {f"{job.id[-8:]} · {job.task} · {job.state}": job.id for job in jobs}
+            if options != select.options:
+                select.options = options
+            row.visible = bool(jobs)

@@ -181,6 +181,11 @@ class FakeFacade:
         self.advance(job_id, state="cancelling")
         return next(job for job in self.job_list if job.id == job_id)
 
+    async def resume_job(self, job_id: str) -> JobInfo:
+        await self._enter("resume_job", job_id)
+        self.advance(job_id, state="queued", error=None)
+        return next(job for job in self.job_list if job.id == job_id)
+
     async def job_result_url(self, job_id: str) -> str:
         await self._enter("job_result_url", job_id)
         return f"http://storage.test/jobs/{job_id}/result.csv?signature=get"
