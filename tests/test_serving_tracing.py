@@ -141,7 +141,7 @@ REQUESTS = 5
 """Requests per protocol. Triton 2.51's gRPC server now and then ignores a request's ``traceparent`` metadata
 and starts a trace of its own (the facade sent it: logged for the failing requests). Measured on the PyPI wheel:
 a new Triton's first request in 6 of about 36 runs of a one-request version of this test, 1 of 50 requests in
-10 runs of this one, 2 of 140 straight from ``tritonclient.grpc.aio``; over HTTP none (docs/observability.md)."""
+10 runs of this one, 2 of 80 straight from ``tritonclient.grpc.aio``; over HTTP none (docs/observability.md)."""
 
 
 @pytest.mark.integration
