@@ -34,6 +34,7 @@ from batch.jobstate import (
     JobRecord,
     JobStatus,
     now_iso,
+    parse_status,
     result_name,
 )
 from batch.runner import JobProgress, JobRequest, JobSummary, run_job
@@ -80,17 +81,6 @@ def write_result(output: Location, folder: Location, summary: JobSummary) -> str
                     data = data[len(header) :]  # every part starts with the same header line (pyarrow's writer)
             sink.write(data)
     return name
-
-
-def previous_status(folder: Location) -> JobStatus | None:
-    """The job's ``status.json`` before this run: the facade's ``queued`` (a resume keeps the last run's figures)."""
-    data = read_bytes(folder.child(STATUS_RECORD))
-    if data is None or len(data) > MAX_RECORD_BYTES:
-        return None
-    try:
-        return JobStatus.model_validate_json(data)
-    except ValueError:
-        return None
 
 
 class JobRun:
@@ -167,7 +157,7 @@ def run_api_job(job_uri: str, settings: BatchSettings, *, heartbeat_s: float = 1
     request = JobRequest(
         input=record.input, output=output.uri, task=record.task, column=record.column, format=record.format
     )
-    run = JobRun(folder, heartbeat_s, previous_status(folder))
+    run = JobRun(folder, heartbeat_s, parse_status(read_bytes(folder.child(STATUS_RECORD))))  # a resume's figures
     if run.cancel_requested():
         final = run.update(state="cancelled", finished_at=now_iso())
         run.write(final)

@@ -128,3 +128,14 @@ class JobStatus(_Record):
     updated_at: str
     """The runner's last heartbeat: a running job whose status is not rewritten for a while has lost its runner."""
     finished_at: str | None = None
+
+
+def parse_status(data: bytes | None) -> JobStatus | None:
+    """A ``status.json`` as read from storage; None when there is none, or it is too large or unreadable (the
+    runner rewrites it at its next heartbeat)."""
+    if data is None or len(data) > MAX_RECORD_BYTES:
+        return None
+    try:
+        return JobStatus.model_validate_json(data)
+    except ValueError:
+        return None

@@ -51,6 +51,7 @@ from batch.jobstate import (
     key_problem,
     new_job_id,
     now_iso,
+    parse_status,
 )
 from frontend_api.errors import ApiError, InternalError, InvalidRequest, NotFound, StorageUnavailable
 from frontend_api.schemas import UploadResponse
@@ -348,14 +349,7 @@ class JobService:
             record = JobRecord.model_validate_json(data)
         except ValidationError:
             raise InternalError(f"the record of job {job_id} is not readable") from None
-        status_data = self._get(self._key(job_id, STATUS_RECORD))
-        status: JobStatus | None = None
-        if status_data is not None:
-            try:
-                status = JobStatus.model_validate_json(status_data)
-            except ValidationError:
-                status = None
-        return record, status
+        return record, parse_status(self._get(self._key(job_id, STATUS_RECORD)))
 
     def _load(self, job_id: str) -> JobView:
         record, status = self._records(job_id)

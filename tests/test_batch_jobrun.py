@@ -15,7 +15,17 @@ import pytest
 import batch.jobrun
 from batch.formats import FORMATS
 from batch.jobrun import run_api_job, write_result
-from batch.jobstate import CANCEL_MARKER, JOB_RECORD, STATUS_RECORD, JobFormat, JobRecord, JobStatus, now_iso
+from batch.jobstate import (
+    CANCEL_MARKER,
+    JOB_RECORD,
+    MAX_RECORD_BYTES,
+    STATUS_RECORD,
+    JobFormat,
+    JobRecord,
+    JobStatus,
+    now_iso,
+    parse_status,
+)
 from batch.runner import JobRequest, JobSummary, innermost
 from batch.settings import BatchSettings
 from batch.storage import parse_location
@@ -163,3 +173,12 @@ def test_a_resumed_job_reports_its_last_figures_until_its_runner_counts_again(
     kept = ("rows_total", "rows_done", "rows_failed", "parts_total", "parts_done", "model_version")
     assert [getattr(first, name) for name in kept] == [10, 4, 1, 5, 2, "3"]
     assert final.state == "failed" and final.rows_done == 4
+
+
+def test_a_status_record_that_is_missing_too_large_or_unreadable_is_none() -> None:
+    status = JobStatus(state="running", rows_done=3, updated_at=now_iso())
+    assert parse_status(status.model_dump_json().encode()) == status
+    assert parse_status(None) is None
+    assert parse_status(b'{"state": "running"') is None  # cut short mid-write
+    assert parse_status(b'{"state": "exploded", "updated_at": "x"}') is None
+    assert parse_status(b" " * (MAX_RECORD_BYTES + 1)) is None
